@@ -1,0 +1,37 @@
+"""Streaming motion correction: references, batches, callbacks, sinks.
+
+Imports no Qt; widgets run :meth:`MotionSession.iter_batches` in a thread
+worker, scripts call :func:`compensate` or :meth:`MotionSession.run`.
+"""
+
+from .references import (
+    AdaptiveReference,
+    FrameReference,
+    ImageReference,
+    RangeReference,
+    ReferenceStrategy,
+    as_reference_strategy,
+    preregistered_mean,
+    reference_from_string,
+)
+from .session import FlowBatch, MotionSession, compensate, output_dtype
+from .sinks import MemorySink
+from .stats import FrameStats, normalized_cross_correlation
+
+__all__ = [
+    'AdaptiveReference',
+    'FlowBatch',
+    'FrameReference',
+    'FrameStats',
+    'ImageReference',
+    'MemorySink',
+    'MotionSession',
+    'RangeReference',
+    'ReferenceStrategy',
+    'as_reference_strategy',
+    'compensate',
+    'normalized_cross_correlation',
+    'output_dtype',
+    'preregistered_mean',
+    'reference_from_string',
+]

@@ -1,0 +1,604 @@
+"""The streaming motion-correction session.
+
+A :class:`MotionSession` walks a stack batch by batch: it reads
+``batch_size`` frames (never the whole stack), estimates the flow of each
+against the current reference, warps the frames and yields a
+:class:`FlowBatch`.  Widgets run :meth:`MotionSession.iter_batches` in a
+thread worker; scripts and the command line call :meth:`MotionSession.run`
+or :func:`compensate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from napari_flowscope.engine import (
+    FlowEstimator,
+    FlowParams,
+    smooth_temporal,
+    speed,
+    warp,
+)
+from napari_flowscope.engine.smoothing import TEMPORAL_KERNEL
+
+from .references import (
+    AdaptiveReference,
+    FrameReference,
+    as_reference_strategy,
+)
+from .stats import FrameStats, normalized_cross_correlation
+
+__all__ = ['FlowBatch', 'MotionSession', 'compensate', 'output_dtype']
+
+ProgressCallback = Callable[[int, int], None]
+BatchCallback = Callable[[np.ndarray, int, int], None]
+
+# scipy.ndimage.gaussian_filter1d's default truncation (standard deviations).
+_GAUSSIAN_TRUNCATE = 4.0
+
+
+@dataclass(frozen=True, eq=False)
+class FlowBatch:
+    """Results for frames ``start:stop`` of a stack (``n = stop - start``).
+
+    Attributes
+    ----------
+    start, stop : int
+        Frame range (``stop`` excluded).
+    w : ndarray, shape (n, Y, X, 2), float32
+        ``[x, y]`` displacement with ``frame(x + w(x)) ~ reference(x)``.
+    reliability : ndarray, shape (n, Y, X), float32
+        Reliability of the flow (see
+        :func:`napari_flowscope.engine.estimate_flow`).
+    registered : ndarray, shape (n, Y, X) or (n, Y, X, C)
+        Corrected frames; integer input keeps its dtype (values rounded
+        and clipped to the dtype's range), any other input gives float32.
+    stats : FrameStats
+        Per-frame speed and normalised cross-correlation.
+    reference : ndarray, shape (Y, X), float32
+        The reference after this batch (it changes only for
+        :class:`~napari_flowscope.session.AdaptiveReference`).
+    """
+
+    start: int
+    stop: int
+    w: np.ndarray
+    reliability: np.ndarray
+    registered: np.ndarray
+    stats: FrameStats
+    reference: np.ndarray
+
+    def __len__(self):
+        return self.stop - self.start
+
+
+def output_dtype(input_dtype) -> np.dtype:
+    """dtype of registered frames: integer dtypes kept, else float32."""
+    input_dtype = np.dtype(input_dtype)
+    if np.issubdtype(input_dtype, np.integer):
+        return input_dtype
+    return np.dtype(np.float32)
+
+
+class MotionSession:
+    """Register a time-lapse to a reference, streaming batches of frames.
+
+    Parameters
+    ----------
+    stack : array_like, shape (T, Y, X) or with one channel axis
+        numpy array, memory map, dask or zarr array; only
+        ``stack[start:stop]`` slices are read, one batch at a time.
+    reference : ReferenceStrategy, ndarray or int, optional
+        What frames are registered to: a strategy from
+        :mod:`napari_flowscope.session.references`, an image (wrapped in
+        :class:`ImageReference`) or a frame index.  Default frame 0.
+    params : FlowParams, optional
+        Flow parameters; default ``FlowParams()`` (the 'balanced' preset).
+    channel_axis : int, optional
+        Axis of ``stack`` holding channels (not 0, which is time).
+    channel : int or sequence of float
+        Multichannel stacks: the channel used to estimate the flow, or one
+        weight per channel for a weighted combination.  The flow is applied
+        to every channel.
+    batch_size : int
+        Frames per batch.  Results do not depend on it.
+    temporal_smoothing : None, True or float
+        Smooth the frames along time before estimating the flow (the
+        registered output is made from the unsmoothed frames).  ``True``
+        uses the 5-tap kernel of :func:`napari_flowscope.engine.
+        smooth_temporal`, a float is a Gaussian sigma in frames.
+    n_threads : int, optional
+        Threads registering the frames of a batch in parallel when the
+        reference is fixed (default ``os.cpu_count()``).  Results are
+        identical for any number of threads.
+    interpolation : {'linear', 'cubic'}
+        Interpolation of the warp.
+
+    Attributes
+    ----------
+    n_frames : int
+    frame_shape : tuple of int
+        ``(Y, X)``.
+    n_channels : int or None
+        None for a stack without channel axis.
+    dtype : numpy.dtype
+        dtype of the registered frames (see :func:`output_dtype`).
+    params : FlowParams
+        Current parameters (changed by ``send`` to :meth:`iter_batches`).
+    params_history : list of (int, FlowParams)
+        First frame and parameters of each stretch of the last run.
+    """
+
+    def __init__(
+        self,
+        stack,
+        *,
+        reference=None,
+        params: FlowParams | None = None,
+        channel_axis: int | None = None,
+        channel: int | Sequence[float] = 0,
+        batch_size: int = 16,
+        temporal_smoothing: bool | float | None = None,
+        n_threads: int | None = None,
+        interpolation: str = 'linear',
+    ):
+        self._stack = stack
+        shape = tuple(int(size) for size in stack.shape)
+        self._channel_axis = _check_channel_axis(channel_axis, len(shape))
+        if self._channel_axis is None:
+            frame_dims = shape[1:]
+            self.n_channels = None
+        else:
+            frame_dims = tuple(
+                size
+                for axis, size in enumerate(shape)
+                if axis not in (0, self._channel_axis)
+            )
+            self.n_channels = shape[self._channel_axis]
+        if len(frame_dims) != 2 or shape[0] < 1:
+            raise ValueError(
+                'stack must be (T, Y, X), or (T, Y, X) plus a channel axis '
+                f'given by channel_axis; got shape {shape} with '
+                f'channel_axis={channel_axis}'
+            )
+        self.n_frames = shape[0]
+        self.frame_shape = frame_dims
+        self.dtype = output_dtype(stack.dtype)
+        self._weights = self._channel_weights(channel)
+        self.channel = channel
+        self.reference_strategy = as_reference_strategy(
+            FrameReference(0) if reference is None else reference
+        )
+        self.params = _check_params(params)
+        self.params_history = []
+        if int(batch_size) < 1:
+            raise ValueError(f'batch_size must be >= 1; got {batch_size}')
+        self.batch_size = int(batch_size)
+        self.temporal_smoothing = temporal_smoothing
+        self._halo = _smoothing_radius(temporal_smoothing)
+        n_threads = os.cpu_count() if n_threads is None else int(n_threads)
+        self.n_threads = max(1, n_threads or 1)
+        self.interpolation = interpolation
+        self._initial_reference = None
+        self._reference = None
+
+    # -- reading ----------------------------------------------------------
+
+    def read_frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` as ``(n, Y, X[, C])`` in the input dtype."""
+        frames = np.asarray(self._stack[start:stop])
+        if self._channel_axis is not None:
+            frames = np.moveaxis(frames, self._channel_axis, -1)
+        return frames
+
+    def flow_images(self, frames: np.ndarray) -> np.ndarray:
+        """The images flow is estimated on: float32 ``(n, Y, X)``.
+
+        ``frames`` is ``(n, Y, X[, C])``; multichannel frames are reduced
+        to the chosen channel or the weighted channel combination.
+        """
+        frames = np.asarray(frames)
+        if self.n_channels is None:
+            return frames.astype(np.float32, copy=False)
+        if isinstance(self._weights, int):
+            return frames[..., self._weights].astype(np.float32)
+        return np.tensordot(
+            frames.astype(np.float32, copy=False),
+            self._weights,
+            axes=([-1], [0]),
+        )
+
+    def _read_flow_images(self, start, stop):
+        return self.flow_images(self.read_frames(start, stop))
+
+    def _channel_weights(self, channel):
+        if self.n_channels is None:
+            return None
+        if isinstance(channel, (int, np.integer)):
+            if not -self.n_channels <= channel < self.n_channels:
+                raise ValueError(
+                    f'channel {channel} is outside the '
+                    f'{self.n_channels} channels of the stack'
+                )
+            return int(channel) % self.n_channels
+        weights = np.asarray(channel, dtype=np.float32).reshape(-1)
+        if weights.shape != (self.n_channels,) or weights.sum() <= 0:
+            raise ValueError(
+                f'channel weights must be {self.n_channels} numbers with '
+                f'a positive sum; got {channel!r}'
+            )
+        # Normalised so the combination stays in the data's intensity range.
+        return weights / weights.sum()
+
+    # -- reference --------------------------------------------------------
+
+    @property
+    def reference_image(self) -> np.ndarray:
+        """The current reference, float32 ``(Y, X)`` (read-only)."""
+        if self._reference is None:
+            self._reference = self._build_reference()
+        return self._reference
+
+    def _build_reference(self):
+        if self._initial_reference is None:
+            image = self.reference_strategy.build(
+                self._read_flow_images,
+                self.n_frames,
+                params=self.params,
+                interpolation=self.interpolation,
+            )
+            if image.ndim == 3:
+                if self.n_channels is None:
+                    raise ValueError(
+                        'a (Y, X, C) reference needs a stack with channels'
+                    )
+                image = self.flow_images(image[np.newaxis])[0]
+            if image.shape != self.frame_shape:
+                raise ValueError(
+                    f'reference has shape {image.shape} but frames have '
+                    f'shape {self.frame_shape}'
+                )
+            self._initial_reference = _read_only(image)
+        return self._initial_reference
+
+    # -- streaming --------------------------------------------------------
+
+    def iter_batches(self) -> Generator[FlowBatch, FlowParams | None, None]:
+        """Register the stack, yielding one :class:`FlowBatch` per batch.
+
+        ``generator.send(params)`` with a :class:`FlowParams` retunes the
+        run: the new parameters apply from the next batch (the reference
+        is kept).  ``generator.close()`` cancels: no further frame is read
+        or registered.
+
+        Yields
+        ------
+        FlowBatch
+            Batches in frame order, covering every frame exactly once.
+        """
+        adaptive = isinstance(self.reference_strategy, AdaptiveReference)
+        self._reference = self._build_reference()
+        params = self.params
+        self.params_history = [(0, params)]
+        estimator = FlowEstimator(self._reference, params)
+        n_workers = 1 if adaptive else self.n_threads
+        executor = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+        previous_w = None
+        try:
+            for start in range(0, self.n_frames, self.batch_size):
+                stop = min(start + self.batch_size, self.n_frames)
+                inputs = self._read_batch(start, stop)
+                out = _BatchArrays(
+                    stop - start,
+                    self.frame_shape,
+                    inputs.frames.shape,
+                    self.dtype,
+                )
+                if adaptive:
+                    estimator, previous_w = self._register_adaptive(
+                        estimator, inputs, out, start, previous_w
+                    )
+                else:
+                    register = functools.partial(
+                        self._register_frame, estimator, inputs, out
+                    )
+                    if executor is None:
+                        for i in range(stop - start):
+                            register(i)
+                    else:
+                        # list() re-raises the first error of any frame.
+                        list(executor.map(register, range(stop - start)))
+                sent = yield out.to_batch(start, stop, self._reference)
+                if sent is not None:
+                    params = _check_params(sent)
+                    self.params = params
+                    self.params_history.append((stop, params))
+                    estimator = FlowEstimator(self._reference, params)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _register_adaptive(self, estimator, inputs, out, start, previous_w):
+        """Register a batch frame by frame, updating the reference."""
+        strategy = self.reference_strategy
+        for i in range(len(inputs.frames)):
+            self._register_frame(estimator, inputs, out, i, init=previous_w)
+            previous_w = out.w[i]
+            if strategy.update_due(start + i):
+                self._reference = _read_only(
+                    strategy.blend(self._reference, out.registered_images[i])
+                )
+                estimator = FlowEstimator(self._reference, estimator.params)
+        return estimator, previous_w
+
+    def _read_batch(self, start, stop):
+        """Raw frames, flow images (smoothed if asked) and plain images."""
+        if self._halo == 0:
+            frames = self.read_frames(start, stop)
+            plain = self.flow_images(frames)
+            return _BatchInputs(frames, plain, plain)
+        # Read a halo of neighbours so that smoothing near the batch edges
+        # equals smoothing of the whole stack, whatever the batch size.
+        first = max(start - self._halo, 0)
+        last = min(stop + self._halo, self.n_frames)
+        padded = self.read_frames(first, last)
+        frames = padded[start - first : stop - first]
+        padded_images = self.flow_images(padded)
+        smoothed = smooth_temporal(padded_images, sigma_t=self._sigma_t())
+        inner = slice(start - first, stop - first)
+        return _BatchInputs(frames, smoothed[inner], padded_images[inner])
+
+    def _sigma_t(self):
+        if self.temporal_smoothing is True:
+            return None
+        return float(self.temporal_smoothing)
+
+    def _register_frame(self, estimator, inputs, out, i, *, init=None):
+        """Register frame ``i`` of a batch into row ``i`` of ``out``."""
+        reference = self._reference
+        field = estimator.estimate(inputs.moving[i], init=init)
+        registered = warp(
+            inputs.frames[i], field.w, interpolation=self.interpolation
+        )
+        out.w[i] = field.w
+        out.reliability[i] = field.reliability
+        out.registered[i] = _cast(registered, self.dtype)
+        registered_image = (
+            registered
+            if self.n_channels is None
+            else self.flow_images(registered[np.newaxis])[0]
+        )
+        frame_speed = speed(field.w)
+        out.mean_speed[i] = frame_speed.mean()
+        out.max_speed[i] = frame_speed.max()
+        out.ncc_before[i] = normalized_cross_correlation(
+            inputs.plain[i], reference
+        )
+        out.ncc_after[i] = normalized_cross_correlation(
+            registered_image, reference
+        )
+        out.registered_images[i] = registered_image
+
+    def run(
+        self,
+        *,
+        sink=None,
+        progress_callback: ProgressCallback | None = None,
+        w_callback: BatchCallback | None = None,
+        registered_callback: BatchCallback | None = None,
+    ):
+        """Register the whole stack into a sink.
+
+        Parameters
+        ----------
+        sink : MemorySink or DiskSink, optional
+            Where results go (default a new in-memory sink).
+        progress_callback : callable, optional
+            ``progress_callback(current, total)`` after each batch, with
+            ``current`` the number of frames done.
+        w_callback : callable, optional
+            ``w_callback(w_batch, start, end)`` with ``w_batch`` of shape
+            ``(end - start, Y, X, 2)``.
+        registered_callback : callable, optional
+            ``registered_callback(batch, start, end)`` with the registered
+            frames ``(end - start, Y, X[, C])``.
+
+        Returns
+        -------
+        sink
+            The sink, complete.  If anything raises (a callback included),
+            the run stops, the sink is aborted (no finished-looking file is
+            left) and the error propagates.
+        """
+        from .sinks import MemorySink
+
+        sink = MemorySink() if sink is None else sink
+        sink.open(self)
+        batches = self.iter_batches()
+        try:
+            for batch in batches:
+                sink.write(batch)
+                if w_callback is not None:
+                    w_callback(batch.w, batch.start, batch.stop)
+                if registered_callback is not None:
+                    registered_callback(
+                        batch.registered, batch.start, batch.stop
+                    )
+                if progress_callback is not None:
+                    progress_callback(batch.stop, self.n_frames)
+        except BaseException:
+            batches.close()
+            sink.abort()
+            raise
+        sink.close(self)
+        return sink
+
+    def describe(self) -> dict:
+        """JSON-serialisable description of the run (for params.json)."""
+        return {
+            'params': self.params.to_dict(),
+            'params_history': [
+                {'first_frame': first, 'params': params.to_dict()}
+                for first, params in self.params_history
+            ],
+            'reference': self.reference_strategy.to_dict(),
+            'channel': (
+                None
+                if self.n_channels is None
+                else (
+                    self._weights
+                    if isinstance(self._weights, int)
+                    else [float(weight) for weight in self._weights]
+                )
+            ),
+            'batch_size': self.batch_size,
+            'temporal_smoothing': self.temporal_smoothing,
+            'interpolation': self.interpolation,
+            'n_frames': self.n_frames,
+        }
+
+
+def compensate(
+    stack,
+    reference,
+    params: FlowParams | None = None,
+    *,
+    progress_callback: ProgressCallback | None = None,
+    w_callback: BatchCallback | None = None,
+    registered_callback: BatchCallback | None = None,
+    **session_kwargs,
+):
+    """Motion-correct a stack in memory (PyFlowReg ``compensate_arr`` style).
+
+    Parameters
+    ----------
+    stack : array_like, shape (T, Y, X) or with a channel axis
+        See :class:`MotionSession`.
+    reference : ndarray, ReferenceStrategy or int
+        An image ``(Y, X)`` / ``(Y, X, C)``, a reference strategy or a
+        frame index.
+    params : FlowParams, optional
+        Default ``FlowParams()`` (the 'balanced' preset).
+    progress_callback, w_callback, registered_callback : callable, optional
+        As in :meth:`MotionSession.run`.
+    **session_kwargs
+        Other :class:`MotionSession` arguments (``channel_axis``,
+        ``batch_size``, ``n_threads``, ...).
+
+    Returns
+    -------
+    registered : ndarray
+        Same shape and axis order as ``stack``; integer dtypes kept,
+        otherwise float32.
+    w : ndarray, shape (T, Y, X, 2), float32
+        ``[x, y]`` displacement of every frame.
+    """
+    session = MotionSession(
+        stack, reference=reference, params=params, **session_kwargs
+    )
+    sink = session.run(
+        progress_callback=progress_callback,
+        w_callback=w_callback,
+        registered_callback=registered_callback,
+    )
+    registered = sink.registered
+    if session._channel_axis is not None:
+        registered = np.moveaxis(registered, -1, session._channel_axis)
+    return registered, sink.w
+
+
+class _BatchInputs(NamedTuple):
+    """What one batch is made of (each ``n`` frames long)."""
+
+    frames: np.ndarray  # (n, Y, X[, C]) input dtype: what gets warped
+    moving: np.ndarray  # (n, Y, X) float32, smoothed if asked: for flow
+    plain: np.ndarray  # (n, Y, X) float32, unsmoothed: for NCC before
+
+
+class _BatchArrays:
+    """Output arrays of one batch, filled frame by frame (thread-safe:
+    each frame writes only its own rows)."""
+
+    def __init__(self, n, frame_shape, frames_shape, dtype):
+        self.w = np.empty((n, *frame_shape, 2), np.float32)
+        self.reliability = np.empty((n, *frame_shape), np.float32)
+        self.registered = np.empty(frames_shape, dtype)
+        self.registered_images = np.empty((n, *frame_shape), np.float32)
+        self.mean_speed = np.empty(n, np.float32)
+        self.max_speed = np.empty(n, np.float32)
+        self.ncc_before = np.empty(n, np.float32)
+        self.ncc_after = np.empty(n, np.float32)
+
+    def to_batch(self, start, stop, reference):
+        return FlowBatch(
+            start=start,
+            stop=stop,
+            w=self.w,
+            reliability=self.reliability,
+            registered=self.registered,
+            stats=FrameStats(
+                self.mean_speed,
+                self.max_speed,
+                self.ncc_before,
+                self.ncc_after,
+            ),
+            reference=reference,
+        )
+
+
+def _cast(image, dtype):
+    """float32 registered frame -> output dtype (round and clip ints)."""
+    if dtype == np.float32:
+        return image
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(image), info.min, info.max)
+
+
+def _read_only(image):
+    image = np.array(image, dtype=np.float32, order='C')
+    image.flags.writeable = False
+    return image
+
+
+def _check_params(params):
+    if params is None:
+        return FlowParams()
+    if not isinstance(params, FlowParams):
+        raise TypeError(
+            f'params must be a FlowParams or None; got {type(params).__name__}'
+        )
+    return params
+
+
+def _check_channel_axis(channel_axis, ndim):
+    if channel_axis is None:
+        return None
+    if not -ndim <= channel_axis < ndim or channel_axis % ndim == 0:
+        raise ValueError(
+            f'channel_axis {channel_axis} is not a non-time axis of a '
+            f'{ndim}-D stack (axis 0 is time)'
+        )
+    return channel_axis % ndim
+
+
+def _smoothing_radius(temporal_smoothing):
+    """Frames on each side that temporal smoothing looks at."""
+    if temporal_smoothing is None or temporal_smoothing is False:
+        return 0
+    if temporal_smoothing is True:
+        return len(TEMPORAL_KERNEL) // 2
+    sigma_t = float(temporal_smoothing)
+    if not np.isfinite(sigma_t) or sigma_t <= 0:
+        raise ValueError(
+            'temporal_smoothing must be None, True or a positive sigma in '
+            f'frames; got {temporal_smoothing!r}'
+        )
+    # The radius scipy.ndimage.gaussian_filter1d uses.
+    return int(_GAUSSIAN_TRUNCATE * sigma_t + 0.5)

@@ -1,0 +1,87 @@
+"""Per-frame statistics of a motion-correction run: speed and NCC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ['FrameStats', 'normalized_cross_correlation']
+
+STAT_NAMES = ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Statistics of ``n`` consecutive frames.
+
+    Attributes
+    ----------
+    mean_speed, max_speed : ndarray, shape (n,), float32
+        Mean and maximum length (px) of the flow vectors of each frame.
+    ncc_before, ncc_after : ndarray, shape (n,), float32
+        Normalised cross-correlation (-1 to 1) of each frame with the
+        reference it was registered to, before and after correction.
+    """
+
+    mean_speed: np.ndarray
+    max_speed: np.ndarray
+    ncc_before: np.ndarray
+    ncc_after: np.ndarray
+
+    def __post_init__(self):
+        for name in STAT_NAMES:
+            value = np.asarray(getattr(self, name), dtype=np.float32)
+            object.__setattr__(self, name, value.reshape(-1))
+
+    def __len__(self):
+        return self.mean_speed.shape[0]
+
+    @classmethod
+    def empty(cls, n_frames: int) -> FrameStats:
+        """Stats of ``n_frames`` frames, all NaN (filled in place)."""
+        return cls(*(np.full(n_frames, np.nan, np.float32) for _ in range(4)))
+
+    @classmethod
+    def concatenate(cls, parts) -> FrameStats:
+        """Join the stats of consecutive batches."""
+        parts = list(parts)
+        return cls(
+            *(
+                np.concatenate([getattr(part, name) for part in parts])
+                if parts
+                else np.zeros(0, np.float32)
+                for name in STAT_NAMES
+            )
+        )
+
+    def as_columns(self) -> dict[str, np.ndarray]:
+        """The four statistics by name, in file-column order."""
+        return {name: getattr(self, name) for name in STAT_NAMES}
+
+
+def normalized_cross_correlation(
+    image: np.ndarray, reference: np.ndarray
+) -> float:
+    """Zero-mean normalised cross-correlation of two images.
+
+    Parameters
+    ----------
+    image, reference : ndarray, shape (Y, X)
+        Images of equal shape, any real dtype.
+
+    Returns
+    -------
+    float
+        Pearson correlation of the pixel values, -1 to 1; 0 when either
+        image is constant.
+    """
+    # float64 accumulation: float32 sums over 10^6 pixels lose digits.
+    a = np.asarray(image, dtype=np.float64).ravel()
+    b = np.asarray(reference, dtype=np.float64).ravel()
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    if denominator == 0:
+        return 0.0
+    return float(np.dot(a, b) / denominator)
