@@ -15,11 +15,12 @@ from .references import (
     reference_from_string,
 )
 from .session import FlowBatch, MotionSession, compensate, output_dtype
-from .sinks import MemorySink
+from .sinks import DiskSink, MemorySink
 from .stats import FrameStats, normalized_cross_correlation
 
 __all__ = [
     'AdaptiveReference',
+    'DiskSink',
     'FlowBatch',
     'FrameReference',
     'FrameStats',

@@ -128,6 +128,8 @@ class MotionSession:
         ``(Y, X)``.
     n_channels : int or None
         None for a stack without channel axis.
+    input_dtype : numpy.dtype
+        dtype of ``stack``.
     dtype : numpy.dtype
         dtype of the registered frames (see :func:`output_dtype`).
     params : FlowParams
@@ -170,7 +172,8 @@ class MotionSession:
             )
         self.n_frames = shape[0]
         self.frame_shape = frame_dims
-        self.dtype = output_dtype(stack.dtype)
+        self.input_dtype = np.dtype(stack.dtype)
+        self.dtype = output_dtype(self.input_dtype)
         self._weights = self._channel_weights(channel)
         self.channel = channel
         self.reference_strategy = as_reference_strategy(
