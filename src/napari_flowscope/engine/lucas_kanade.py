@@ -28,12 +28,18 @@ __all__ = ['LucasKanadeLevel', 'min_eigenvalue', 'structure_tensor']
 # intensity / px) ** 2); about 1% of the smallest eigenvalue of a well
 # textured region.
 _TIKHONOV = np.float32(1e-5)
+_INTERPOLATION = cv2.INTER_LINEAR
+_GRADIENT = 'scharr'
 
 
 def gradients(image):
     """Scharr derivatives ``(Ix, Iy)`` of a float32 image, per pixel."""
-    ix = cv2.Scharr(image, cv2.CV_32F, 1, 0, scale=1 / 32)
-    iy = cv2.Scharr(image, cv2.CV_32F, 0, 1, scale=1 / 32)
+    if _GRADIENT == 'scharr':
+        ix = cv2.Scharr(image, cv2.CV_32F, 1, 0, scale=1 / 32)
+        iy = cv2.Scharr(image, cv2.CV_32F, 0, 1, scale=1 / 32)
+    else:
+        ix = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        iy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
     return ix, iy
 
 
@@ -94,11 +100,11 @@ class LucasKanadeLevel:
         self._inv_xx = jyy * inverse_det
         self._inv_xy = -jxy * inverse_det
         self._inv_yy = jxx * inverse_det
+        self._unreliable = None
         if reliability_threshold is not None and reliability_threshold > 0:
             unreliable = self.reliability < np.float32(reliability_threshold)
-            self._inv_xx[unreliable] = 0
-            self._inv_xy[unreliable] = 0
-            self._inv_yy[unreliable] = 0
+            if unreliable.any():
+                self._unreliable = unreliable
 
     def solve(self, moving, u, v, *, warps):
         """Refine the flow ``(u, v)`` in place.
@@ -114,6 +120,9 @@ class LucasKanadeLevel:
         """
         map_x = np.empty_like(u)
         map_y = np.empty_like(v)
+        if self._unreliable is not None:
+            kept_u = u[self._unreliable]
+            kept_v = v[self._unreliable]
         for _ in range(warps):
             np.add(self._grid_x, u, out=map_x)
             np.add(self._grid_y, v, out=map_y)
@@ -121,14 +130,28 @@ class LucasKanadeLevel:
                 moving,
                 map_x,
                 map_y,
-                cv2.INTER_LINEAR,
+                _INTERPOLATION,
                 borderMode=cv2.BORDER_REPLICATE,
             )
+            # Linearised residual of the whole flow at each window pixel,
+            # moving(x + w_new) ~ warped(x) + grad(x) . (w_new - w(x)),
+            # so that neighbours with a different flow are used correctly.
             temporal -= self.reference
-            bx = _blur(self._ix * temporal, self.sigma)
-            by = _blur(self._iy * temporal, self.sigma)
-            u -= self._inv_xx * bx + self._inv_xy * by
-            v -= self._inv_xy * bx + self._inv_yy * by
+            residual = self._ix * u
+            residual += self._iy * v
+            residual -= temporal
+            bx = _blur(self._ix * residual, self.sigma)
+            by = _blur(self._iy * residual, self.sigma)
+            # Tikhonov: (J + lambda I) w_new = b + lambda w_old.
+            bx += _TIKHONOV * u
+            by += _TIKHONOV * v
+            np.multiply(self._inv_xx, bx, out=u)
+            u += self._inv_xy * by
+            np.multiply(self._inv_xy, bx, out=v)
+            v += self._inv_yy * by
+        if self._unreliable is not None:
+            u[self._unreliable] = kept_u
+            v[self._unreliable] = kept_v
 
 
 def _blur(image, sigma):

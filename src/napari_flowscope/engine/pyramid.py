@@ -81,7 +81,7 @@ def upsample_flow(w, shape):
         w,
         matrix,
         (width, height),
-        flags=cv2.INTER_LINEAR,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
     finer *= np.float32(2)
