@@ -1,0 +1,179 @@
+"""The "Motion over time" dock plots exactly what the run sends it."""
+
+import numpy as np
+import pytest
+
+from napari_flowscope._qt.events import RunInfo, run_events
+from napari_flowscope.engine import FlowParams
+from napari_flowscope.roi import read_roi_csv
+from napari_flowscope.session import FlowBatch
+from napari_flowscope.session.stats import FrameStats
+
+N_FRAMES, FRAME_SHAPE, BATCH = 12, (32, 40), 4
+FRAME_INTERVAL = 0.5
+
+
+def known_flow():
+    """w[t, y, x] = ((t + 1) * x / 10, -(t + 1) * y / 20)."""
+    rows, cols = np.mgrid[: FRAME_SHAPE[0], : FRAME_SHAPE[1]]
+    gain = np.arange(1, N_FRAMES + 1, dtype=np.float32)[:, None, None]
+    return np.stack([gain * cols / 10, -gain * rows / 20], -1).astype(
+        np.float32
+    )
+
+
+def batches(w):
+    rng = np.random.default_rng(1)
+    for start in range(0, N_FRAMES, BATCH):
+        stop = start + BATCH
+        stats = FrameStats(*rng.random((4, BATCH), dtype=np.float32))
+        yield FlowBatch(
+            start=start,
+            stop=stop,
+            w=w[start:stop],
+            reliability=np.ones((BATCH, *FRAME_SHAPE), np.float32),
+            registered=np.zeros((BATCH, *FRAME_SHAPE), np.float32),
+            stats=stats,
+            reference=np.zeros(FRAME_SHAPE, np.float32),
+        )
+
+
+@pytest.fixture
+def viewer_and_plots(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(
+        np.zeros((N_FRAMES, *FRAME_SHAPE), np.float32),
+        name='movie',
+        scale=(FRAME_INTERVAL, 2, 2),
+        units=('s', 'um', 'um'),
+    )
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion over time'
+    )
+    return viewer, widget
+
+
+def start_run(viewer):
+    info = RunInfo(
+        n_frames=N_FRAMES,
+        frame_shape=FRAME_SHAPE,
+        scale=(FRAME_INTERVAL, 2.0, 2.0),
+        units=('second', 'micrometer', 'micrometer'),
+        axis_labels=('t', 'y', 'x'),
+        source_name='movie',
+        params=FlowParams(),
+        batch_size=BATCH,
+    )
+    run_events(viewer).started.emit(info)
+
+
+def stream(viewer, w, n_batches=None):
+    events = run_events(viewer)
+    sent = list(batches(w))[:n_batches]
+    for batch in sent:
+        events.batch.emit(batch)
+    return sent
+
+
+def test_plotted_series_equal_batch_stats(viewer_and_plots):
+    viewer, widget = viewer_and_plots
+    start_run(viewer)
+    sent = stream(viewer, known_flow(), n_batches=2)
+
+    series = widget.series
+    done = slice(0, 2 * BATCH)
+    for name in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after'):
+        expected = np.concatenate([getattr(b.stats, name) for b in sent])
+        np.testing.assert_array_equal(series[name][done], expected)
+        assert np.isnan(series[name][2 * BATCH :]).all()
+    np.testing.assert_allclose(
+        series['time'], np.arange(N_FRAMES) * FRAME_INTERVAL
+    )
+
+    # What matplotlib draws is the same data, against time in seconds.
+    run_events(viewer).finished.emit()
+    line = widget._lines['ncc_after']
+    np.testing.assert_array_equal(line.get_ydata(), series['ncc_after'])
+    np.testing.assert_allclose(line.get_xdata(), series['time'])
+    assert widget._axes[-1].get_xlabel() == 'time (s)'
+
+
+def test_cursor_follows_the_time_slider(viewer_and_plots, qtbot):
+    viewer, widget = viewer_and_plots
+    start_run(viewer)
+    viewer.dims.set_current_step(0, 6)
+    assert widget._cursors[0].get_xdata()[0] == 6 * FRAME_INTERVAL
+
+
+def rectangle_rows_10_20_cols_5_15(layer_scale):
+    """The rectangle in the data coordinates of a layer with this scale."""
+    corners_px = np.array([[10, 5], [10, 15], [20, 15], [20, 5]], float)
+    world = corners_px * 2.0  # the image has 2 um pixels
+    data = world / np.asarray(layer_scale[-2:])
+    return np.column_stack([np.zeros(4), data])
+
+
+def expected_rectangle_curves():
+    gain = np.arange(1, N_FRAMES + 1)
+    rows, cols = np.mgrid[10:21, 5:16]
+    speed = [np.mean(np.hypot(g * cols / 10, g * rows / 20)) for g in gain]
+    return gain * 10 / 10, -gain * 15 / 20, np.array(speed)
+
+
+@pytest.mark.parametrize('drawn', ['before_run', 'during_run'])
+def test_rectangle_roi_gives_exact_curves_and_csv(
+    viewer_and_plots, tmp_path, drawn
+):
+    viewer, widget = viewer_and_plots
+    w = known_flow()
+    layer = widget.new_roi_layer()
+    assert tuple(layer.scale) == (FRAME_INTERVAL, 2, 2)
+    if drawn == 'before_run':
+        layer.add_rectangles(rectangle_rows_10_20_cols_5_15(layer.scale))
+        start_run(viewer)
+        stream(viewer, w)
+    else:
+        start_run(viewer)
+        stream(viewer, w, n_batches=2)
+        layer.add_rectangles(rectangle_rows_10_20_cols_5_15(layer.scale))
+        widget._roi_update.flush()
+        stream(viewer, w)
+
+    dx, dy, speed = expected_rectangle_curves()
+    series = widget.series
+    assert widget.roi_names == ['roi_0']
+    np.testing.assert_allclose(series['roi_dx'][:, 0], dx, rtol=1e-6)
+    np.testing.assert_allclose(series['roi_dy'][:, 0], dy, rtol=1e-6)
+    np.testing.assert_allclose(series['roi_speed'][:, 0], speed, rtol=1e-6)
+
+    table = read_roi_csv(widget.export_csv(tmp_path / 'rois.csv'))
+    np.testing.assert_array_equal(table['frame'], np.arange(N_FRAMES))
+    np.testing.assert_allclose(table['time'], series['time'])
+    np.testing.assert_array_equal(table['dx'], series['roi_dx'][:, 0])
+    np.testing.assert_array_equal(table['speed'], series['roi_speed'][:, 0])
+
+
+def test_roi_on_a_layer_with_another_scale(viewer_and_plots):
+    """Shapes in world units (scale 1) still land on the right pixels."""
+    viewer, widget = viewer_and_plots
+    layer = viewer.add_shapes(ndim=3, name='world rois')
+    widget.roi_layer = layer
+    layer.add_rectangles(rectangle_rows_10_20_cols_5_15(layer.scale))
+    layer.add_lines(np.array([[0, 0, 0], [0, 10, 10]]))  # no area: ignored
+    start_run(viewer)
+    stream(viewer, known_flow())
+
+    dx, dy, _ = expected_rectangle_curves()
+    assert widget.roi_names == ['roi_0']
+    np.testing.assert_allclose(widget.series['roi_dx'][:, 0], dx, rtol=1e-6)
+    np.testing.assert_allclose(widget.series['roi_dy'][:, 0], dy, rtol=1e-6)
+
+
+def test_clear_and_export_without_rois(viewer_and_plots, tmp_path):
+    viewer, widget = viewer_and_plots
+    start_run(viewer)
+    stream(viewer, known_flow(), n_batches=1)
+    with pytest.raises(ValueError, match='no ROI'):
+        widget.export_csv(tmp_path / 'rois.csv')
+    widget.clear()
+    assert widget.series['mean_speed'].size == 0
