@@ -8,8 +8,10 @@ import numpy as np
 __all__ = ['warp']
 
 _INTERPOLATIONS = {'linear': cv2.INTER_LINEAR, 'cubic': cv2.INTER_CUBIC}
-# cv2.remap handles at most 4 channels per call.
-_MAX_REMAP_CHANNELS = 4
+# cv2.remap (OpenCV 5) samples multi-channel float images on a 1/32 px
+# fixed-point grid but single-channel ones exactly, so channels are
+# remapped one at a time (every channel then matches a 2-D warp).
+_MAX_REMAP_CHANNELS = 1
 
 
 def warp(image, w, *, interpolation='linear'):
