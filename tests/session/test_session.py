@@ -1,0 +1,306 @@
+"""MotionSession: batches, callbacks, cancel, retuning, threads, dtypes."""
+
+import numpy as np
+import pytest
+
+from napari_flowscope.engine import FlowParams, warp
+from napari_flowscope.session import (
+    AdaptiveReference,
+    FlowBatch,
+    FrameReference,
+    MotionSession,
+    compensate,
+)
+
+
+def _flow_error(w, sequence):
+    """Mean end-point error (px) on the observable pixels."""
+    return np.linalg.norm(w - sequence.flow, axis=-1)[:, sequence.valid].mean()
+
+
+def _collect(session):
+    return list(session.iter_batches())
+
+
+def _joined(batches, name):
+    return np.concatenate([getattr(batch, name) for batch in batches])
+
+
+def _joined_stats(batches):
+    return np.stack(
+        [
+            np.concatenate(
+                [batch.stats.as_columns()[key] for batch in batches]
+            )
+            for key in batches[0].stats.as_columns()
+        ]
+    )
+
+
+def test_batches_cover_every_frame_once_in_order(drifting, drifting_uint16):
+    session = MotionSession(drifting_uint16, batch_size=7)
+    batches = _collect(session)
+
+    assert [(b.start, b.stop) for b in batches] == [
+        (0, 7),
+        (7, 14),
+        (14, 21),
+        (21, 24),
+    ]
+    for batch in batches:
+        n = batch.stop - batch.start
+        assert isinstance(batch, FlowBatch)
+        assert batch.w.shape == (n, 80, 80, 2)
+        assert batch.w.dtype == np.float32
+        assert batch.reliability.shape == (n, 80, 80)
+        assert batch.reliability.dtype == np.float32
+        assert batch.registered.shape == (n, 80, 80)
+        assert batch.registered.dtype == np.uint16
+        for values in batch.stats.as_columns().values():
+            assert values.shape == (n,)
+            assert values.dtype == np.float32
+        assert batch.reference.shape == (80, 80)
+        assert batch.reference.dtype == np.float32
+    # The results are the right ones, not just the right shapes.
+    w = _joined(batches, 'w')
+    assert _flow_error(w, drifting) < 0.5
+    registered = _joined(batches, 'registered')
+    expected = np.clip(np.rint(warp(drifting_uint16[13], w[13])), 0, 65535)
+    np.testing.assert_array_equal(registered[13], expected.astype(np.uint16))
+    stats = batches[1].stats
+    assert stats.ncc_after.min() > stats.ncc_before.max()
+    np.testing.assert_array_equal(batches[0].reference, drifting_uint16[0])
+
+
+def test_callbacks_deliver_every_frame_once(drifting_uint16):
+    calls = {'progress': [], 'w': [], 'registered': []}
+    session = MotionSession(drifting_uint16, batch_size=10)
+    sink = session.run(
+        progress_callback=lambda *a: calls['progress'].append(a),
+        w_callback=lambda w, s, e: calls['w'].append((w.copy(), s, e)),
+        registered_callback=lambda r, s, e: calls['registered'].append(
+            (r.copy(), s, e)
+        ),
+    )
+
+    assert calls['progress'] == [(10, 24), (20, 24), (24, 24)]
+    for key, total in (('w', sink.w), ('registered', sink.registered)):
+        ranges = [(start, end) for _, start, end in calls[key]]
+        assert ranges == [(0, 10), (10, 20), (20, 24)]
+        for data, start, end in calls[key]:
+            assert data.shape[0] == end - start
+        joined = np.concatenate([data for data, _, _ in calls[key]])
+        np.testing.assert_array_equal(joined, total)
+    assert sink.complete
+    assert sink.w.shape == (24, 80, 80, 2)
+    assert sink.registered.dtype == np.uint16
+    assert len(sink.stats) == 24
+
+
+@pytest.mark.parametrize(
+    'options',
+    [
+        {},
+        {'reference': AdaptiveReference(6, 5, 0.3)},
+        {'temporal_smoothing': True},
+        {'temporal_smoothing': 0.8},
+    ],
+    ids=['frame', 'adaptive', 'smooth-kernel', 'smooth-gaussian'],
+)
+def test_batch_size_does_not_change_results(drifting, options):
+    stack = drifting.stack[:16]
+    runs = [
+        _collect(MotionSession(stack, batch_size=size, **options))
+        for size in (1, 7, 64)
+    ]
+    first = runs[0]
+    for other in runs[1:]:
+        for name in ('w', 'reliability', 'registered'):
+            np.testing.assert_array_equal(
+                _joined(other, name), _joined(first, name)
+            )
+        np.testing.assert_array_equal(
+            _joined_stats(other), _joined_stats(first)
+        )
+        np.testing.assert_array_equal(other[-1].reference, first[-1].reference)
+
+
+def test_temporal_smoothing_changes_the_flow_input(drifting):
+    stack = drifting.stack[:10]
+    plain = _joined(_collect(MotionSession(stack)), 'w')
+    smoothed = _joined(
+        _collect(MotionSession(stack, temporal_smoothing=True)), 'w'
+    )
+    assert not np.array_equal(plain, smoothed)
+    # Smoothing a drift in time lags it a little, but not by much.
+    assert np.abs(plain - smoothed)[:, 20:-20, 20:-20].mean() < 0.5
+
+
+@pytest.mark.parametrize('n_threads', [2, 3])
+def test_threads_identical_to_sequential(drifting_uint16, n_threads):
+    sequential = _collect(
+        MotionSession(drifting_uint16, batch_size=8, n_threads=1)
+    )
+    parallel = _collect(
+        MotionSession(drifting_uint16, batch_size=8, n_threads=n_threads)
+    )
+    for name in ('w', 'reliability', 'registered'):
+        np.testing.assert_array_equal(
+            _joined(parallel, name), _joined(sequential, name)
+        )
+    np.testing.assert_array_equal(
+        _joined_stats(parallel), _joined_stats(sequential)
+    )
+
+
+def test_send_retunes_from_next_batch(drifting):
+    stack = drifting.stack[:16]
+    coarse = FlowParams(levels=1, warps=1, sigma=6.0)
+    default_w = _joined(_collect(MotionSession(stack, batch_size=8)), 'w')
+    coarse_w = _joined(
+        _collect(MotionSession(stack, batch_size=8, params=coarse)), 'w'
+    )
+    assert not np.array_equal(default_w[8:], coarse_w[8:])
+
+    session = MotionSession(stack, batch_size=8)
+    batches = session.iter_batches()
+    first = next(batches)
+    second = batches.send(coarse)
+    with pytest.raises(StopIteration):
+        next(batches)
+
+    np.testing.assert_array_equal(first.w, default_w[:8])
+    np.testing.assert_array_equal(second.w, coarse_w[8:])
+    assert session.params == coarse
+    assert session.params_history == [(0, FlowParams()), (8, coarse)]
+
+
+def test_send_rejects_non_params(drifting):
+    batches = MotionSession(drifting.stack[:4], batch_size=2).iter_batches()
+    next(batches)
+    with pytest.raises(TypeError, match='FlowParams'):
+        batches.send({'levels': 2})
+
+
+def test_close_cancels_within_one_batch(drifting_uint16, counting):
+    stack = counting(drifting_uint16)
+    batches = MotionSession(stack, batch_size=5).iter_batches()
+    next(batches)
+    batches.close()
+
+    with pytest.raises(StopIteration):
+        next(batches)
+    read = stack.frames_read()
+    # The reference (frame 0) and the first batch; nothing after it.
+    assert read[:5].sum() == 6
+    assert read[5:].sum() == 0
+
+
+def test_error_in_callback_stops_the_run(drifting_uint16, counting):
+    stack = counting(drifting_uint16)
+    seen = []
+
+    def progress(current, total):
+        seen.append(current)
+        if current >= 10:
+            raise RuntimeError('stop here')
+
+    with pytest.raises(RuntimeError, match='stop here'):
+        MotionSession(stack, batch_size=5).run(progress_callback=progress)
+    assert seen == [5, 10]
+    assert stack.frames_read()[10:].sum() == 0
+
+
+def test_integer_output_is_rounded_and_clipped():
+    rng = np.random.default_rng(0)
+    # A hard-edged uint8 pattern: cubic interpolation overshoots past 0 and
+    # 255, which must clip rather than wrap around.
+    frame = np.where(rng.random((40, 40)) > 0.5, 255, 0).astype(np.uint8)
+    stack = np.stack([frame, np.roll(frame, 1, axis=1)])
+    session = MotionSession(
+        stack, interpolation='cubic', params=FlowParams(levels=2)
+    )
+    batch = next(session.iter_batches())
+    assert batch.registered.dtype == np.uint8
+    raw = warp(stack[1], batch.w[1], interpolation='cubic')
+    assert raw.min() < -0.5 or raw.max() > 255.5
+    expected = np.clip(np.rint(raw), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(batch.registered[1], expected)
+
+
+def test_float_input_gives_float32(drifting):
+    registered, w = compensate(drifting.stack[:4].astype(np.float64), 0)
+    assert registered.dtype == np.float32
+    assert w.dtype == np.float32
+    assert registered.shape == (4, 80, 80)
+    assert w.shape == (4, 80, 80, 2)
+
+
+def _two_channel(drifting_uint16):
+    """(T, C, Y, X): channel 1 has other intensities, same geometry."""
+    first = drifting_uint16[:8]
+    second = ((first.astype(np.float32) / 4000) ** 2 * 3000 + 100).astype(
+        np.uint16
+    )
+    return np.stack([first, second], axis=1)
+
+
+def test_multichannel_applies_one_field_to_all_channels(drifting_uint16):
+    stack = _two_channel(drifting_uint16)
+    session = MotionSession(stack, channel_axis=1, channel=0, batch_size=3)
+    batches = _collect(session)
+    w = _joined(batches, 'w')
+    registered = _joined(batches, 'registered')
+
+    single = _joined(_collect(MotionSession(stack[:, 0], batch_size=3)), 'w')
+    np.testing.assert_array_equal(w, single)
+    assert registered.shape == (8, 80, 80, 2)
+    assert registered.dtype == np.uint16
+    for c in range(2):
+        expected = np.clip(np.rint(warp(stack[5, c], w[5])), 0, 65535)
+        np.testing.assert_array_equal(registered[5, ..., c], expected)
+
+    # compensate() gives the channels back where they were.
+    registered_tcyx, w_c = compensate(stack, 0, channel_axis=1)
+    np.testing.assert_array_equal(
+        registered_tcyx, np.moveaxis(registered, -1, 1)
+    )
+    np.testing.assert_array_equal(w_c, w)
+
+
+def test_multichannel_weights_combine_channels(drifting_uint16):
+    stack = _two_channel(drifting_uint16)
+    session = MotionSession(stack, channel_axis=1, channel=[1.0, 3.0])
+    combined = 0.25 * stack[:, 0].astype(np.float32) + 0.75 * stack[:, 1]
+    np.testing.assert_allclose(session.reference_image, combined[0], rtol=1e-6)
+    w = _joined(_collect(session), 'w')
+    expected = _joined(_collect(MotionSession(combined)), 'w')
+    np.testing.assert_allclose(w, expected, atol=1e-3)
+
+
+def test_channel_axis_last(drifting_uint16):
+    stack = np.moveaxis(_two_channel(drifting_uint16), 1, -1)
+    registered, w = compensate(stack, 0, channel_axis=-1, channel=0)
+    assert registered.shape == stack.shape
+    expected = _joined(_collect(MotionSession(stack[..., 0])), 'w')
+    np.testing.assert_array_equal(w, expected)
+
+
+@pytest.mark.parametrize(
+    ('shape', 'channel_axis', 'message'),
+    [
+        ((4, 10, 10, 2), None, 'channel_axis'),
+        ((4, 10), None, r'\(T, Y, X\)'),
+        ((4, 10, 10), 0, 'axis 0 is time'),
+    ],
+)
+def test_bad_shapes_raise(shape, channel_axis, message):
+    with pytest.raises(ValueError, match=message):
+        MotionSession(np.zeros(shape, np.float32), channel_axis=channel_axis)
+
+
+def test_reference_image_is_observable_and_read_only(drifting_uint16):
+    session = MotionSession(drifting_uint16, reference=FrameReference(-1))
+    np.testing.assert_array_equal(session.reference_image, drifting_uint16[-1])
+    with pytest.raises(ValueError, match='read-only'):
+        session.reference_image[0, 0] = 1
