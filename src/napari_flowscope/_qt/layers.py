@@ -1,0 +1,495 @@
+"""Run results -> napari layers, on the main thread.
+
+Pure helpers build layer data (vector arrays, contrast limits, geometry);
+:class:`OutputLayers` creates the output layers of a run once and updates
+them in place as batches arrive.  Nothing here runs in a worker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_flowscope.engine import curl, decimate_flow, divergence, speed
+
+__all__ = [
+    'HEATMAPS',
+    'OUTPUTS',
+    'OutputLayers',
+    'VectorStyle',
+    'current_frame',
+    'frame_vectors',
+    'layer_geometry',
+    'nice_ceiling',
+    'vector_step',
+]
+
+#: Outputs a run can produce: role -> layer-name suffix.
+OUTPUTS = {
+    'vectors': 'flow vectors',
+    'speed': 'speed',
+    'vx': 'vx',
+    'vy': 'vy',
+    'reliability': 'reliability',
+    'divergence': 'divergence',
+    'curl': 'curl',
+    'registered': 'registered',
+}
+#: Derived (T, Y, X) float32 heatmaps: role -> (colormap, signed).
+HEATMAPS = {
+    'speed': ('plasma', False),
+    'vx': ('RdBu_r', True),
+    'vy': ('RdBu_r', True),
+    'reliability': ('viridis', False),
+    'divergence': ('PuOr', True),
+    'curl': ('PiYG', True),
+}
+SPEED_COLORMAP = 'plasma'
+STACKING = [
+    'registered',
+    'reliability',
+    'divergence',
+    'curl',
+    'vx',
+    'vy',
+    'speed',
+    'vectors',
+]
+#: Vectors shown at once stay below this (napari redraws all of them).
+MAX_VECTORS = 100_000
+
+
+@dataclass(frozen=True)
+class VectorStyle:
+    """How flow vectors are sampled and masked (display only).
+
+    Attributes
+    ----------
+    step : int
+        Grid spacing in pixels (coarsened automatically when a frame would
+        show more than ``MAX_VECTORS`` vectors).
+    length : float
+        Display multiplier of the arrows (napari ``Vectors.length``).
+    reliability_threshold : float or None
+        Hide vectors whose reliability is below this.
+    intensity_percentile : float or None
+        Hide vectors on pixels darker than this percentile of the
+        registered frame (background).
+    min_speed : float
+        Hide vectors shorter than this (px).
+    """
+
+    step: int = 16
+    length: float = 1.0
+    reliability_threshold: float | None = None
+    intensity_percentile: float | None = None
+    min_speed: float = 0.0
+
+
+def layer_geometry(layer, ndim=3) -> dict:
+    """Keyword arguments that place a new layer exactly over ``layer``.
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer
+        The source layer, ``(T, Y, X)``.
+    ndim : int
+        Dimensions of the new layer; the last ``ndim`` axes of the source
+        are used (``2`` for a per-frame image such as the reference).
+
+    Returns
+    -------
+    dict
+        ``scale``, ``translate``, ``units`` and ``axis_labels``.
+    """
+    return {
+        'scale': tuple(layer.scale)[-ndim:],
+        'translate': tuple(layer.translate)[-ndim:],
+        'units': tuple(layer.units)[-ndim:],
+        'axis_labels': tuple(layer.axis_labels)[-ndim:],
+    }
+
+
+def current_frame(viewer, layer, n_frames: int) -> int:
+    """The frame of ``layer`` (axis 0) under the viewer's time slider."""
+    position = layer.world_to_data(viewer.dims.point)
+    index = int(np.round(position[-layer.ndim]))
+    return min(max(index, 0), n_frames - 1)
+
+
+def vector_step(frame_shape, step: int, max_vectors=MAX_VECTORS) -> int:
+    """The smallest grid step >= ``step`` that shows <= ``max_vectors``."""
+    height, width = frame_shape
+    step = max(int(step), 1)
+    while math.ceil(height / step) * math.ceil(width / step) > max_vectors:
+        step += 1
+    return step
+
+
+def frame_vectors(w, t, *, style, reliability=None, image=None):
+    """napari vector data of one frame.
+
+    Parameters
+    ----------
+    w : ndarray, shape (Y, X, 2)
+        ``[x, y]`` flow of frame ``t``.
+    t : int
+        Frame index, the first coordinate of every vector.
+    style : VectorStyle
+        Sampling and masks.
+    reliability : ndarray, shape (Y, X), optional
+        Needed when ``style.reliability_threshold`` is set.
+    image : ndarray, shape (Y, X), optional
+        Needed when ``style.intensity_percentile`` is set.
+
+    Returns
+    -------
+    data : ndarray, shape (N, 2, 3), float32
+        ``data[:, 0] = (t, y, x)`` start, ``data[:, 1] = (0, dy, dx)``
+        projection.
+    speed : ndarray, shape (N,), float32
+        Length of each vector (px), for colouring.
+    """
+    use_reliability = style.reliability_threshold is not None
+    use_intensity = style.intensity_percentile is not None
+    grid = decimate_flow(
+        w,
+        step=vector_step(w.shape[:2], style.step),
+        reliability=reliability if use_reliability else None,
+        reliability_threshold=style.reliability_threshold or 0.0,
+        image=image if use_intensity else None,
+        intensity_percentile=style.intensity_percentile,
+        min_speed=style.min_speed,
+    )
+    data = np.zeros((len(grid.speed), 2, 3), np.float32)
+    data[:, 0, 0] = t
+    data[:, 0, 1:] = grid.positions
+    data[:, 1, 1:] = grid.displacements
+    return data, grid.speed
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10**k that is >= ``value`` (> 0)."""
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for mantissa in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if mantissa * power >= value * (1 - 1e-9):
+            return mantissa * power
+    return 10.0 * power
+
+
+def _robust_max(values) -> float:
+    return float(np.percentile(np.abs(values), 99.5))
+
+
+class OutputLayers:
+    """The layers one widget's runs write into, created once, reused.
+
+    Layers are tracked by the objects this class created, not by name: a
+    second run reuses its own layers (data replaced in place when shapes
+    match) and a layer the user removed is created again.  Roles not asked
+    for by a run are removed, so no stale result stays on screen.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer or ViewerModel
+    """
+
+    def __init__(self, viewer):
+        self._viewer = viewer
+        self._layers = {}
+        self._arrays = {}
+        self._extra_layers = []
+        self.results = None
+        self.style = VectorStyle()
+        self.speed_limit = None
+        self._source = None
+        self._n_frames = 0
+        self._done = None
+        self._reference = None
+
+    def __getitem__(self, role):
+        """The live layer of ``role`` (KeyError when absent)."""
+        layer = self._layers[role]
+        if layer not in self._viewer.layers:
+            raise KeyError(role)
+        return layer
+
+    def __contains__(self, role):
+        return role in self._layers and self._layers[role] in (
+            self._viewer.layers
+        )
+
+    @property
+    def frames_done(self) -> int:
+        """Frames of the current run written so far."""
+        return 0 if self._done is None else int(self._done.sum())
+
+    @property
+    def layers(self) -> list:
+        """Every output layer of the current run still in the viewer."""
+        extras = [
+            layer
+            for layer in self._extra_layers
+            if layer in self._viewer.layers
+        ]
+        return [self[role] for role in self._layers if role in self] + (extras)
+
+    def prepare(self, source, results, roles, extras=()):
+        """Create or reset the layers of a new run.
+
+        Parameters
+        ----------
+        source : napari.layers.Image
+            The layer the flow is estimated on (geometry, names, colours).
+        results : MemorySink
+            Opened on the run's session; its ``w``, ``reliability`` and
+            ``registered`` arrays back the layers (no copies).
+        roles : iterable of str
+            Keys of :data:`OUTPUTS` to show.
+        extras : sequence of (napari.layers.Image, ndarray)
+            Further layers corrected with the same flow and the arrays
+            their registered frames are written into.
+        """
+        roles = [role for role in OUTPUTS if role in set(roles)]
+        for role in list(self._layers):
+            if role not in roles and role != 'reference':
+                self._remove(self._layers.pop(role))
+        for layer in self._extra_layers:
+            self._remove(layer)
+        self._extra_layers = []
+        self.results = results
+        self._source = source
+        self._n_frames = results.w.shape[0]
+        self._done = np.zeros(self._n_frames, bool)
+        self.speed_limit = None
+        self._arrays = {
+            'vx': results.w[..., 0],
+            'vy': results.w[..., 1],
+            'reliability': results.reliability,
+            'registered': results.registered,
+        }
+        for role in ('speed', 'divergence', 'curl'):
+            if role in roles:
+                self._arrays[role] = np.zeros(
+                    results.reliability.shape, np.float32
+                )
+        geometry = layer_geometry(source)
+        self._prepare_reference(source)
+        # bottom to top: the registered stack, heatmaps, vectors
+        for role in sorted(roles, key=STACKING.index):
+            name = f'{source.name} {OUTPUTS[role]}'
+            if role == 'vectors':
+                self._prepare_vectors(name, geometry)
+            elif role == 'registered':
+                self._layers[role] = self._image(
+                    role,
+                    results.registered,
+                    name,
+                    geometry,
+                    colormap=source.colormap.name,
+                    contrast_limits=source.contrast_limits,
+                    rgb=source.rgb,
+                )
+            else:
+                colormap, _signed = HEATMAPS[role]
+                self._layers[role] = self._image(
+                    role,
+                    self._arrays[role],
+                    name,
+                    geometry,
+                    colormap=colormap,
+                    contrast_limits=(0.0, 1.0),
+                    auto_contrast=False,
+                    blending='additive' if role == 'speed' else 'translucent',
+                    opacity=0.7,
+                    visible=role == 'speed',
+                )
+        for layer, registered in extras:
+            self._extra_layers.append(
+                self._viewer.add_image(
+                    registered,
+                    name=f'{layer.name} registered',
+                    colormap=layer.colormap.name,
+                    contrast_limits=layer.contrast_limits,
+                    blending=layer.blending,
+                    **layer_geometry(layer),
+                )
+            )
+
+    def _prepare_reference(self, source):
+        # A 2D layer broadcasts over time, so it adds no slider axis.
+        frame = np.zeros(self.results.reliability.shape[1:], np.float32)
+        self._layers['reference'] = self._image(
+            'reference',
+            frame,
+            f'{source.name} reference',
+            layer_geometry(source, ndim=2),
+            colormap=source.colormap.name,
+            visible=False,
+        )
+        self._reference = None
+
+    def _image(self, role, data, name, geometry, **kwargs):
+        old = self._layers.get(role)
+        if (
+            old is not None
+            and old in self._viewer.layers
+            and old.data.shape == data.shape
+            and old.data.dtype == data.dtype
+        ):
+            # keep the user's colormap, opacity and visibility
+            old.data = data
+            old.name = name
+            for key in ('scale', 'translate', 'units', 'axis_labels'):
+                setattr(old, key, geometry[key])
+            return old
+        if old is not None:
+            self._remove(old)
+        return self._viewer.add_image(data, name=name, **geometry, **kwargs)
+
+    def _prepare_vectors(self, name, geometry):
+        old = self._layers.get('vectors')
+        if old is not None and old in self._viewer.layers:
+            old.name = name
+            for key in ('scale', 'translate', 'units', 'axis_labels'):
+                setattr(old, key, geometry[key])
+            self._set_vectors(old, *_no_vectors())
+            # keep the arrows above heatmaps created by this run
+            layers = self._viewer.layers
+            layers.move(layers.index(old), len(layers))
+            return
+        data, lengths = _no_vectors()
+        self._layers['vectors'] = self._viewer.add_vectors(
+            data,
+            name=name,
+            features={'speed': lengths},
+            edge_color='speed',
+            edge_colormap=SPEED_COLORMAP,
+            edge_contrast_limits=(0.0, 1.0),
+            edge_width=max(1.0, float(np.mean(geometry['scale'][1:]))),
+            vector_style='arrow',
+            length=self.style.length,
+            **geometry,
+        )
+
+    def _remove(self, layer):
+        if layer in self._viewer.layers:
+            self._viewer.layers.remove(layer)
+
+    def update(self, batch, extras=()):
+        """Write one batch into the layers (main thread).
+
+        Parameters
+        ----------
+        batch : FlowBatch
+        extras : sequence of ndarray
+            Registered frames ``start:stop`` of each extra layer.
+        """
+        frames = slice(batch.start, batch.stop)
+        results = self.results
+        results.write(batch)
+        arrays = [layer.data for layer in self._extra_layers]
+        for array, registered in zip(arrays, extras, strict=True):
+            array[frames] = registered
+        derived = {
+            'speed': speed,
+            'divergence': divergence,
+            'curl': curl,
+        }
+        for role, function in derived.items():
+            if role in self._arrays:
+                self._arrays[role][frames] = function(batch.w)
+        self._done[frames] = True
+        if batch.reference is not self._reference and 'reference' in self:
+            # new only at the start and after adaptive updates
+            first = self._reference is None
+            self._reference = batch.reference
+            self['reference'].data = batch.reference
+            if first:
+                self['reference'].reset_contrast_limits()
+        if self.speed_limit is None:
+            self._set_limits(batch)
+        for role in (*HEATMAPS, 'registered'):
+            if role in self:
+                self[role].refresh()
+        for layer in self._extra_layers:
+            if layer in self._viewer.layers:
+                layer.refresh()
+        if 'vectors' in self:
+            t = current_frame(self._viewer, self._source, self._n_frames)
+            if batch.start <= t < batch.stop:
+                self.show_vectors(t)
+
+    def _set_limits(self, batch):
+        """Fix contrast limits from the first batch, so colours mean the
+        same in every frame."""
+        self.speed_limit = nice_ceiling(_robust_max(speed(batch.w)) * 1.25)
+        limits = {
+            'speed': (0.0, self.speed_limit),
+            'vx': (-self.speed_limit, self.speed_limit),
+            'vy': (-self.speed_limit, self.speed_limit),
+            'reliability': (
+                0.0,
+                nice_ceiling(_robust_max(batch.reliability)),
+            ),
+        }
+        for role in ('divergence', 'curl'):
+            if role in self._arrays:
+                m = nice_ceiling(_robust_max(self._arrays[role][batch.start]))
+                limits[role] = (-m, m)
+        for role, value in limits.items():
+            if role in self:
+                self[role].contrast_limits = value
+        if 'vectors' in self:
+            self['vectors'].edge_contrast_limits = (0.0, self.speed_limit)
+
+    def set_style(self, style: VectorStyle) -> None:
+        """Change how vectors are drawn and redraw the current frame."""
+        self.style = style
+        if 'vectors' in self:
+            self['vectors'].length = style.length
+            self.show_current_vectors()
+
+    def show_current_vectors(self) -> None:
+        """Show the vectors of the frame under the time slider."""
+        if self.results is None or 'vectors' not in self:
+            return
+        self.show_vectors(
+            current_frame(self._viewer, self._source, self._n_frames)
+        )
+
+    def show_vectors(self, t: int) -> None:
+        """Show the vectors of frame ``t`` (none if not computed yet).
+
+        Only one frame is held by the layer: reassigning all vectors of a
+        whole stack would stall the event loop (NAPARI.md section 5).
+        """
+        layer = self['vectors']
+        if not self._done[t]:
+            self._set_vectors(layer, *_no_vectors())
+            return
+        image = self.results.registered[t]
+        if image.ndim == 3:
+            image = image.mean(axis=-1)
+        data, lengths = frame_vectors(
+            self.results.w[t],
+            t,
+            style=self.style,
+            reliability=self.results.reliability[t],
+            image=image,
+        )
+        self._set_vectors(layer, data, lengths)
+
+    @staticmethod
+    def _set_vectors(layer, data, lengths):
+        layer.data = data
+        layer.features = {'speed': lengths}
+        layer.edge_color = 'speed'
+
+
+def _no_vectors():
+    return np.zeros((0, 2, 3), np.float32), np.zeros(0, np.float32)

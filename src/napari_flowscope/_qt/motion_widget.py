@@ -1,0 +1,478 @@
+"""The "Motion correction" dock: reference, parameters, run.
+
+A thin controller over :class:`napari_flowscope.session.MotionSession`:
+the session runs in a napari ``thread_worker`` (it only computes and
+yields), and the main-thread handlers here write each batch into layers
+(:class:`~napari_flowscope._qt.layers.OutputLayers`) and announce it on
+the viewer's :func:`~napari_flowscope._qt.events.run_events`.
+
+Scripts drive exactly what the buttons drive::
+
+    widget = MotionCorrectionWidget(viewer)
+    widget.start()          # returns at once; widget.worker is running
+    widget.pause(); widget.resume(); widget.cancel()
+    widget.save('results/')  # after a complete run
+"""
+
+# No ``from __future__ import annotations``: napari reads the viewer
+# annotation of ``__init__`` as written (NAPARI.md section 0.3).
+
+import contextlib
+import math
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QGroupBox,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_flowscope.session import MemorySink, MotionSession, output_dtype
+
+from .events import RunInfo, run_events
+from .layers import OutputLayers, current_frame
+from .parameters import ParametersPanel
+from .preview import PreviewController
+from .reference import ReferencePanel
+from .run_control import (
+    RunControlPanel,
+    relay,
+    save_run,
+    stop_and_wait,
+    stream_batches,
+    track,
+)
+
+__all__ = ['MotionCorrectionWidget']
+
+
+class MotionCorrectionWidget(QWidget):
+    """Dock widget: estimate optical flow and register a time-lapse.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (napari passes a ``PublicOnlyProxy``); a
+        ``napari.components.ViewerModel`` works too (tests).
+    parent : QWidget, optional
+
+    Attributes
+    ----------
+    worker : GeneratorWorker or None
+        The running session worker (None when idle).
+    save_worker : GeneratorWorker or None
+        The running save (None when idle).
+    session : MotionSession or None
+        The session of the last run.
+    results : MemorySink or None
+        Everything the last run produced (also backing its layers).
+    complete : bool
+        Whether the last run went through every frame.
+    outputs : OutputLayers
+        The layers runs write into.
+    """
+
+    def __init__(self, napari_viewer: 'napari.viewer.Viewer', parent=None):  # noqa: F821
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.save_worker = None
+        self.session = None
+        self.results = None
+        self.complete = False
+        self._batches = None
+        self._done = None
+        self._save_done = None
+        self._save_generator = None
+        self._run_source = None
+
+        self.outputs = OutputLayers(napari_viewer)
+        self.preview = PreviewController(napari_viewer, self._describe_preview)
+        self.reference = ReferencePanel(
+            napari_viewer, is_output=self._is_output
+        )
+        self.parameters = ParametersPanel()
+        self.run_panel = RunControlPanel()
+        self._build_layout()
+        self._connect()
+        self._update_enabled()
+
+    # -- layout and wiring ------------------------------------------------
+
+    def _build_layout(self):
+        content = QWidget()
+        column = QVBoxLayout(content)
+        column.setContentsMargins(4, 4, 4, 4)
+        for title, panel in (
+            ('Reference', self.reference),
+            ('Parameters', self.parameters),
+            ('Run', self.run_panel),
+        ):
+            box = QGroupBox(title)
+            box_layout = QVBoxLayout(box)
+            box_layout.setContentsMargins(6, 6, 6, 6)
+            box_layout.addWidget(panel.native)
+            column.addWidget(box)
+        column.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(340)
+
+    def _connect(self):
+        run = self.run_panel
+        run.start_button.changed.connect(self.start)
+        run.pause_button.changed.connect(self._toggle_pause)
+        run.cancel_button.changed.connect(self.cancel)
+        run.save_button.changed.connect(self._ask_save_folder)
+        for widget in (
+            run.vector_step,
+            run.vector_length,
+            run.mask_reliability,
+            run.intensity_percentile,
+            run.min_speed,
+        ):
+            widget.changed.connect(self._on_vector_style)
+        self.parameters.params_changed.connect(self._on_params)
+        self.parameters.live_preview.changed.connect(self._on_live_preview)
+        self.reference.reference_changed.connect(self._on_reference)
+        self.reference.source.changed.connect(self._update_enabled)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.destroyed.connect(_make_teardown(self))
+
+    def _is_output(self, layer):
+        return layer in self.outputs.layers or layer in self.preview.layers
+
+    def _update_enabled(self, _value=None):
+        running = self.worker is not None
+        has_source = self.reference.source.value is not None
+        self.run_panel.start_button.enabled = has_source and not running
+        self.run_panel.save_button.enabled = (
+            self.complete and not running and self.save_worker is None
+        )
+        # what defines the stack and its reference is fixed during a run;
+        # flow parameters may change (they apply from the next batch)
+        self.reference.enabled = not running
+        self.parameters.temporal_smoothing.enabled = not running
+
+    # -- run control (public) ---------------------------------------------
+
+    def start(self, _value=None) -> None:
+        """Start a run with the current settings (returns at once)."""
+        if self.worker is not None:
+            return
+        source = self.reference.source.value
+        if source is None:
+            show_error('Motion correction: choose a source layer (T, Y, X).')
+            return
+        try:
+            session = MotionSession(
+                source.data,
+                reference=self.reference.strategy(),
+                params=self.parameters.params,
+                batch_size=int(self.run_panel.batch_size.value),
+                temporal_smoothing=self.parameters.temporal_sigma,
+                **self.reference.session_kwargs(),
+            )
+        except (ValueError, TypeError) as error:
+            show_error(f'Motion correction cannot start: {error}')
+            return
+        results = _zeroed_sink(session)
+        extra_layers = self.reference.extra_layers
+        extras = [
+            (
+                layer,
+                np.zeros(layer.data.shape, output_dtype(layer.data.dtype)),
+            )
+            for layer in extra_layers
+        ]
+        self.outputs.prepare(
+            source, results, self.run_panel.roles, extras=extras
+        )
+        self.outputs.set_style(self._vector_style())
+        self.session, self.results, self.complete = session, results, False
+        self._run_source = source
+        self._batches = session.iter_batches()
+        n_batches = math.ceil(session.n_frames / session.batch_size)
+        worker = create_worker(
+            relay,
+            stream_batches(
+                self._batches, [layer.data for layer in extra_layers]
+            ),
+            _progress={
+                'total': n_batches,
+                'desc': f'Motion correction: {source.name}',
+            },
+        )
+        worker.yielded.connect(self._on_batch)
+        worker.returned.connect(self._on_returned)
+        worker.paused.connect(self._on_paused)
+        worker.resumed.connect(self._on_resumed)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._done = track(worker)
+        self.run_panel.set_running(True)
+        self.run_panel.show_progress(0, session.n_frames)
+        self._update_enabled()
+        run_events(self.viewer).started.emit(
+            _run_info(source, session, self.parameters.params)
+        )
+        worker.start()
+
+    def pause(self) -> None:
+        """Pause the run after the batch in progress."""
+        if self.worker is not None:
+            self.worker.pause()
+
+    def resume(self) -> None:
+        """Resume a paused run."""
+        if self.worker is not None:
+            self.worker.resume()
+
+    def cancel(self, _value=None) -> None:
+        """Stop the run after the batch in progress (UI resets on finish)."""
+        if self.worker is not None:
+            # a paused worker also sees this (it polls while paused)
+            self.worker.quit()
+            self.run_panel.progress.value = 'cancelling…'
+
+    def save(self, folder) -> None:
+        """Write the last complete run's files into ``folder`` (worker).
+
+        Files: ``registered.tif``, ``flow.npy`` + ``flow.json``,
+        ``reliability.npy``, ``params.json``, ``stats.csv`` (see
+        docs/architecture.md).  Returns at once; ``save_worker`` runs.
+        """
+        if not self.complete or self.results is None:
+            show_error('Motion correction: run the whole stack before saving.')
+            return
+        if self.save_worker is not None:
+            return
+        source = self._run_source
+        self._save_generator = save_run(
+            folder,
+            self.session,
+            self.results,
+            scale=tuple(source.scale)[-3:],
+            units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
+            source=source.name,
+            batch_size=self.session.batch_size,
+        )
+        worker = create_worker(
+            relay,
+            self._save_generator,
+            _progress={
+                'total': self.session.n_frames,
+                'desc': f'Saving to {folder}',
+            },
+        )
+        worker.returned.connect(self._on_saved)
+        worker.finished.connect(self._on_save_finished)
+        self.save_worker = worker
+        self._save_done = track(worker)
+        self._update_enabled()
+        worker.start()
+
+    # -- worker handlers (main thread) ------------------------------------
+
+    def _on_batch(self, item):
+        batch, extras = item
+        self.outputs.update(batch, extras)
+        self.run_panel.show_progress(batch.stop, self.session.n_frames)
+        run_events(self.viewer).batch.emit(batch)
+
+    def _on_returned(self, _value=None):
+        self.complete = True
+
+    def _on_paused(self):
+        self.run_panel.set_paused(True)
+        self.run_panel.progress.value += ' · paused'
+
+    def _on_resumed(self):
+        self.run_panel.set_paused(False)
+
+    def _toggle_pause(self, _value=None):
+        if self.worker is None:
+            return
+        if self.worker.is_paused:
+            self.resume()
+        else:
+            self.pause()
+
+    def _on_finished(self):
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            batches.close()
+        self.worker = None
+        self._done = None
+        self.run_panel.set_running(False)
+        n_frames = self.session.n_frames
+        if self.complete:
+            self.run_panel.progress.value = f'done: {n_frames} frames'
+        else:
+            done = int(self.outputs.frames_done)
+            self.run_panel.progress.value = (
+                f'stopped after {done} / {n_frames} frames'
+            )
+        self._update_enabled()
+        run_events(self.viewer).finished.emit()
+
+    def _on_saved(self, folder):
+        show_info(f'Motion correction results saved in {folder}')
+
+    def _on_save_finished(self):
+        generator, self._save_generator = self._save_generator, None
+        if generator is not None:
+            generator.close()
+        self.save_worker = None
+        self._save_done = None
+        self._update_enabled()
+
+    def _ask_save_folder(self, _value=None):
+        folder = QFileDialog.getExistingDirectory(
+            self, 'Save motion correction results to'
+        )
+        if folder:
+            self.save(folder)
+
+    # -- reactions to the viewer and the parameters ------------------------
+
+    def _on_layer_removed(self, event):
+        if self.worker is not None and event.value == self._run_source:
+            self.cancel()
+
+    def _on_params(self, params):
+        if self.worker is not None:
+            # applies from the next batch (session.params_history)
+            self.worker.send(params)
+        if self.outputs.results is not None:
+            self.outputs.set_style(self._vector_style())
+        self._request_preview()
+
+    def _on_reference(self):
+        self._request_preview()
+
+    def _on_step(self, _event=None):
+        self.outputs.show_current_vectors()
+        self._request_preview()
+
+    def _on_vector_style(self, _value=None):
+        style = self._vector_style()
+        self.outputs.set_style(style)
+        self.preview.restyle(style)
+
+    def _on_live_preview(self, on):
+        if on:
+            self.preview.request_now()
+        else:
+            self.preview.request.cancel()
+            self.preview.remove_layers()
+
+    def _request_preview(self):
+        if self.parameters.live_preview.value:
+            self.preview.request()
+
+    def _vector_style(self):
+        return self.run_panel.vector_style(
+            self.parameters.params.reliability_threshold
+        )
+
+    def _describe_preview(self):
+        source = self.reference.source.value
+        if source is None:
+            return None
+        try:
+            strategy = self.reference.strategy()
+        except ValueError:
+            return None
+        n_frames = int(source.data.shape[0])
+        return (
+            source,
+            current_frame(self.viewer, source, n_frames),
+            strategy,
+            self.parameters.params,
+            self.reference.session_kwargs(),
+            self._vector_style(),
+        )
+
+    # -- teardown -----------------------------------------------------------
+
+    def close_run(self) -> None:
+        """Stop every worker of this widget and wait for their threads.
+
+        Called when the widget is destroyed (viewer closed, dock removed);
+        handlers are disconnected first so nothing touches layers of a
+        closing viewer.
+        """
+        _shutdown(self.__dict__)
+
+
+def _shutdown(state):
+    """Stop the workers recorded in a widget's ``__dict__``."""
+    for worker_key, done_key in (
+        ('worker', '_done'),
+        ('save_worker', '_save_done'),
+    ):
+        worker, done = state.get(worker_key), state.get(done_key)
+        if worker is None:
+            continue
+        for name in ('yielded', 'returned', 'paused', 'resumed', 'finished'):
+            with contextlib.suppress(TypeError, RuntimeError):
+                getattr(worker, name).disconnect()  # raises if unconnected
+        stop_and_wait(worker, done)
+        state[worker_key] = None
+    for generator_key in ('_batches', '_save_generator'):
+        generator = state.get(generator_key)
+        if generator is not None:
+            generator.close()
+            state[generator_key] = None
+    preview = state.get('preview')
+    if preview is not None:
+        preview.shutdown()
+
+
+def _make_teardown(widget):
+    # ``destroyed`` fires when the Python wrapper may be gone: keep only
+    # the plain attribute dict, never the widget itself.
+    state = widget.__dict__
+
+    def teardown(*_args):
+        _shutdown(state)
+
+    return teardown
+
+
+def _zeroed_sink(session):
+    """A MemorySink for the session whose arrays start at zero.
+
+    ``np.zeros`` pages are mapped lazily, so frames not computed yet show
+    as zero (not garbage) without touching the memory up front.
+    """
+    sink = MemorySink()
+    sink.open(session)
+    sink.registered = np.zeros_like(sink.registered)
+    sink.w = np.zeros_like(sink.w)
+    sink.reliability = np.zeros_like(sink.reliability)
+    return sink
+
+
+def _run_info(source, session, params):
+    scale = tuple(float(value) for value in tuple(source.scale)[-3:])
+    return RunInfo(
+        n_frames=session.n_frames,
+        frame_shape=tuple(session.frame_shape),
+        scale=scale,
+        units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
+        axis_labels=tuple(source.axis_labels)[-3:],
+        source_name=source.name,
+        params=params,
+        batch_size=session.batch_size,
+    )

@@ -1,0 +1,336 @@
+"""The "Reference" section: source layer, reference strategy, channels.
+
+Multichannel data: napari opens channels as separate layers
+(``channel_axis``), so the flow is estimated on one layer (the source) and
+the other channels are listed under "also correct": they get the same
+flow.  An RGB layer is one layer; its flow is estimated on the luminance
+or on one colour channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    PushButton,
+    RangeSlider,
+    Select,
+    SpinBox,
+)
+from napari.layers import Image
+from psygnal import Signal
+
+from napari_flowscope.session import (
+    AdaptiveReference,
+    FrameReference,
+    ImageReference,
+    RangeReference,
+)
+
+from .layers import current_frame
+
+__all__ = ['ReferencePanel', 'is_stack_layer']
+
+MODES = [
+    ('one frame', 'frame'),
+    ('mean / median of frames', 'range'),
+    ('another layer', 'layer'),
+    ('adaptive (follows the sample)', 'adaptive'),
+]
+RGB_CHANNELS = [
+    ('luminance', (0.299, 0.587, 0.114)),
+    ('red', 0),
+    ('green', 1),
+    ('blue', 2),
+]
+
+
+def is_stack_layer(layer) -> bool:
+    """Whether ``layer`` is an image time-lapse: (T, Y, X) or RGB."""
+    return _is_image(layer) and layer.ndim == 3
+
+
+def _is_image(layer) -> bool:
+    # isinstance also sees through napari's PublicOnlyProxy
+    return isinstance(layer, Image) and not layer.multiscale
+
+
+class ReferencePanel(Container):
+    """Source layer, reference strategy and channels.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer or ViewerModel
+        Layer lists are read from it and kept in sync.
+    is_output : callable, optional
+        ``is_output(layer)`` is True for layers a run created; they are
+        not offered as inputs.
+
+    Signals
+    -------
+    reference_changed()
+        The source layer, the reference or the channel changed.
+    """
+
+    reference_changed = Signal()
+
+    def __init__(self, viewer, *, is_output=None):
+        self._viewer = viewer
+        self.is_output = is_output or (lambda layer: False)
+        self.source = ComboBox(
+            label='source layer',
+            choices=self._source_choices,
+            nullable=True,
+            tooltip='Time-lapse (T, Y, X) the flow is estimated on.',
+        )
+        self.rgb_channel = ComboBox(
+            label='estimate on',
+            choices=RGB_CHANNELS,
+            visible=False,
+            tooltip='RGB layers: the channel (or combination) that '
+            'drives the flow; all channels are corrected.',
+        )
+        self.also_correct = Select(
+            label='also correct',
+            choices=self._extra_choices,
+            tooltip='Other channels (layers of the same shape) to '
+            'correct with the flow of the source layer.',
+        )
+        self.also_correct.native.setMaximumHeight(70)
+        self.mode = ComboBox(label='reference', choices=MODES)
+        self.frame = SpinBox(label='frame', min=0, max=0)
+        self.current_frame_button = PushButton(text='current frame')
+        self._frame_row = Container(
+            layout='horizontal',
+            label='frame',
+            widgets=[self.frame, self.current_frame_button],
+            labels=False,
+        )
+        self._frame_row.margins = (0, 0, 0, 0)
+        self.frame_range = RangeSlider(
+            label='frames', min=0, max=1, value=(0, 1)
+        )
+        self.statistic = ComboBox(
+            label='statistic', choices=['mean', 'median']
+        )
+        self.preregister = CheckBox(
+            text='pre-register frames first',
+            tooltip='Register the range frames to their mean before '
+            'averaging, so drift inside the range does not blur it.',
+        )
+        self.reference_layer = ComboBox(
+            label='reference layer',
+            choices=self._reference_layer_choices,
+            nullable=True,
+            tooltip='A (Y, X) image, or the current frame of a stack.',
+        )
+        self.buffer_size = SpinBox(
+            label='initial frames',
+            value=50,
+            min=1,
+            max=10000,
+            tooltip='Frames pre-registered and averaged into the first '
+            'reference.',
+        )
+        self.update_interval = SpinBox(
+            label='update every', value=20, min=1, max=10000
+        )
+        self.update_weight = FloatSlider(
+            label='update weight', value=0.2, min=0.0, max=1.0, step=0.05
+        )
+        self._mode_widgets = {
+            'frame': [self._frame_row],
+            'range': [self.frame_range, self.statistic, self.preregister],
+            'layer': [self.reference_layer],
+            'adaptive': [
+                self.buffer_size,
+                self.update_interval,
+                self.update_weight,
+            ],
+        }
+        super().__init__(
+            widgets=[
+                self.source,
+                self.rgb_channel,
+                self.also_correct,
+                self.mode,
+                self._frame_row,
+                self.frame_range,
+                self.statistic,
+                self.preregister,
+                self.reference_layer,
+                self.buffer_size,
+                self.update_interval,
+                self.update_weight,
+            ]
+        )
+        self.margins = (0, 0, 0, 0)
+
+        self.source.changed.connect(self._on_source)
+        self.mode.changed.connect(self._on_mode)
+        self.current_frame_button.changed.connect(self.use_current_frame)
+        for widget in (
+            self.rgb_channel,
+            self.also_correct,
+            self.frame,
+            self.frame_range,
+            self.statistic,
+            self.preregister,
+            self.reference_layer,
+            self.buffer_size,
+            self.update_interval,
+            self.update_weight,
+        ):
+            widget.changed.connect(self._emit_changed)
+        layers = viewer.layers
+        layers.events.inserted.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._on_layers_changed)
+        layers.events.reordered.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        layers.events.inserted.connect(self._watch_name)
+        self._on_layers_changed()
+        self._on_mode(self.mode.value)
+
+    # -- choices ---------------------------------------------------------
+
+    def _source_choices(self, _widget=None):
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if is_stack_layer(layer) and not self.is_output(layer)
+        ]
+
+    def _extra_choices(self, _widget=None):
+        source = self.source.value if hasattr(self, 'source') else None
+        if source is None:
+            return []
+        shape = source.data.shape[:3]
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if is_stack_layer(layer)
+            and not layer.rgb
+            and layer != source
+            and layer.data.shape[:3] == shape
+            and not self.is_output(layer)
+        ]
+
+    def _reference_layer_choices(self, _widget=None):
+        source = self.source.value if hasattr(self, 'source') else None
+        if source is None:
+            return []
+        frame_shape = source.data.shape[1:3]
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if _is_image(layer)
+            and layer != source
+            and not layer.rgb
+            and layer.ndim in (2, 3)
+            and layer.data.shape[-2:] == frame_shape
+            and not self.is_output(layer)
+        ]
+
+    def _watch_name(self, event):
+        event.value.events.name.connect(self._on_layers_changed)
+
+    def _on_layers_changed(self, _event=None):
+        """Keep the layer lists in sync (added, removed, renamed)."""
+        for combo in (self.source, self.also_correct, self.reference_layer):
+            combo.reset_choices()
+        layers = [layer for layer in self.source.choices if layer is not None]
+        if self.source.value is None and layers:
+            self.source.value = layers[0]
+        # a rename changes no value but must refresh the labels shown
+        self._on_source(self.source.value, quiet=True)
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def n_frames(self) -> int:
+        source = self.source.value
+        return 0 if source is None else int(source.data.shape[0])
+
+    def _on_source(self, source, quiet=False):
+        n_frames = self.n_frames
+        last = max(n_frames - 1, 1)
+        self.frame.max = max(n_frames - 1, 0)
+        low, high = self.frame_range.value
+        self.frame_range.max = last
+        if high > last or (low, high) == (0, 1):
+            self.frame_range.value = (0, min(last, 49))
+        self.rgb_channel.visible = bool(source is not None and source.rgb)
+        self.also_correct.reset_choices()
+        self.reference_layer.reset_choices()
+        if not quiet:
+            self._emit_changed()
+
+    def _on_mode(self, mode):
+        for name, widgets in self._mode_widgets.items():
+            for widget in widgets:
+                widget.visible = name == mode
+        self._emit_changed()
+
+    def _emit_changed(self, _value=None):
+        self.reference_changed.emit()
+
+    def use_current_frame(self, _value=None) -> None:
+        """Set the reference frame to the frame under the time slider."""
+        source = self.source.value
+        if source is None:
+            return
+        self.mode.value = 'frame'
+        self.frame.value = current_frame(self._viewer, source, self.n_frames)
+
+    # -- what the session needs -----------------------------------------
+
+    def strategy(self):
+        """The reference strategy the widgets describe.
+
+        Raises
+        ------
+        ValueError
+            When the widgets do not describe a usable reference (e.g. no
+            reference layer chosen).
+        """
+        mode = self.mode.value
+        if mode == 'frame':
+            return FrameReference(int(self.frame.value))
+        if mode == 'range':
+            low, high = self.frame_range.value
+            return RangeReference(
+                int(low),
+                int(high) + 1,
+                statistic=self.statistic.value,
+                preregister=bool(self.preregister.value),
+            )
+        if mode == 'adaptive':
+            return AdaptiveReference(
+                buffer_size=int(self.buffer_size.value),
+                update_interval=int(self.update_interval.value),
+                update_weight=float(self.update_weight.value),
+            )
+        layer = self.reference_layer.value
+        if layer is None:
+            raise ValueError('choose a reference layer')
+        data = layer.data
+        if layer.ndim == 3:
+            index = current_frame(self._viewer, layer, data.shape[0])
+            data = data[index]
+        return ImageReference(np.asarray(data, dtype=np.float32))
+
+    def session_kwargs(self) -> dict:
+        """``channel_axis`` / ``channel`` for :class:`MotionSession`."""
+        source = self.source.value
+        if source is None or not source.rgb:
+            return {}
+        return {'channel_axis': 3, 'channel': self.rgb_channel.value}
+
+    @property
+    def extra_layers(self) -> list:
+        """Layers corrected with the source's flow."""
+        return list(self.also_correct.value)

@@ -1,0 +1,339 @@
+"""The "Run" section: start / pause / cancel, outputs, progress and save.
+
+The widgets here only show state; :class:`~napari_flowscope._qt.
+motion_widget.MotionCorrectionWidget` owns the worker.  The two functions
+that run in workers (:func:`stream_batches`, :func:`save_run`) take plain
+arrays and session objects, never layers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtCore import Qt, QThreadPool
+from superqt import QCollapsible
+
+from napari_flowscope.engine import warp
+from napari_flowscope.session import FlowBatch, output_dtype
+from napari_flowscope.session.sinks import DiskSink
+
+from .layers import OUTPUTS, VectorStyle
+
+__all__ = [
+    'RunControlPanel',
+    'format_progress',
+    'relay',
+    'save_run',
+    'stop_and_wait',
+    'stream_batches',
+    'track',
+]
+
+DEFAULT_OUTPUTS = ('vectors', 'speed', 'registered')
+OUTPUT_LABELS = {
+    'vectors': 'vectors',
+    'speed': 'speed',
+    'vx': 'vx / vy',
+    'reliability': 'reliability',
+    'divergence': 'divergence / curl',
+    'registered': 'registered stack',
+}
+
+
+def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
+    """Worker body: the session's batches, plus extra layers warped alike.
+
+    Parameters
+    ----------
+    batches : generator
+        :meth:`MotionSession.iter_batches` of the run.  A value sent to
+        this generator (new :class:`FlowParams`) is passed on to it.
+    extra_stacks : sequence of array_like, shape (T, Y, X)
+        Other channels (layers) corrected with the flow of the source.
+    interpolation : {'linear', 'cubic'}
+
+    Yields
+    ------
+    (FlowBatch, list of ndarray)
+        The batch and the registered frames ``start:stop`` of each extra
+        stack (its dtype kept for integers, float32 otherwise).
+    """
+    params = None
+    next_frame = 0
+    while True:
+        try:
+            batch = batches.send(params)
+        except StopIteration:
+            return
+        except Exception as error:
+            # napari shows worker errors as notifications: say where
+            raise RuntimeError(
+                f'Motion correction failed at frame {next_frame}: {error}'
+            ) from error
+        next_frame = batch.stop
+        extras = []
+        for stack in extra_stacks:
+            frames = np.asarray(stack[batch.start : batch.stop])
+            dtype = output_dtype(frames.dtype)
+            registered = np.empty(frames.shape, dtype)
+            for i, frame in enumerate(frames):
+                image = warp(frame, batch.w[i], interpolation=interpolation)
+                if dtype != np.float32:
+                    info = np.iinfo(dtype)
+                    image = np.clip(np.rint(image), info.min, info.max)
+                registered[i] = image
+            extras.append(registered)
+        params = yield batch, extras
+
+
+def save_run(folder, session, results, *, scale, units, source, batch_size):
+    """Worker body: write a finished run's files into ``folder``.
+
+    Replays the in-memory results through the session's
+    :class:`~napari_flowscope.session.sinks.DiskSink`, so the files are
+    exactly those of a headless run (atomic, ``.partial`` until complete).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    sink = DiskSink(folder, scale=scale, units=units, source=source)
+    sink.open(session)
+    try:
+        for start in range(0, session.n_frames, batch_size):
+            stop = min(start + batch_size, session.n_frames)
+            frames = slice(start, stop)
+            stats = type(results.stats)(
+                **{
+                    name: values[frames]
+                    for name, values in results.stats.as_columns().items()
+                }
+            )
+            sink.write(
+                FlowBatch(
+                    start=start,
+                    stop=stop,
+                    w=results.w[frames],
+                    reliability=results.reliability[frames],
+                    registered=results.registered[frames],
+                    stats=stats,
+                    reference=results.reference,
+                )
+            )
+            yield stop
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close(session)
+    return sink.directory
+
+
+def format_progress(done, total, elapsed):
+    """``'12 / 40 frames · ETA 3 s'`` (no ETA before the first frame)."""
+    text = f'{done} / {total} frames'
+    if 0 < done < total and elapsed > 0:
+        remaining = elapsed / done * (total - done)
+        if remaining >= 60:
+            text += f' · ETA {remaining / 60:.1f} min'
+        else:
+            text += f' · ETA {remaining:.0f} s'
+    return text
+
+
+class RunControlPanel(Container):
+    """Buttons, batch size, outputs, vector display and progress."""
+
+    def __init__(self):
+        self.start_button = PushButton(text='Start')
+        self.pause_button = PushButton(text='Pause', enabled=False)
+        self.cancel_button = PushButton(text='Cancel', enabled=False)
+        self.save_button = PushButton(
+            text='Save…',
+            enabled=False,
+            tooltip='Write registered.tif, flow.npy, reliability.npy, '
+            'params.json and stats.csv of the last complete run.',
+        )
+        buttons = Container(
+            layout='horizontal',
+            widgets=[
+                self.start_button,
+                self.pause_button,
+                self.cancel_button,
+                self.save_button,
+            ],
+            labels=False,
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.batch_size = SpinBox(
+            label='batch size',
+            value=16,
+            min=1,
+            max=512,
+            tooltip='Frames per batch: layers update once per batch.',
+        )
+        self.outputs = {
+            role: CheckBox(text=text, value=role in DEFAULT_OUTPUTS)
+            for role, text in OUTPUT_LABELS.items()
+        }
+        output_boxes = list(self.outputs.values())
+        grid = Container(
+            layout='vertical',
+            labels=False,
+            widgets=[
+                Container(
+                    layout='horizontal',
+                    labels=False,
+                    widgets=output_boxes[i : i + 3],
+                )
+                for i in range(0, len(output_boxes), 3)
+            ],
+        )
+        grid.margins = (0, 0, 0, 0)
+        for row in grid:
+            row.margins = (0, 0, 0, 0)
+        self.progress = Label(value='ready')
+        self.vector_step = SpinBox(
+            label='grid step (px)', value=16, min=2, max=256
+        )
+        self.vector_length = FloatSlider(
+            label='arrow length ×', value=1.0, min=0.5, max=20.0, step=0.5
+        )
+        self.mask_reliability = CheckBox(
+            text='hide unreliable vectors', value=True
+        )
+        self.intensity_percentile = FloatSpinBox(
+            label='hide below intensity pct',
+            value=0.0,
+            min=0.0,
+            max=99.0,
+            step=5.0,
+            tooltip='Hide vectors on pixels darker than this percentile '
+            'of the frame (0 = off).',
+        )
+        self.min_speed = FloatSpinBox(
+            label='hide slower than (px)',
+            value=0.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+        )
+        self._vector_options = Container(
+            widgets=[
+                self.vector_step,
+                self.vector_length,
+                self.mask_reliability,
+                self.intensity_percentile,
+                self.min_speed,
+            ]
+        )
+        super().__init__(
+            widgets=[
+                self.batch_size,
+                Label(value='outputs:'),
+                grid,
+                buttons,
+                self.progress,
+            ]
+        )
+        self.vectors_section = QCollapsible('Vector display')
+        self.vectors_section.addWidget(self._vector_options.native)
+        self.native.layout().addWidget(self.vectors_section)
+        self.margins = (0, 0, 0, 0)
+        self._started_at = None
+
+    @property
+    def roles(self) -> list[str]:
+        """Layer roles (keys of ``layers.OUTPUTS``) to produce."""
+        roles = []
+        for role, box in self.outputs.items():
+            if box.value:
+                roles.append(role)
+                if role == 'vx':
+                    roles.append('vy')
+                elif role == 'divergence':
+                    roles.append('curl')
+        return [role for role in OUTPUTS if role in roles]
+
+    def vector_style(self, reliability_threshold) -> VectorStyle:
+        """The vector display options."""
+        percentile = float(self.intensity_percentile.value)
+        return VectorStyle(
+            step=int(self.vector_step.value),
+            length=float(self.vector_length.value),
+            reliability_threshold=(
+                reliability_threshold if self.mask_reliability.value else None
+            ),
+            intensity_percentile=percentile if percentile > 0 else None,
+            min_speed=float(self.min_speed.value),
+        )
+
+    def set_running(self, running: bool) -> None:
+        """Enable the buttons that make sense while running or not."""
+        self.start_button.enabled = not running
+        self.pause_button.enabled = running
+        self.cancel_button.enabled = running
+        self.batch_size.enabled = not running
+        for box in self.outputs.values():
+            box.enabled = not running
+        if running:
+            self.pause_button.text = 'Pause'
+            self.save_button.enabled = False
+            self._started_at = time.perf_counter()
+
+    def set_paused(self, paused: bool) -> None:
+        self.pause_button.text = 'Resume' if paused else 'Pause'
+
+    def show_progress(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - (self._started_at or 0.0)
+        self.progress.value = format_progress(done, total, elapsed)
+
+
+def relay(generator):
+    """Worker body running ``generator`` (values sent are passed on).
+
+    Lets the caller keep the generator, so it can ``close()`` it after
+    the worker ends: a worker that was asked to quit stops between yields
+    and leaves its generator suspended; closing it runs its clean-up
+    (thread pools shut down, partial files removed).
+    """
+    return (yield from generator)
+
+
+def track(worker) -> threading.Event:
+    """An event set (in the worker's thread) when ``worker`` ends."""
+    done = threading.Event()
+    worker.finished.connect(done.set, Qt.ConnectionType.DirectConnection)
+    return done
+
+
+def stop_and_wait(worker, done, timeout_s=10.0) -> bool:
+    """Ask ``worker`` to quit and wait until its thread has let go of it.
+
+    Call after disconnecting the handlers that touch layers.  A worker
+    still queued (not started) is taken off the thread pool.
+
+    Returns
+    -------
+    bool
+        True when the worker is known to have ended.
+    """
+    worker.quit()
+    if QThreadPool.globalInstance().tryTake(worker):
+        return True
+    if not worker.is_running and not done.is_set():
+        # started with QTimer.singleShot and not yet handed to the pool:
+        # it will see the quit request before its first step
+        return False
+    return done.wait(timeout_s)
