@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ._normalize import check_frame, normalize
-from .lucas_kanade import LucasKanadeLevel
+from ._normalize import check_frame, match_statistics, normalize
+from .lucas_kanade import FINEST_INTERPOLATION, LucasKanadeLevel
 from .params import FlowParams
 from .pyramid import build_pyramid, coarse_to_fine, level_count
 
@@ -67,6 +67,8 @@ class FlowEstimator:
         self.params = params
         self.shape = reference.shape
         self.reference, self._constant = normalize(reference)
+        mean, std = cv2.meanStdDev(self.reference)
+        self._mean, self._std = float(mean[0, 0]), float(std[0, 0])
         levels = level_count(self.shape, params.levels)
         self._pyramid = build_pyramid(self.reference, levels)
         self._shapes = [level.shape for level in self._pyramid]
@@ -113,7 +115,9 @@ class FlowEstimator:
                 )
             if not np.isfinite(init).all():
                 raise ValueError('init contains NaN or infinite values')
-        moving, moving_constant = normalize(moving)
+        moving, moving_constant = match_statistics(
+            moving, self._mean, self._std
+        )
         if self._constant or moving_constant:
             return FlowField(
                 w=np.zeros((*self.shape, 2), np.float32),
@@ -134,7 +138,17 @@ class FlowEstimator:
             u = np.ascontiguousarray(w[..., 0])
             v = np.ascontiguousarray(w[..., 1])
             lk_level = self._lk_levels[level]
-            lk_level.solve(moving_pyramid[level], u, v, warps=warps)
+            lk_level.solve(
+                moving_pyramid[level],
+                u,
+                v,
+                warps=warps,
+                interpolation=(
+                    FINEST_INTERPOLATION if level == 0 else cv2.INTER_LINEAR
+                ),
+            )
+            if level == 0:
+                u, v = lk_level.average_reliable(u, v)
             return cv2.merge((u, v)), lk_level.reliability.copy()
 
         return solve

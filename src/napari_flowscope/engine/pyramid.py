@@ -72,18 +72,11 @@ def upsample_flow(w, shape):
     Returns
     -------
     ndarray, shape (H, W, 2), float32
-        Bilinearly interpolated (edges replicated) and multiplied by 2.
+        ``cv2.pyrUp`` interpolation (coarse pixel ``i`` lands on fine pixel
+        ``2 i``, matching ``cv2.pyrDown``), multiplied by 2.
     """
     height, width = shape[:2]
-    # Fine pixel x samples coarse position x / 2 (pyrDown alignment).
-    matrix = np.array([[0.5, 0, 0], [0, 0.5, 0]], np.float32)
-    finer = cv2.warpAffine(
-        w,
-        matrix,
-        (width, height),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+    finer = cv2.pyrUp(w, dstsize=(width, height))
     finer *= np.float32(2)
     return finer
 
