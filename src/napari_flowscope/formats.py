@@ -849,8 +849,13 @@ def _calibration(tif, series, series_index):
     if tif.is_imagej:
         ij = tif.imagej_metadata or {}
         unit = normalise_unit(ij.get('unit'))
-        x_res, y_res = page.resolution
-        if unit != 'pixel' or (x_res, y_res) != (1.0, 1.0):
+        # ImageJ writes ResolutionUnit NONE and the unit in its description;
+        # an INCH resolution comes from other software (72 dpi defaults).
+        calibrated = int(page.resolutionunit) == 1 and (
+            unit != 'pixel' or page.resolution != (1.0, 1.0)
+        )
+        if calibrated:
+            x_res, y_res = page.resolution
             calibration['X'] = (1.0 / _float(x_res), unit)
             calibration['Y'] = (1.0 / _float(y_res), unit)
         if 'spacing' in ij:
@@ -860,7 +865,8 @@ def _calibration(tif, series, series_index):
                 _float(ij['finterval']),
                 normalise_unit(ij.get('tunit', 's')),
             )
-        return calibration, None
+        if calibrated:
+            return calibration, None
     micrometres = _MICROMETRES_PER_RESOLUTION_UNIT.get(
         int(page.resolutionunit)
     )
@@ -1018,6 +1024,13 @@ def _check_complete(tif, series):
     file is opened rather than when a lazy array is first read.
     """
     size = tif.filehandle.size
+    for kind in ('imagej', 'ome', 'shaped'):
+        if getattr(tif, f'is_{kind}') and series.kind != kind:
+            # tifffile falls back to the pages it could read.
+            raise ValueError(
+                f'{tif.filename} is truncated or damaged: its {kind} '
+                'metadata describe more image data than the file holds'
+            )
     n_pages = math.prod(series.shape) // math.prod(series.keyframe.shape)
     try:
         last = series[n_pages - 1] if n_pages > 1 else series.keyframe
@@ -1093,8 +1106,9 @@ def image_sequence_files(paths):
 def read_image(path):
     """Read one single-frame image (TIFF with tifffile, PNG/JPEG with cv2).
 
-    Colour images are returned RGB(A) ``(Y, X, 3|4)``; colour images whose
-    channels are identical (greyscale saved as colour) as ``(Y, X)``.
+    Colour images are returned RGB(A) ``(Y, X, 3|4)``; a constant alpha
+    channel is dropped, and colour images whose channels are identical
+    (greyscale saved as colour) come back as ``(Y, X)``.
 
     Raises
     ------
@@ -1119,12 +1133,15 @@ def read_image(path):
                 else cv2.COLOR_BGRA2RGBA
             )
             image = cv2.cvtColor(image, code)
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        colour = image[..., :3]
-        if (colour == colour[..., :1]).all() and (
-            image.shape[2] == 3 or (image[..., 3] == image[0, 0, 3]).all()
-        ):
-            image = np.ascontiguousarray(image[..., 0])
+    if image.ndim == 3 and image.shape[2] == 4:
+        alpha = image[..., 3]
+        if (alpha == alpha.flat[0]).all():
+            # A constant alpha channel carries nothing.
+            image = image[..., :3]
+    if image.ndim == 3 and image.shape[2] == 3:
+        if (image == image[..., :1]).all():
+            image = image[..., 0]
+        image = np.ascontiguousarray(image)
     return image
 
 
