@@ -1,0 +1,68 @@
+"""Lazy inputs (dask, zarr, memory maps) are read batch by batch."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from napari_flowscope.session import MotionSession, compensate
+
+
+@pytest.fixture(scope='module')
+def expected(drifting_uint16):
+    return compensate(drifting_uint16, 0, batch_size=4)
+
+
+@pytest.mark.parametrize('temporal_smoothing', [None, True])
+def test_dask_input_is_never_fully_materialised(
+    drifting_uint16, counting, temporal_smoothing
+):
+    source = counting(drifting_uint16)
+    stack = da.from_array(source, chunks=(4, 80, 80))
+    session = MotionSession(
+        stack, batch_size=4, temporal_smoothing=temporal_smoothing
+    )
+    sink = session.run()
+
+    n_frames = len(drifting_uint16)
+    halo = 0 if temporal_smoothing is None else 2
+    assert source.reads, 'the dask graph never reached the source'
+    longest = max(stop - start for start, stop in source.reads)
+    assert longest <= 4
+    read = source.frames_read()
+    assert read.min() >= 1
+    # Once per batch that needs a frame (plus frame 0 for the reference).
+    assert read.max() <= 2 + (2 * halo + 3) // 4
+    assert read.sum() <= n_frames * (1 + 2 * halo / 4) + 1
+    reference = compensate(
+        drifting_uint16, 0, batch_size=4, temporal_smoothing=temporal_smoothing
+    )
+    np.testing.assert_array_equal(sink.w, reference[1])
+
+
+def test_zarr_input_matches_numpy(drifting_uint16, expected):
+    stack = zarr.create_array(
+        store=zarr.storage.MemoryStore(),
+        shape=drifting_uint16.shape,
+        chunks=(5, 80, 80),
+        dtype=drifting_uint16.dtype,
+    )
+    stack[:] = drifting_uint16
+    registered, w = compensate(stack, 0, batch_size=4)
+    np.testing.assert_array_equal(w, expected[1])
+    np.testing.assert_array_equal(registered, expected[0])
+
+
+def test_memmap_input_matches_numpy(drifting_uint16, expected, tmp_path):
+    path = tmp_path / 'stack.npy'
+    np.save(path, drifting_uint16)
+    stack = np.load(path, mmap_mode='r')
+    registered, w = compensate(stack, 0, batch_size=4)
+    np.testing.assert_array_equal(w, expected[1])
+    np.testing.assert_array_equal(registered, expected[0])
+
+
+def test_reads_are_one_batch_at_a_time(drifting_uint16, counting):
+    source = counting(drifting_uint16)
+    MotionSession(source, batch_size=6).run()
+    assert source.reads == [(0, 1), (0, 6), (6, 12), (12, 18), (18, 24)]
