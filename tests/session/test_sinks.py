@@ -1,0 +1,154 @@
+"""Disk sink: the files of architecture.md, atomic on cancel and crash."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_flowscope import formats
+from napari_flowscope.engine import FlowParams
+from napari_flowscope.session import (
+    DiskSink,
+    MemorySink,
+    MotionSession,
+    RangeReference,
+)
+
+FINAL_NAMES = set(DiskSink.FILE_NAMES.values())
+
+
+def _finished_looking(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name in FINAL_NAMES)
+
+
+def test_disk_sink_writes_every_file(drifting_uint16, tmp_path):
+    out = tmp_path / 'run'
+    session = MotionSession(
+        drifting_uint16, batch_size=7, reference=RangeReference(0, 3)
+    )
+    sink = session.run(
+        sink=DiskSink(
+            out, scale=(2.0, 0.5, 0.5), units=('s', 'um', 'um'), source='in'
+        )
+    )
+    memory = MotionSession(
+        drifting_uint16, batch_size=7, reference=RangeReference(0, 3)
+    ).run()
+
+    assert sink.complete
+    assert sorted(p.name for p in out.iterdir()) == sorted(FINAL_NAMES)
+    registered, metadata = formats.open_stack(out / 'registered.tif')
+    assert metadata.axes == 'TYX'
+    assert registered.dtype == np.uint16
+    assert metadata.scale == (2.0, 0.5, 0.5)
+    assert metadata.units == ('s', 'um', 'um')
+    np.testing.assert_array_equal(registered, memory.registered)
+
+    w, flow_metadata = formats.read_flow(out / 'flow.npy')
+    np.testing.assert_array_equal(w, memory.w)
+    assert flow_metadata['axes'] == 'TYXC'
+    assert flow_metadata['components'] == ['x', 'y']
+    assert flow_metadata['scale'] == [2.0, 0.5, 0.5]
+    np.testing.assert_array_equal(
+        np.load(out / 'reliability.npy'), memory.reliability
+    )
+
+    with open(out / 'stats.csv', newline='') as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row['frame']) for row in rows] == list(range(24))
+    for key, values in memory.stats.as_columns().items():
+        np.testing.assert_allclose(
+            [float(row[key]) for row in rows], values, rtol=1e-5, atol=1e-6
+        )
+
+    params = json.loads((out / 'params.json').read_text())
+    assert FlowParams.from_dict(params['params']) == FlowParams()
+    assert params['reference'] == RangeReference(0, 3).to_dict()
+    assert params['source'] == 'in'
+    assert params['input_dtype'] == 'uint16'
+
+
+def test_multichannel_stack_on_disk(drifting_uint16, tmp_path):
+    stack = np.stack([drifting_uint16[:5], drifting_uint16[:5] // 2], axis=1)
+    session = MotionSession(stack, channel_axis=1)
+    session.run(sink=DiskSink(tmp_path))
+    registered, metadata = formats.open_stack(tmp_path / 'registered.tif')
+    assert metadata.axes == 'TCYX'
+    expected = MotionSession(stack, channel_axis=1).run().registered
+    np.testing.assert_array_equal(registered, np.moveaxis(expected, -1, 1))
+
+
+def test_cancel_leaves_no_finished_looking_file(drifting_uint16, tmp_path):
+    seen_during_run = []
+
+    def progress(current, total):
+        seen_during_run.append(sorted(p.name for p in tmp_path.iterdir()))
+        if current >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MotionSession(drifting_uint16, batch_size=5).run(
+            sink=DiskSink(tmp_path), progress_callback=progress
+        )
+    # While running only .partial files exist; after the cancel, nothing.
+    assert seen_during_run[0]
+    for names in seen_during_run:
+        assert all(name.endswith('.partial') for name in names)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_the_generator_midway_with_a_sink(drifting_uint16, tmp_path):
+    """The GUI pattern: drive iter_batches, feed a sink, abort on cancel."""
+    session = MotionSession(drifting_uint16, batch_size=8)
+    sink = DiskSink(tmp_path)
+    sink.open(session)
+    batches = session.iter_batches()
+    sink.write(next(batches))
+    batches.close()
+    assert _finished_looking(tmp_path) == []
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_leaves_only_partial_files(drifting_uint16, tmp_path):
+    """A crash (no abort) leaves .partial files, never final names."""
+    session = MotionSession(drifting_uint16, batch_size=8)
+    sink = DiskSink(tmp_path)
+    sink.open(session)
+    sink.write(next(session.iter_batches()))
+    # The process dies here: neither close() nor abort() runs.
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names
+    assert _finished_looking(tmp_path) == []
+    assert all(name.endswith('.partial') for name in names)
+    sink.abort()
+
+
+def test_existing_results_need_overwrite(drifting_uint16, tmp_path):
+    stack = drifting_uint16[:4]
+    MotionSession(stack).run(sink=DiskSink(tmp_path))
+    with pytest.raises(FileExistsError, match='already holds results'):
+        MotionSession(stack).run(sink=DiskSink(tmp_path))
+
+    # With overwrite, an interrupted rerun removes the old results too,
+    # so they cannot be mistaken for the new run's.
+    def stop(current, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MotionSession(stack, batch_size=2).run(
+            sink=DiskSink(tmp_path, overwrite=True), progress_callback=stop
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_sink_matches_batches(drifting_uint16):
+    session = MotionSession(drifting_uint16, batch_size=5)
+    sink = session.run(sink=MemorySink())
+    batches = list(session.iter_batches())
+    np.testing.assert_array_equal(
+        sink.w, np.concatenate([batch.w for batch in batches])
+    )
+    np.testing.assert_array_equal(sink.reference, batches[-1].reference)
+    assert sink.complete
