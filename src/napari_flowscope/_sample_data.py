@@ -7,6 +7,8 @@ where the exact ground-truth flow of each one is available for tests and
 benchmarks.
 """
 
+from functools import cache
+
 import numpy as np
 
 from napari_flowscope import synthetic
@@ -27,9 +29,15 @@ _PIXEL_SCALE = (1.0, 1.0, 1.0)
 _PIXEL_UNITS = ('s', 'pixel', 'pixel')
 
 
+@cache
+def _sequence(name):
+    # The tissue samples take seconds to render; opening one again is free.
+    return getattr(synthetic, name)()
+
+
 def _stack_layer(stack, name, scale, units):
     return (
-        stack,
+        stack.copy(),
         {
             'name': name,
             'scale': scale,
@@ -70,7 +78,7 @@ def _flow_layers(w, name, scale, units):
 
 def moving_disk():
     """The teaching notebook's disk: 60x60, 1 px per frame diagonally."""
-    sequence = synthetic.moving_disk()
+    sequence = _sequence('moving_disk')
     return [
         _stack_layer(sequence.stack, 'moving disk', _PIXEL_SCALE, _PIXEL_UNITS)
     ]
@@ -78,7 +86,7 @@ def moving_disk():
 
 def rotating_particles():
     """Three Gaussian particles rotating on a circle."""
-    sequence = synthetic.rotating_particles()
+    sequence = _sequence('rotating_particles')
     return [
         _stack_layer(
             sequence.stack, 'rotating particles', _PIXEL_SCALE, _PIXEL_UNITS
@@ -93,7 +101,7 @@ def drifting_tissue():
     ``ground truth vx`` / ``ground truth vy`` (pixels; the full field is
     ``napari_flowscope.synthetic.drifting_tissue().flow``).
     """
-    sequence = synthetic.drifting_tissue()
+    sequence = _sequence('drifting_tissue')
     return [
         _stack_layer(
             sequence.stack, 'drifting tissue', _TISSUE_SCALE, _TISSUE_UNITS
@@ -106,7 +114,7 @@ def drifting_tissue():
 
 def bleaching_tissue():
     """Drifting tissue under bleaching and a sweeping illumination gradient."""
-    sequence = synthetic.bleaching_tissue()
+    sequence = _sequence('bleaching_tissue')
     return [
         _stack_layer(
             sequence.stack, 'bleaching tissue', _TISSUE_SCALE, _TISSUE_UNITS
