@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from ._normalize import check_frame, match_statistics, normalize
-from .lucas_kanade import FINEST_INTERPOLATION, LucasKanadeLevel
+from .lucas_kanade import LucasKanadeLevel
 from .params import FlowParams
 from .pyramid import build_pyramid, coarse_to_fine, level_count
 
@@ -138,15 +138,7 @@ class FlowEstimator:
             u = np.ascontiguousarray(w[..., 0])
             v = np.ascontiguousarray(w[..., 1])
             lk_level = self._lk_levels[level]
-            lk_level.solve(
-                moving_pyramid[level],
-                u,
-                v,
-                warps=warps,
-                interpolation=(
-                    FINEST_INTERPOLATION if level == 0 else cv2.INTER_LINEAR
-                ),
-            )
+            lk_level.solve(moving_pyramid[level], u, v, warps=warps)
             if level == 0:
                 u, v = lk_level.average_reliable(u, v)
             return cv2.merge((u, v)), lk_level.reliability.copy()

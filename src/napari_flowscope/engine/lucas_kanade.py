@@ -31,10 +31,6 @@ _TIKHONOV = np.float32(1e-5)
 # Pixels whose window holds less than this (weighted) fraction of reliable
 # pixels are not averaged.
 _MIN_SUPPORT = np.float32(0.05)
-#: Interpolation of the warps at full resolution (coarser levels are
-#: bilinear): bicubic roughly halves the sub-pixel bias of bilinear there,
-#: where it matters, for about 1 ms per 512 x 512 warp.
-FINEST_INTERPOLATION = cv2.INTER_CUBIC
 
 
 def gradients(image):
@@ -121,7 +117,7 @@ class LucasKanadeLevel:
         if isolated.any():
             self._isolated = np.flatnonzero(isolated)
 
-    def solve(self, moving, u, v, *, warps, interpolation=cv2.INTER_LINEAR):
+    def solve(self, moving, u, v, *, warps):
         """Refine the flow ``(u, v)`` in place.
 
         Parameters
@@ -132,9 +128,6 @@ class LucasKanadeLevel:
             x and y flow components (C-contiguous), updated in place.
         warps : int
             Number of warp-and-solve iterations.
-        interpolation : int
-            OpenCV interpolation flag used to warp ``moving``; bicubic
-            roughly halves the sub-pixel bias of bilinear.
         """
         map_x = np.empty_like(u)
         map_y = np.empty_like(v)
@@ -148,7 +141,10 @@ class LucasKanadeLevel:
                 moving,
                 map_x,
                 map_y,
-                interpolation,
+                # Bilinear: exact in OpenCV for one channel, whereas its
+                # INTER_CUBIC is biased by up to 0.05 px (a linear ramp is
+                # not reproduced), which would bias the flow as much.
+                cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_REPLICATE,
             )
             # Linearised residual of the whole flow at each window pixel,
