@@ -75,7 +75,13 @@ def stream(viewer, w, n_batches=None):
     return sent
 
 
-def test_plotted_series_equal_batch_stats(viewer_and_plots):
+def wait_drawn(widget, qtbot):
+    """Wait until the plot image shows the widget's current data."""
+    widget._redraw.flush()
+    qtbot.waitUntil(lambda: not widget.drawing, timeout=5000)
+
+
+def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
     viewer, widget = viewer_and_plots
     start_run(viewer)
     sent = stream(viewer, known_flow(), n_batches=2)
@@ -92,17 +98,21 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots):
 
     # What matplotlib draws is the same data, against time in seconds.
     run_events(viewer).finished.emit()
-    line = widget._lines['ncc_after']
-    np.testing.assert_array_equal(line.get_ydata(), series['ncc_after'])
-    np.testing.assert_allclose(line.get_xdata(), series['time'])
-    assert widget._axes[-1].get_xlabel() == 'time (s)'
+    wait_drawn(widget, qtbot)
+    lines = widget.figure.axes[1].get_lines()
+    ncc_after = next(line for line in lines if line.get_label() == 'after')
+    np.testing.assert_array_equal(ncc_after.get_ydata(), series['ncc_after'])
+    np.testing.assert_allclose(ncc_after.get_xdata(), series['time'])
+    assert widget.figure.axes[-1].get_xlabel() == 'time (s)'
 
 
 def test_cursor_follows_the_time_slider(viewer_and_plots, qtbot):
     viewer, widget = viewer_and_plots
     start_run(viewer)
     viewer.dims.set_current_step(0, 6)
-    assert widget._cursors[0].get_xdata()[0] == 6 * FRAME_INTERVAL
+    wait_drawn(widget, qtbot)
+    cursor = widget.figure.axes[0].get_lines()[-1]
+    assert cursor.get_xdata()[0] == 6 * FRAME_INTERVAL
 
 
 def rectangle_rows_10_20_cols_5_15(layer_scale):

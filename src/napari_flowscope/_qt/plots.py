@@ -3,33 +3,40 @@
 It only listens: :func:`napari_flowscope._qt.events.run_events` tells it
 when a run starts, each :class:`~napari_flowscope.session.FlowBatch` as it
 arrives (on the main thread) and when the run ends. The numbers are stored
-as they come, the plot is redrawn at most a few times per second, so a fast
-stream of batches never stalls napari's event loop.
+as they come on the main thread; the figure is drawn by matplotlib's Agg
+renderer in a worker thread, at most a few times per second, and shown as
+an image. A full Agg draw of the three axes takes 50-130 ms on a 2-core
+machine, too long for the event loop (budget: 50 ms per event), and blitting
+cannot avoid full draws as the axes limits grow during a run.
 
 Regions of interest are the area shapes (rectangles, polygons, ellipses)
 of a Shapes layer; their mean displacement and speed per frame are computed
 by the headless :mod:`napari_flowscope.roi`.
 """
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_warning
 from napari.utils.theme import get_theme
+from qtpy.QtCore import Qt, QThreadPool
+from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
-from superqt.utils import qthrottled
+from superqt.utils import create_worker, qthrottled
 
 from napari_flowscope._qt.events import run_events
 from napari_flowscope.roi import (
@@ -47,7 +54,7 @@ __all__ = ['MotionPlotWidget']
 
 STAT_NAMES = ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
 ROI_COMPONENTS = ('dx', 'dy', 'speed')
-# Agg redraws of three axes take tens of ms: at most one every 250 ms.
+# A redraw costs tens of ms of CPU that the run needs too: at most 4 per s.
 REDRAW_INTERVAL_MS = 250
 ROI_COLORS = tuple(colormaps['tab10'].colors)
 
@@ -68,6 +75,8 @@ class MotionPlotWidget(QWidget):
         frames already done) when it needs at most this many bytes; larger
         runs keep only the per-ROI means, and ROIs changed mid-run get
         curves from the next batch on.
+    render_count : int
+        Images of the plot shown so far (tests wait on it).
     """
 
     flow_cache_bytes = 1 << 30
@@ -82,19 +91,28 @@ class MotionPlotWidget(QWidget):
         self._flow = None
         self._allocate(0)
 
+        self._cursor_frame = None
+        self._figure = _MotionFigure()
+        self._render_worker = None
+        self._render_pending = False
+        # A pool of its own, a child of this widget: when the dock is
+        # deleted, the pool's destructor waits for a draw still running,
+        # so no worker outlives the objects it reports to.
+        self._render_pool = QThreadPool(self)
+        self._render_pool.setMaxThreadCount(1)
+        self._alive = True
+        self.render_count = 0
+
         self._build_controls()
-        self._build_figure()
         self._redraw = qthrottled(
-            self._draw, timeout=REDRAW_INTERVAL_MS, leading=True, parent=self
+            self._render, timeout=REDRAW_INTERVAL_MS, leading=True, parent=self
         )
         self._roi_update = qthrottled(
             self._recompute_rois, timeout=REDRAW_INTERVAL_MS, parent=self
         )
         self._connect()
         self._refresh_roi_layers()
-        self._apply_theme()
         self._on_current_step()
-        self._draw()
 
     # ----------------------------------------------------------------- UI
     def _build_controls(self):
@@ -124,10 +142,19 @@ class MotionPlotWidget(QWidget):
         button_row.addWidget(self._export_button)
         button_row.addWidget(self._clear_button)
 
+        # Ignored: the rendered image follows the label's size, never
+        # the other way round.
+        self._plot_label = QLabel()
+        self._plot_label.setSizePolicy(
+            QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored
+        )
+        self._plot_label.setMinimumSize(240, 360)
+        self._plot_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
         layout = QVBoxLayout(self)
         layout.addLayout(roi_row)
-        self._layout = layout
-        self._button_row = button_row
+        layout.addWidget(self._plot_label, stretch=1)
+        layout.addLayout(button_row)
 
         self._roi_layer_combo.currentIndexChanged.connect(
             self._on_roi_layer_chosen
@@ -135,33 +162,6 @@ class MotionPlotWidget(QWidget):
         self._new_roi_button.clicked.connect(self.new_roi_layer)
         self._export_button.clicked.connect(self._on_export_clicked)
         self._clear_button.clicked.connect(self.clear)
-
-    def _build_figure(self):
-        self._figure = Figure(figsize=(4, 6))
-        self._canvas = FigureCanvasQTAgg(self._figure)
-        self._canvas.setMinimumHeight(360)
-        speed_axes, ncc_axes, roi_axes = self._figure.subplots(
-            3, 1, sharex=True
-        )
-        self._figure.subplots_adjust(
-            left=0.16, right=0.97, top=0.97, bottom=0.09, hspace=0.12
-        )
-        self._axes = (speed_axes, ncc_axes, roi_axes)
-        speed_axes.set_ylabel('speed (px)')
-        ncc_axes.set_ylabel('NCC')
-        roi_axes.set_ylabel('ROI (px)')
-        self._lines = {
-            'mean_speed': speed_axes.plot([], [], label='mean')[0],
-            'max_speed': speed_axes.plot([], [], label='max', alpha=0.6)[0],
-            'ncc_before': ncc_axes.plot([], [], label='before')[0],
-            'ncc_after': ncc_axes.plot([], [], label='after')[0],
-        }
-        self._roi_lines = []
-        self._cursors = [axes.axvline(0, lw=1, ls='--') for axes in self._axes]
-        for axes in self._axes[:2]:
-            axes.legend(loc='upper right', fontsize='small')
-        self._layout.addWidget(self._canvas, stretch=1)
-        self._layout.addLayout(self._button_row)
 
     def _connect(self):
         viewer = self._viewer
@@ -171,18 +171,20 @@ class MotionPlotWidget(QWidget):
             (events.batch, self._on_batch),
             (events.finished, self._on_finished),
             (viewer.dims.events.current_step, self._on_current_step),
-            (viewer.events.theme, self._apply_theme),
+            (viewer.events.theme, self._redraw),
             (viewer.layers.events.inserted, self._refresh_roi_layers),
             (viewer.layers.events.removed, self._refresh_roi_layers),
         ]
         for emitter, callback in connections:
             emitter.connect(callback)
-        # The viewer outlives this dock when it is closed: stop listening
-        # before Qt deletes the widgets the callbacks draw on.
-        self.destroyed.connect(
-            lambda *_: _disconnect_all(connections + self._layer_connections)
-        )
-        self._connections = connections
+
+        def forget(*_):
+            # The viewer (and a render worker) can outlive this dock: stop
+            # listening once Qt has deleted the widgets the callbacks use.
+            self._alive = False
+            _disconnect_all(connections + self._layer_connections)
+
+        self.destroyed.connect(forget)
         self._layer_connections = []
 
     # ---------------------------------------------------------- public API
@@ -226,7 +228,7 @@ class MotionPlotWidget(QWidget):
         self._run = None
         self._flow = None
         self._allocate(0)
-        self._draw()
+        self._redraw()
 
     def export_csv(self, path):
         """Write the per-ROI curves of the frames received so far.
@@ -322,10 +324,7 @@ class MotionPlotWidget(QWidget):
         dims = self._viewer.dims
         if dims.ndim < 3:
             return
-        frame = dims.current_step[0]
-        x = frame * self._frame_interval() if self._in_time_units() else frame
-        for cursor in self._cursors:
-            cursor.set_xdata([x, x])
+        self._cursor_frame = dims.current_step[0]
         self._redraw()
 
     # -------------------------------------------------------------- ROIs
@@ -485,90 +484,227 @@ class MotionPlotWidget(QWidget):
         return frames * np.float32(self._frame_interval())
 
     # ------------------------------------------------------------ drawing
-    def _draw(self):
-        x = (
-            self._times()
-            if self._in_time_units()
-            else np.arange(self._n_frames)
-        )
-        for name, line in self._lines.items():
-            line.set_data(x, self._stats[name])
-        self._sync_roi_lines()
-        for line, (component, index) in zip(
-            self._roi_lines, self._roi_line_keys(), strict=True
-        ):
-            line.set_data(x, self._roi[component][:, index])
+    @property
+    def figure(self):
+        """The matplotlib Figure of the last image shown (read-only use)."""
+        return self._figure.figure
+
+    @property
+    def drawing(self):
+        """True while an image of the plot is being drawn or is due."""
+        return self._render_worker is not None or self._render_pending
+
+    def _x(self):
+        if self._in_time_units():
+            return self._times()
+        return np.arange(self._n_frames, dtype=np.float32)
+
+    def _snapshot(self):
+        """Everything a render needs, copied: the worker shares nothing."""
+        theme = get_theme(self._viewer.theme)
+        ratio = self._plot_label.devicePixelRatioF()
+        size = self._plot_label.size()
+        cursor = None
+        if self._cursor_frame is not None:
+            cursor = float(self._cursor_frame)
+            if self._in_time_units():
+                cursor *= self._frame_interval()
         unit = self._time_unit() or 's'
-        self._axes[-1].set_xlabel(
-            f'time ({unit})' if self._in_time_units() else 'frame'
+        return _PlotData(
+            x=self._x(),
+            stats={name: self._stats[name].copy() for name in STAT_NAMES},
+            roi={name: self._roi[name].copy() for name in ROI_COMPONENTS},
+            roi_names=tuple(self._roi_names),
+            cursor=cursor,
+            x_label=f'time ({unit})' if self._in_time_units() else 'frame',
+            panel=theme.background.as_hex(),
+            canvas=theme.canvas.as_hex(),
+            text=theme.text.as_hex(),
+            highlight=theme.highlight.as_hex(),
+            width=max(int(size.width() * ratio), 1),
+            height=max(int(size.height() * ratio), 1),
+            dpi=100 * ratio,
         )
-        for axes in self._axes:
+
+    def _render(self, *_):
+        """Draw in a worker; a request during a draw runs after it."""
+        if self._render_worker is not None:
+            self._render_pending = True
+            return
+        self._render_pending = False
+        worker = create_worker(
+            self._figure.render, self._snapshot(), _start_thread=False
+        )
+        worker.returned.connect(self._show_image)
+        worker.errored.connect(self._on_render_error)
+        worker.finished.connect(self._on_render_finished)
+        self._render_worker = worker
+        self._render_pool.start(worker)
+
+    def _show_image(self, rgba):
+        height, width = rgba.shape[:2]
+        image = QImage(
+            rgba.data, width, height, 4 * width, QImage.Format.Format_RGBA8888
+        )
+        if not self._alive:
+            return
+        pixmap = QPixmap.fromImage(image)
+        ratio = self._plot_label.devicePixelRatioF()
+        target = self._plot_label.size() * ratio
+        if pixmap.size() != target:
+            # resized while drawing: stretch until the next image comes
+            pixmap = pixmap.scaled(
+                target,
+                Qt.AspectRatioMode.IgnoreAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
+        pixmap.setDevicePixelRatio(ratio)
+        self._plot_label.setPixmap(pixmap)
+        self.render_count += 1
+
+    def _on_render_error(self, error):
+        show_warning(f'Motion over time: the plot could not be drawn: {error}')
+
+    def _on_render_finished(self):
+        self._render_worker = None
+        if self._render_pending and self._alive:
+            self._redraw()
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._redraw()
+
+
+@dataclass(frozen=True)
+class _PlotData:
+    """A copy of what one image of the plot shows (see `_MotionFigure`)."""
+
+    x: np.ndarray
+    stats: dict
+    roi: dict
+    roi_names: tuple
+    cursor: float | None
+    x_label: str
+    panel: str
+    canvas: str
+    text: str
+    highlight: str
+    width: int
+    height: int
+    dpi: float
+
+
+class _MotionFigure:
+    """The matplotlib figure; drawn by one thread at a time, no Qt.
+
+    Three axes share the time axis: mean and max speed, NCC before and
+    after correction, and the ROI curves (speed solid, dx dashed, dy
+    dotted, one colour per ROI).
+    """
+
+    def __init__(self):
+        self.figure = Figure()
+        FigureCanvasAgg(self.figure)
+        speed_axes, ncc_axes, roi_axes = self.figure.subplots(
+            3, 1, sharex=True
+        )
+        self.axes = (speed_axes, ncc_axes, roi_axes)
+        speed_axes.set_ylabel('speed (px)')
+        ncc_axes.set_ylabel('NCC')
+        roi_axes.set_ylabel('ROI (px)')
+        self.lines = {
+            'mean_speed': speed_axes.plot([], [], label='mean')[0],
+            'max_speed': speed_axes.plot([], [], label='max', alpha=0.6)[0],
+            'ncc_before': ncc_axes.plot([], [], label='before')[0],
+            'ncc_after': ncc_axes.plot([], [], label='after')[0],
+        }
+        self.roi_lines = []
+        self._roi_names = ()
+        self.cursors = [axes.axvline(0, lw=1, ls='--') for axes in self.axes]
+        for axes in self.axes[:2]:
+            axes.legend(loc='upper right', fontsize='x-small')
+
+    def render(self, data):
+        """Draw ``data``; return the image, shape (H, W, 4) uint8 RGBA."""
+        figure = self.figure
+        figure.set_dpi(data.dpi)
+        figure.set_size_inches(data.width / data.dpi, data.height / data.dpi)
+        # Margins in pixels so labels fit however narrow the dock is.
+        figure.subplots_adjust(
+            left=min(60 / data.width * data.dpi / 100, 0.4),
+            right=1 - min(8 / data.width, 0.1),
+            top=1 - min(8 / data.height, 0.1),
+            bottom=min(46 / data.height * data.dpi / 100, 0.3),
+            hspace=0.12,
+        )
+        for name, line in self.lines.items():
+            line.set_data(data.x, data.stats[name])
+        self._set_roi_lines(data)
+        self.axes[-1].set_xlabel(data.x_label)
+        for axes, cursor in zip(self.axes, self.cursors, strict=True):
+            cursor.set_visible(data.cursor is not None)
+            if data.cursor is not None:
+                cursor.set_xdata([data.cursor, data.cursor])
             axes.relim(visible_only=True)
             axes.autoscale_view()
-        if self._n_frames > 1:
-            self._axes[-1].set_xlim(x[0], x[-1])
-        self._canvas.draw_idle()
+        if data.x.size > 1:
+            self.axes[-1].set_xlim(data.x[0], data.x[-1])
+        self._apply_theme(data)
+        figure.canvas.draw()
+        return np.array(figure.canvas.buffer_rgba())
 
-    def _roi_line_keys(self):
-        return [
-            (component, index)
-            for index in range(len(self._roi_names))
-            for component in ROI_COMPONENTS
-        ]
+    def _set_roi_lines(self, data):
+        axes = self.axes[-1]
+        if data.roi_names != self._roi_names:
+            for line in self.roi_lines:
+                line.remove()
+            styles = {'speed': '-', 'dx': '--', 'dy': ':'}
+            self.roi_lines = [
+                axes.plot(
+                    [],
+                    [],
+                    ls=styles[component],
+                    color=ROI_COLORS[index % len(ROI_COLORS)],
+                    # one legend entry per ROI: its colour
+                    label=name if component == 'speed' else '_',
+                )[0]
+                for index, name in enumerate(data.roi_names)
+                for component in ROI_COMPONENTS
+            ]
+            if axes.get_legend() is not None:
+                axes.get_legend().remove()
+            if data.roi_names:
+                axes.legend(
+                    loc='upper right',
+                    fontsize='x-small',
+                    ncols=min(len(data.roi_names), 3),
+                    title='speed —  dx --  dy ··',
+                    title_fontsize='x-small',
+                )
+            self._roi_names = data.roi_names
+        lines = iter(self.roi_lines)
+        for index in range(len(data.roi_names)):
+            for component in ROI_COMPONENTS:
+                next(lines).set_data(data.x, data.roi[component][:, index])
 
-    def _sync_roi_lines(self):
-        keys = self._roi_line_keys()
-        if len(keys) == len(self._roi_lines) and all(
-            line.get_label().startswith(self._label(*key))
-            for line, key in zip(self._roi_lines, keys, strict=True)
-        ):
-            return
-        for line in self._roi_lines:
-            line.remove()
-        axes = self._axes[-1]
-        styles = {'speed': '-', 'dx': '--', 'dy': ':'}
-        self._roi_lines = [
-            axes.plot(
-                [],
-                [],
-                ls=styles[component],
-                color=ROI_COLORS[index % len(ROI_COLORS)],
-                label=self._label(component, index),
-            )[0]
-            for component, index in keys
-        ]
-        legend = axes.get_legend()
-        if legend is not None:
-            legend.remove()
-        if self._roi_lines:
-            axes.legend(loc='upper right', fontsize='x-small', ncols=3)
-            self._apply_theme()
-
-    def _label(self, component, index):
-        return f'{self._roi_names[index]} {component}'
-
-    def _apply_theme(self, event=None):
-        theme = get_theme(self._viewer.theme)
-        background = theme.canvas.as_hex()
-        foreground = theme.text.as_hex()
-        panel = theme.background.as_hex()
-        self._figure.set_facecolor(panel)
-        for axes in self._axes:
-            axes.set_facecolor(background)
-            axes.tick_params(colors=foreground, which='both')
-            axes.yaxis.label.set_color(foreground)
-            axes.xaxis.label.set_color(foreground)
+    def _apply_theme(self, data):
+        self.figure.set_facecolor(data.panel)
+        for axes in self.axes:
+            axes.set_facecolor(data.canvas)
+            axes.tick_params(colors=data.text, which='both')
+            axes.yaxis.label.set_color(data.text)
+            axes.xaxis.label.set_color(data.text)
             for spine in axes.spines.values():
-                spine.set_color(foreground)
+                spine.set_color(data.text)
             legend = axes.get_legend()
             if legend is not None:
-                legend.get_frame().set_facecolor(panel)
-                legend.get_frame().set_edgecolor(foreground)
+                legend.get_frame().set_facecolor(data.panel)
+                legend.get_frame().set_edgecolor(data.text)
+                legend.get_title().set_color(data.text)
                 for text in legend.get_texts():
-                    text.set_color(foreground)
-        for cursor in self._cursors:
-            cursor.set_color(theme.highlight.as_hex())
-        self._canvas.draw_idle()
+                    text.set_color(data.text)
+        for cursor in self.cursors:
+            cursor.set_color(data.highlight)
 
 
 def _disconnect_all(connections):
