@@ -1,0 +1,418 @@
+"""The ``napari-flowscope`` command line.
+
+``napari-flowscope correct INPUT.tif -o OUTDIR`` motion-corrects a TIFF
+time-lapse without napari, streaming the files of a session to OUTDIR (see
+``docs/architecture.md``); ``napari-flowscope demo`` opens napari with the
+drifting-tissue sample and the plugin's docks, or runs the same correction
+headless when there is no display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ['main']
+
+PROG = 'napari-flowscope'
+DEFAULT_DEMO_OUTPUT = 'flowscope-demo-output'
+# Exit status of a run stopped with Ctrl+C (128 + SIGINT), as shells use.
+EXIT_INTERRUPTED = 130
+
+
+class ProgressLine:
+    """A one-line progress bar with rate and ETA, for a text stream.
+
+    Call it as a ``progress_callback(current, total)``; on a terminal it
+    redraws one line, elsewhere (logs, pipes) it prints one line per call.
+
+    Parameters
+    ----------
+    label : str
+        Shown before the bar.
+    stream : file, optional
+        Default ``sys.stderr``.
+    width : int
+        Characters of the bar.
+    """
+
+    def __init__(self, label, *, stream=None, width=24):
+        self.label = label
+        self.stream = sys.stderr if stream is None else stream
+        self.width = width
+        self._start = time.perf_counter()
+        self._last_length = 0
+        self._redraw = bool(getattr(self.stream, 'isatty', lambda: False)())
+
+    def __call__(self, current, total):
+        elapsed = time.perf_counter() - self._start
+        fraction = current / total if total else 1.0
+        filled = int(round(self.width * fraction))
+        bar = '#' * filled + '-' * (self.width - filled)
+        rate = current / elapsed if elapsed > 0 else 0.0
+        eta = (total - current) / rate if rate > 0 else float('nan')
+        line = (
+            f'{self.label} [{bar}] {current}/{total} frames '
+            f'{100 * fraction:3.0f}%  {rate:.1f} frames/s  '
+            f'ETA {_duration(eta)}'
+        )
+        if self._redraw:
+            padding = ' ' * max(self._last_length - len(line), 0)
+            self.stream.write('\r' + line + padding)
+            if current >= total:
+                self.stream.write('\n')
+        else:
+            self.stream.write(line + '\n')
+        self._last_length = len(line)
+        self.stream.flush()
+
+
+def _duration(seconds):
+    if not np.isfinite(seconds):
+        return '--:--'
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f'{hours}:{minutes:02d}:{seconds:02d}'
+    return f'{minutes:02d}:{seconds:02d}'
+
+
+def _channel(text):
+    """``N`` (one channel) or comma-separated weights ``1,0.5``."""
+    try:
+        if ',' in text:
+            return [float(part) for part in text.split(',')]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            'expected a channel index or comma-separated weights; '
+            f'got {text!r}'
+        ) from None
+
+
+def _reference(text):
+    from napari_flowscope.session import reference_from_string
+
+    try:
+        return reference_from_string(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1; got {text}')
+    return value
+
+
+def _smoothing(text):
+    value = float(text)
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f'must be > 0 frames; got {text}')
+    return value
+
+
+def build_parser():
+    from napari_flowscope.engine.params import METHODS, PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            'Optical-flow motion measurement and correction for microscopy '
+            'time-lapses.'
+        ),
+    )
+    commands = parser.add_subparsers(dest='command', required=True)
+
+    correct = commands.add_parser(
+        'correct',
+        help='motion-correct a TIFF time-lapse (no napari needed)',
+        description=(
+            'Register every frame of a TIFF time-lapse to a reference and '
+            'write registered.tif, flow.npy + flow.json, reliability.npy, '
+            'stats.csv and params.json to OUTDIR. Files appear under their '
+            'final names only when the run is complete.'
+        ),
+    )
+    correct.add_argument('input', type=Path, help='TIFF stack (T, Y, X[, C])')
+    correct.add_argument(
+        '-o', '--output', type=Path, required=True, help='output folder'
+    )
+    correct.add_argument(
+        '--preset',
+        choices=list(PRESETS),
+        default='balanced',
+        help='flow parameter preset (default: %(default)s)',
+    )
+    correct.add_argument(
+        '--method',
+        choices=list(METHODS),
+        help="flow method, overriding the preset's",
+    )
+    correct.add_argument(
+        '--reference',
+        type=_reference,
+        default='frame:0',
+        metavar='SPEC',
+        help=(
+            'frame:N, range:A-B, range:A-B:median, '
+            'range:A-B:mean:preregister, adaptive or '
+            'adaptive:BUFFER:INTERVAL:WEIGHT (default: frame:0)'
+        ),
+    )
+    correct.add_argument(
+        '--channel',
+        type=_channel,
+        default=0,
+        metavar='N|W1,W2,...',
+        help=(
+            'multichannel input: channel used for the flow, or one weight '
+            'per channel (default: 0); the flow is applied to all channels'
+        ),
+    )
+    correct.add_argument(
+        '--batch-size',
+        type=_positive_int,
+        default=16,
+        help='frames read and registered at a time (default: %(default)s)',
+    )
+    correct.add_argument(
+        '--threads',
+        type=_positive_int,
+        default=None,
+        help='threads per batch (default: all CPU cores)',
+    )
+    correct.add_argument(
+        '--temporal-smoothing',
+        type=_smoothing,
+        nargs='?',
+        const=True,
+        default=None,
+        metavar='SIGMA',
+        help=(
+            'smooth frames in time before estimating the flow (no value: '
+            '5-tap kernel; SIGMA: Gaussian in frames)'
+        ),
+    )
+    correct.add_argument(
+        '--interpolation',
+        choices=['linear', 'cubic'],
+        default='linear',
+        help='interpolation of the warp (default: %(default)s)',
+    )
+    correct.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace the results of an earlier run in OUTDIR',
+    )
+    correct.add_argument(
+        '-q', '--quiet', action='store_true', help='no progress bar'
+    )
+    correct.set_defaults(func=_correct)
+
+    demo = commands.add_parser(
+        'demo',
+        help='open napari with a sample and the plugin (or run headless)',
+        description=(
+            'With a display: open napari with the drifting-tissue sample '
+            'and the Motion correction and Motion over time docks. Without '
+            'one (or with --headless): correct the same sample and write '
+            'the results to a folder.'
+        ),
+    )
+    demo.add_argument(
+        '--headless', action='store_true', help='never open a window'
+    )
+    demo.add_argument(
+        '-o',
+        '--output',
+        type=Path,
+        default=Path(DEFAULT_DEMO_OUTPUT),
+        help='output folder of the headless run (default: ./%(default)s)',
+    )
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f'{PROG}: cancelled; no results were written', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as error:
+        print(f'{PROG}: error: {error}', file=sys.stderr)
+        return 1
+
+
+# -- correct ----------------------------------------------------------------
+
+
+def _correct(args):
+    from napari_flowscope import formats
+    from napari_flowscope.engine import FlowParams
+    from napari_flowscope.session import DiskSink, MotionSession
+
+    stack, metadata = formats.open_stack(args.input, lazy=True)
+    channel_axis = _channel_axis(metadata)
+    params = FlowParams.preset(args.preset)
+    if args.method is not None:
+        params = params.replace(method=args.method)
+    session = MotionSession(
+        stack,
+        reference=args.reference,
+        params=params,
+        channel_axis=channel_axis,
+        channel=args.channel,
+        batch_size=args.batch_size,
+        temporal_smoothing=args.temporal_smoothing,
+        n_threads=args.threads,
+        interpolation=args.interpolation,
+    )
+    tyx = [metadata.axes.index(axis) for axis in 'TYX']
+    sink = DiskSink(
+        args.output,
+        scale=[metadata.scale[i] for i in tyx],
+        units=[metadata.units[i] for i in tyx],
+        source=str(Path(args.input).resolve()),
+        extra={'input_axes': metadata.axes},
+        overwrite=args.overwrite,
+    )
+    progress = None if args.quiet else ProgressLine('correct')
+    sink = session.run(sink=sink, progress_callback=progress)
+    _print_summary(session, sink.directory, _read_stats(sink))
+    return 0
+
+
+def _channel_axis(metadata):
+    extra = [axis for axis in metadata.axes if axis not in 'TYXCS']
+    if extra:
+        raise ValueError(
+            f'the stack has axes {metadata.axes}; only time-lapses of 2-D '
+            'frames (T, Y, X, optionally with channels) can be corrected'
+        )
+    if metadata.rgb:
+        return metadata.axes.index('S')
+    return metadata.channel_axis
+
+
+def _read_stats(sink):
+    import csv
+
+    with open(sink.paths['stats'], newline='') as file:
+        rows = list(csv.DictReader(file))
+    return {
+        key: np.array([float(row[key]) for row in rows], np.float32)
+        for key in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
+    }
+
+
+def _print_summary(session, directory, stats, *, extra_lines=()):
+    height, width = session.frame_shape
+    mean_speed = np.mean(stats['mean_speed'])
+    max_speed = np.max(stats['max_speed'])
+    before = np.mean(stats['ncc_before'])
+    after = np.mean(stats['ncc_after'])
+    lines = [
+        f'frames: {session.n_frames} of {width} x {height} px',
+        f'mean speed: {mean_speed:.2f} px (largest {max_speed:.2f} px)',
+        (
+            f'NCC with the reference: before {before:.3f}, after '
+            f'{after:.3f} (mean over frames)'
+        ),
+        *extra_lines,
+        f'results: {directory}',
+    ]
+    print('\n'.join(lines))
+
+
+# -- demo -------------------------------------------------------------------
+
+
+def display_available():
+    """Whether a window can be opened (X11/Wayland on Linux, always else)."""
+    if not sys.platform.startswith('linux'):
+        return True
+    return bool(os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY'))
+
+
+def _demo(args):
+    if not args.headless and display_available():
+        return _demo_gui()
+    return _demo_headless(args.output)
+
+
+def _demo_gui():
+    import napari
+
+    viewer = napari.Viewer(title='napari-flowscope demo')
+    viewer.open_sample('napari-flowscope', 'drifting_tissue')
+    viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion over time'
+    )
+    napari.run()
+    return 0
+
+
+def _demo_headless(output):
+    from napari_flowscope import _sample_data
+    from napari_flowscope.session import DiskSink, MotionSession
+
+    stack_layer, flow_x, flow_y = _sample_data.drifting_tissue()
+    stack, stack_kwargs, _ = stack_layer
+    truth = np.stack([flow_x[0], flow_y[0]], axis=-1)
+    print(
+        f'{PROG} demo (headless): correcting the drifting-tissue sample '
+        f'into {output}',
+        file=sys.stderr,
+    )
+    session = MotionSession(stack)
+    sink = session.run(
+        sink=DiskSink(
+            output,
+            scale=stack_kwargs['scale'],
+            units=stack_kwargs['units'],
+            source='napari-flowscope sample: drifting_tissue',
+            overwrite=True,
+        ),
+        progress_callback=ProgressLine('demo'),
+    )
+    from napari_flowscope import formats
+
+    w, _ = formats.read_flow(sink.paths['flow'], mmap_mode='r')
+    error = _interior_error(np.asarray(w), truth)
+    _print_summary(
+        session,
+        sink.directory,
+        _read_stats(sink),
+        extra_lines=[
+            (
+                f'error against the ground-truth flow: {error:.3f} px '
+                '(mean end-point error, 10% border excluded)'
+            )
+        ],
+    )
+    return 0
+
+
+def _interior_error(w, truth):
+    """Mean end-point error away from the border, where content enters."""
+    margin_y, margin_x = (max(1, size // 10) for size in w.shape[1:3])
+    inner = np.s_[:, margin_y:-margin_y, margin_x:-margin_x]
+    return float(np.linalg.norm(w[inner] - truth[inner], axis=-1).mean())
+
+
+if __name__ == '__main__':
+    sys.exit(main())
