@@ -151,6 +151,9 @@ class LucasKanadeLevel:
             # moving(x + w_new) ~ warped(x) + grad(x) . (w_new - w(x)),
             # so that neighbours with a different flow are used correctly.
             temporal -= self.reference
+            # Where x + w falls outside the frame the warped value is made
+            # up (replicated border): trust the current flow there instead.
+            temporal[_outside(map_x, map_y)] = 0
             residual = self._ix * u
             residual += self._iy * v
             residual -= temporal
@@ -198,6 +201,15 @@ class LucasKanadeLevel:
                 )
             averaged.append(mean)
         return averaged[0], averaged[1]
+
+
+def _outside(map_x, map_y):
+    height, width = map_x.shape
+    outside = map_x < 0
+    outside |= map_x > width - 1
+    outside |= map_y < 0
+    outside |= map_y > height - 1
+    return outside
 
 
 def _blur(image, sigma):
