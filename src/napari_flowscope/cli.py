@@ -52,7 +52,7 @@ class ProgressLine:
     def __call__(self, current, total):
         elapsed = time.perf_counter() - self._start
         fraction = current / total if total else 1.0
-        filled = int(round(self.width * fraction))
+        filled = int(self.width * fraction)
         bar = '#' * filled + '-' * (self.width - filled)
         rate = current / elapsed if elapsed > 0 else 0.0
         eta = (total - current) / rate if rate > 0 else float('nan')

@@ -1,0 +1,209 @@
+"""The napari-flowscope command line, run in-process."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_flowscope import cli, formats, synthetic
+from napari_flowscope.session import compensate
+
+
+@pytest.fixture(scope='module')
+def sequence():
+    return synthetic.drifting_tissue(n_frames=10, shape=(72, 72), seed=5)
+
+
+@pytest.fixture(scope='module')
+def stack_uint16(sequence):
+    return np.round(sequence.stack * 3000).astype(np.uint16)
+
+
+def _write_imagej(path, data, axes):
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.4, 1 / 0.4),
+        metadata={'axes': axes, 'unit': 'um', 'finterval': 1.5},
+    )
+
+
+def test_correct_round_trips_a_tiff(tmp_path, sequence, stack_uint16, capsys):
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack_uint16, 'TYX')
+    out = tmp_path / 'out'
+
+    status = cli.main(
+        ['correct', str(source), '-o', str(out), '--batch-size', '4']
+    )
+
+    assert status == 0
+    registered, metadata = formats.open_stack(out / 'registered.tif')
+    assert metadata.axes == 'TYX'
+    assert registered.dtype == np.uint16
+    assert metadata.scale == pytest.approx((1.5, 0.4, 0.4))
+    assert metadata.units == ('s', 'um', 'um')
+    expected_registered, expected_w = compensate(stack_uint16, 0)
+    np.testing.assert_array_equal(registered, expected_registered)
+    w, flow_metadata = formats.read_flow(out / 'flow.npy')
+    np.testing.assert_array_equal(w, expected_w)
+    assert flow_metadata['scale'] == pytest.approx([1.5, 0.4, 0.4])
+    error = np.linalg.norm(w - sequence.flow, axis=-1)[:, sequence.valid]
+    assert error.mean() < 0.5
+    params = json.loads((out / 'params.json').read_text())
+    assert params['params']['method'] == 'lucas_kanade'
+    assert params['input_axes'] == 'TYX'
+    captured = capsys.readouterr()
+    assert 'frames: 10 of 72 x 72 px' in captured.out
+    assert f'results: {out}' in captured.out
+    assert '10/10 frames' in captured.err
+    assert 'ETA' in captured.err
+
+
+def test_correct_multichannel_keeps_axes(tmp_path, stack_uint16):
+    stack = np.stack([stack_uint16, stack_uint16 // 3 + 7], axis=1)
+    source = tmp_path / 'tcyx.tif'
+    _write_imagej(source, stack, 'TCYX')
+    out = tmp_path / 'out'
+
+    status = cli.main(
+        [
+            'correct',
+            str(source),
+            '-o',
+            str(out),
+            '--channel',
+            '1',
+            '--reference',
+            'range:0-3:median',
+            '--preset',
+            'fast',
+            '--threads',
+            '2',
+            '-q',
+        ]
+    )
+
+    assert status == 0
+    registered, metadata = formats.open_stack(out / 'registered.tif')
+    assert metadata.axes == 'TCYX'
+    assert registered.shape == stack.shape
+    assert registered.dtype == np.uint16
+    params = json.loads((out / 'params.json').read_text())
+    assert params['channel'] == 1
+    assert params['reference'] == {
+        'strategy': 'range',
+        'start': 0,
+        'stop': 3,
+        'statistic': 'median',
+        'preregister': False,
+    }
+    assert params['params']['warps'] == 1  # the fast preset
+
+
+def test_correct_method_overrides_the_preset(tmp_path, stack_uint16):
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack_uint16[:3], 'TYX')
+    status = cli.main(
+        [
+            'correct',
+            str(source),
+            '-o',
+            str(tmp_path / 'out'),
+            '--method',
+            'variational',
+            '-q',
+        ]
+    )
+    assert status == 0
+    params = json.loads((tmp_path / 'out' / 'params.json').read_text())
+    assert params['params']['method'] == 'variational'
+
+
+def test_existing_output_is_not_overwritten(tmp_path, stack_uint16, capsys):
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack_uint16[:3], 'TYX')
+    out = tmp_path / 'out'
+    assert cli.main(['correct', str(source), '-o', str(out), '-q']) == 0
+    before = (out / 'flow.npy').stat().st_mtime_ns
+
+    assert cli.main(['correct', str(source), '-o', str(out), '-q']) == 1
+    assert 'already holds results' in capsys.readouterr().err
+    assert (out / 'flow.npy').stat().st_mtime_ns == before
+    command = ['correct', str(source), '-o', str(out), '-q', '--overwrite']
+    assert cli.main(command) == 0
+
+
+def test_stacks_with_depth_are_refused(tmp_path, capsys):
+    source = tmp_path / 'tzyx.tif'
+    _write_imagej(source, np.zeros((3, 2, 16, 16), np.uint8), 'TZYX')
+    status = cli.main(['correct', str(source), '-o', str(tmp_path / 'o')])
+    assert status == 1
+    assert 'TZYX' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize(
+    'arguments',
+    [
+        ['--reference', 'middle'],
+        ['--batch-size', '0'],
+        ['--channel', 'red'],
+        ['--preset', 'best'],
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path, arguments, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['correct', 'in.tif', '-o', str(tmp_path), *arguments])
+    assert exit_info.value.code == 2
+    assert 'error' in capsys.readouterr().err
+
+
+def test_demo_headless_writes_results_and_summary(tmp_path, capsys):
+    out = tmp_path / 'demo'
+    assert cli.main(['demo', '--headless', '-o', str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f'results: {out}' in captured.out
+    line = next(
+        line
+        for line in captured.out.splitlines()
+        if line.startswith('error against the ground-truth flow')
+    )
+    error = float(line.split(':')[1].split('px')[0])
+    assert error < 0.2
+    assert 'frames: 40 of 192 x 192 px' in captured.out
+    assert (out / 'registered.tif').is_file()
+    _, metadata = formats.open_stack(out / 'registered.tif')
+    assert metadata.units == ('s', 'um', 'um')
+
+
+def test_demo_chooses_the_gui_only_with_a_display(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli, '_demo_gui', lambda: calls.append('gui') or 0)
+    monkeypatch.setattr(
+        cli, '_demo_headless', lambda output: calls.append(output) or 0
+    )
+    monkeypatch.setattr(cli.sys, 'platform', 'linux')
+    monkeypatch.setenv('DISPLAY', ':1')
+    cli.main(['demo'])
+    cli.main(['demo', '--headless', '-o', str(tmp_path)])
+    monkeypatch.delenv('DISPLAY')
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    cli.main(['demo'])
+    assert calls == ['gui', tmp_path, cli.Path(cli.DEFAULT_DEMO_OUTPUT)]
+
+
+def test_progress_line_reports_rate_and_eta():
+    stream = io.StringIO()
+    progress = cli.ProgressLine('correct', stream=stream, width=10)
+    progress(5, 20)
+    progress(20, 20)
+    first, last = stream.getvalue().splitlines()
+    assert first.startswith('correct [##--------] 5/20 frames  25%')
+    assert 'frames/s' in first
+    assert 'ETA' in first
+    assert last.startswith('correct [##########] 20/20 frames 100%')
+    assert last.endswith('ETA 00:00')
