@@ -26,6 +26,7 @@ import math
 import mmap
 import os
 import re
+import warnings
 import weakref
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -412,9 +413,24 @@ class ImageJStackWriter(_FrameWriter):
         )
         kwargs = _imagej_kwargs(self.axes, scale, units)
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        self._array = tifffile.memmap(
-            self.partial_path, shape=stored_shape, dtype=self.dtype, **kwargs
-        )
+        try:
+            with warnings.catch_warnings():
+                # Above 4 GB tifffile writes what ImageJ itself writes: IFDs
+                # for the first pages only, the pixel data contiguous and the
+                # frame count in the description (ImageJ and tifffile read
+                # the whole stack back).
+                warnings.filterwarnings(
+                    'ignore', '.*truncating ImageJ file', UserWarning
+                )
+                self._array = tifffile.memmap(
+                    self.partial_path,
+                    shape=stored_shape,
+                    dtype=self.dtype,
+                    **kwargs,
+                )
+        except BaseException:
+            _remove(self.partial_path)
+            raise
 
     def _store(self, start, frames):
         frames = _cast_exactly(frames, self.dtype)
@@ -1133,6 +1149,13 @@ def read_image(path):
                 else cv2.COLOR_BGRA2RGBA
             )
             image = cv2.cvtColor(image, code)
+    if image.ndim not in (2, 3) or (
+        image.ndim == 3 and image.shape[2] not in (3, 4)
+    ):
+        raise ValueError(
+            f'{path.name} holds an array of shape {image.shape}, not a '
+            'single frame; open multi-frame files one at a time'
+        )
     if image.ndim == 3 and image.shape[2] == 4:
         alpha = image[..., 3]
         if (alpha == alpha.flat[0]).all():
@@ -1176,8 +1199,6 @@ def open_image_sequence(paths, *, lazy=None):
             f'(TIFF/PNG/JPEG), found {len(files)}'
         )
     first = read_image(files[0])
-    if first.ndim not in (2, 3):
-        raise ValueError(f'{files[0]} is not a single 2-D image')
     frame_shape, dtype = first.shape, first.dtype
     axes = 'TYX' if first.ndim == 2 else 'TYXS'
     metadata = StackMetadata(

@@ -342,3 +342,14 @@ def test_single_png_is_not_a_time_lapse(tmp_path):
     cv2.imwrite(str(tmp_path / 'one.png'), np.zeros((8, 9), np.uint8))
     with pytest.raises(ValueError, match='single 2-D image'):
         _read(tmp_path / 'one.png')
+
+
+def test_folder_of_stacks_is_not_a_sequence_of_frames(tmp_path):
+    for name in ('a1.tif', 'a2.tif'):
+        tifffile.imwrite(
+            tmp_path / name,
+            np.zeros((5, 8, 9), np.uint8),
+            photometric='minisblack',
+        )
+    with pytest.raises(ValueError, match='not a single frame'):
+        _read(tmp_path)
