@@ -1,0 +1,419 @@
+"""Batch motion correction of a long stack on a Dask cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from napari_flowscope.engine import FlowParams
+from napari_flowscope.session import (
+    DiskSink,
+    FlowBatch,
+    FrameReference,
+    FrameStats,
+    MotionSession,
+    as_reference_strategy,
+)
+
+from .chunks import ChunkSettings, correct_chunk, open_chunk, remove_chunk
+from .sources import FrameWindow, stack_source
+
+__all__ = ['correct_distributed']
+
+#: How often (s) the client looks at the cancel event while chunks run.
+_POLL_INTERVAL = 0.2
+
+
+def correct_distributed(
+    stack_or_path,
+    output_dir,
+    *,
+    reference=None,
+    params: FlowParams | None = None,
+    chunk_size: int = 64,
+    client=None,
+    n_workers: int = 2,
+    channel_axis: int | None = None,
+    channel: int | tuple = 0,
+    batch_size: int = 16,
+    interpolation: str = 'linear',
+    scale=None,
+    units=None,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress_callback: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> DiskSink:
+    """Motion-correct a stack on a Dask cluster into an output folder.
+
+    The stack is split into chunks of ``chunk_size`` frames.  The
+    reference is built once, here on the client, by the same code as a
+    single-process :class:`~napari_flowscope.session.MotionSession`, and
+    broadcast to every worker.  Each worker reads its chunk's frames
+    itself (from the input file: nothing large goes through the
+    scheduler), registers them and writes them to per-chunk files in
+    ``output_dir``.  The client copies finished chunks, in frame order,
+    into the same files a single-process run writes (``registered.tif``,
+    ``flow.npy`` + ``flow.json``, ``reliability.npy``, ``stats.csv``,
+    ``params.json``; see :class:`~napari_flowscope.session.DiskSink`).
+
+    Parameters
+    ----------
+    stack_or_path : str, Path or array_like, shape (T, Y, X) or with channels
+        A ``.tif``/``.tiff`` (ImageJ/OME axes, scale and units are read),
+        ``.npy`` or ``.zarr`` path; a memory map of a whole file; a zarr
+        or file-backed dask array; or an in-memory numpy array (its chunks
+        are scattered to the workers).  Workers must see the same paths
+        as the client (a shared file system).
+    output_dir : str or Path
+        Output folder, shared between client and workers.
+    reference : FrameReference, RangeReference, ImageReference, ndarray \
+or int, optional
+        A fixed reference (default frame 0).  A
+        :class:`~napari_flowscope.session.RangeReference` with
+        ``preregister=True`` is pre-registered once, on the client.
+        :class:`~napari_flowscope.session.AdaptiveReference` is refused:
+        it makes every frame depend on the previous ones (see
+        ``docs/distributed.md``).
+    params : FlowParams, optional
+        Default ``FlowParams()`` (the 'balanced' preset).
+    chunk_size : int
+        Frames per Dask task.  Progress is reported per chunk.
+    client : None, 'local', str or distributed.Client
+        ``None`` uses the current default client, or starts a local
+        cluster when there is none; ``'local'`` always starts a
+        :class:`~distributed.LocalCluster` of ``n_workers`` processes (one
+        thread each), closed at the end; a string is a scheduler address
+        (``'tcp://host:8786'``); a client is used as is.
+    n_workers : int
+        Workers of a cluster started here.
+    channel_axis : int, optional
+        Channel axis of the stack (not 0).  Read from TIFF axes by
+        default.
+    channel : int or sequence of float
+        Channel, or channel weights, the flow is estimated on.
+    batch_size : int
+        Frames a worker holds in memory at once (memory per worker is
+        about ``batch_size`` x 40 bytes x pixels per frame on top of
+        the worker's baseline).  Results do not depend on it.
+    interpolation : {'linear', 'cubic'}
+        Interpolation of the warp.
+    scale, units : tuple, optional
+        Frame interval and pixel size aligned with ``'TYX'``, recorded in
+        the outputs; read from TIFF metadata by default.
+    overwrite : bool
+        Whether results of an earlier run in ``output_dir`` may be
+        replaced.
+    retries : int
+        How often Dask retries a chunk whose task raised (a chunk whose
+        worker died is rescheduled by Dask in any case).
+    progress_callback : callable, optional
+        ``progress_callback(done_frames, total_frames)`` after each
+        finished chunk (chunks finish in any order).
+    cancel : threading.Event, optional
+        Set it (from another thread) to cancel the run: pending chunks are
+        cancelled and every partial output is removed.
+
+    Returns
+    -------
+    DiskSink
+        The sink holding the output paths (``sink.paths``); its
+        ``complete`` is False when the run was cancelled through
+        ``cancel``.
+
+    Raises
+    ------
+    ValueError
+        For an adaptive reference, a stack that is not ``(T, Y, X)``
+        (plus channels), or a ``chunk_size`` below 1.
+    FileExistsError
+        When ``output_dir`` holds results and ``overwrite`` is False.
+    """
+    strategy = as_reference_strategy(
+        FrameReference(0) if reference is None else reference
+    )
+    if strategy.adaptive:
+        raise ValueError(
+            'an adaptive reference cannot be distributed: each frame is '
+            'registered to a reference blended from the frames before it, '
+            'so frames must be processed one after the other.  Use a '
+            'fixed reference on the cluster (e.g. RangeReference(0, 50, '
+            'preregister=True), a pre-registered mean), or run the '
+            'adaptive reference in a single process (MotionSession / '
+            'napari-flowscope correct without --scheduler)'
+        )
+    if int(chunk_size) < 1:
+        raise ValueError(f'chunk_size must be >= 1; got {chunk_size}')
+    chunk_size = int(chunk_size)
+    source = stack_source(stack_or_path)
+    data, axes, file_scale, file_units = source.open()
+    if axes is not None:
+        channel_axis = (
+            _channel_axis(axes) if channel_axis is None else (channel_axis)
+        )
+        scale = _tyx(axes, file_scale) if scale is None else scale
+        units = _tyx(axes, file_units) if units is None else units
+    n_frames = int(data.shape[0])
+    # The client-side session builds the reference (reading only the
+    # frames it needs) and describes the run for params.json.
+    session = MotionSession(
+        FrameWindow(data, 0, n_frames),
+        reference=strategy,
+        params=params,
+        channel_axis=channel_axis,
+        channel=channel,
+        batch_size=batch_size,
+        interpolation=interpolation,
+    )
+    reference_image = session.reference_image
+    settings = ChunkSettings(
+        params=session.params,
+        channel_axis=channel_axis,
+        channel=channel if isinstance(channel, int) else tuple(channel),
+        batch_size=session.batch_size,
+        interpolation=interpolation,
+    )
+    chunks = [
+        (start, min(start + chunk_size, n_frames))
+        for start in range(0, n_frames, chunk_size)
+    ]
+    output_dir = Path(output_dir)
+    run_id = uuid.uuid4().hex[:12]
+    chunk_dir = output_dir / f'.flowscope-chunks-{run_id}'
+    with _connect(client, n_workers) as dask_client:
+        sink = DiskSink(
+            output_dir,
+            scale=scale,
+            units=units,
+            source=source.path,
+            extra={
+                'distributed': {
+                    'chunk_size': chunk_size,
+                    'scheduler': dask_client.scheduler.address,
+                    'n_workers': len(dask_client.scheduler_info()['workers']),
+                }
+            },
+            overwrite=overwrite,
+        )
+        sink.open(session)
+        futures = []
+        try:
+            chunk_dir.mkdir()
+            futures = _submit(
+                dask_client,
+                source,
+                chunks,
+                reference_image,
+                settings,
+                chunk_dir,
+                run_id=run_id,
+                retries=retries,
+            )
+            finished = _collect(
+                futures,
+                chunks,
+                sink,
+                chunk_dir,
+                reference_image,
+                batch_size=session.batch_size,
+                n_frames=n_frames,
+                progress_callback=progress_callback,
+                cancel=cancel,
+            )
+            if finished:
+                # Every frame was registered with these parameters.
+                session.params_history = [(0, session.params)]
+                sink.close(session)
+            else:
+                dask_client.cancel(futures)
+                sink.abort()
+        except BaseException:
+            dask_client.cancel(futures)
+            sink.abort()
+            raise
+        finally:
+            shutil.rmtree(chunk_dir, ignore_errors=True)
+    return sink
+
+
+def _submit(
+    client,
+    source,
+    chunks,
+    reference_image,
+    settings,
+    chunk_dir,
+    *,
+    run_id,
+    retries,
+):
+    """One task per chunk; frames are read by the workers when possible."""
+    reference = client.scatter(reference_image, broadcast=True, hash=False)
+    if source.kind == 'array':
+        # A lazy array's graph is sent once, not with every task.
+        frames = client.scatter(source, broadcast=True, hash=False)
+    futures = []
+    for start, stop in chunks:
+        if source.kind == 'memory':
+            frames = client.scatter(
+                np.ascontiguousarray(source.array[start:stop]), hash=False
+            )
+        elif source.kind != 'array':
+            frames = source
+        futures.append(
+            client.submit(
+                correct_chunk,
+                frames,
+                start,
+                stop,
+                reference,
+                settings,
+                os.fspath(chunk_dir),
+                key=f'flowscope-chunk-{run_id}-{start}',
+                retries=retries,
+            )
+        )
+    return futures
+
+
+def _collect(
+    futures,
+    chunks,
+    sink,
+    chunk_dir,
+    reference_image,
+    *,
+    batch_size,
+    n_frames,
+    progress_callback,
+    cancel,
+):
+    """Wait for chunks, report progress, copy them into the sink in order.
+
+    Returns False when cancelled through ``cancel``, True when every
+    chunk is in the sink.
+    """
+    from distributed import wait
+
+    chunk_of = dict(zip(futures, chunks, strict=True))
+    stats = {}
+    pending = set(futures)
+    next_chunk = 0
+    done_frames = 0
+    while pending:
+        if cancel is not None and cancel.is_set():
+            return False
+        try:
+            done, pending = wait(
+                pending, timeout=_POLL_INTERVAL, return_when='FIRST_COMPLETED'
+            )
+        except (TimeoutError, asyncio.TimeoutError):
+            continue
+        for future in done:
+            start, stop = chunk_of[future]
+            stats[start] = future.result()
+            done_frames += stop - start
+            if progress_callback is not None:
+                progress_callback(done_frames, n_frames)
+        # Chunks finish in any order; the files are written in frame order.
+        while next_chunk < len(chunks) and chunks[next_chunk][0] in stats:
+            start, stop = chunks[next_chunk]
+            _copy_chunk(
+                sink,
+                chunk_dir,
+                start,
+                stop,
+                stats.pop(start),
+                reference_image,
+                batch_size,
+            )
+            next_chunk += 1
+    return True
+
+
+def _copy_chunk(
+    sink, chunk_dir, start, stop, stats, reference_image, batch_size
+):
+    arrays = open_chunk(chunk_dir, start, stop)
+    for first in range(0, stop - start, batch_size):
+        last = min(first + batch_size, stop - start)
+        part = slice(first, last)
+        sink.write(
+            FlowBatch(
+                start=start + first,
+                stop=start + last,
+                w=arrays['w'][part],
+                reliability=arrays['reliability'][part],
+                registered=arrays['registered'][part],
+                stats=FrameStats(
+                    *(column[part] for column in stats.as_columns().values())
+                ),
+                reference=reference_image,
+            )
+        )
+    del arrays
+    remove_chunk(chunk_dir, start, stop)
+
+
+@contextlib.contextmanager
+def _connect(client, n_workers):
+    """The Dask client to use; clusters and clients made here are closed."""
+    try:
+        from distributed import Client, LocalCluster, default_client
+    except ImportError as error:
+        raise ImportError(
+            'distributed correction needs Dask: pip install '
+            '"napari-flowscope[distributed]"'
+        ) from error
+    if isinstance(client, Client):
+        yield client
+        return
+    if client is None:
+        with contextlib.suppress(ValueError):
+            client = default_client()
+        if client is not None:
+            yield client
+            return
+        client = 'local'
+    if client == 'local':
+        with (
+            LocalCluster(
+                n_workers=int(n_workers),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as local_client,
+        ):
+            yield local_client
+        return
+    if not isinstance(client, str):
+        raise TypeError(
+            "client must be None, 'local', a scheduler address or a "
+            f'distributed.Client; got {type(client).__name__}'
+        )
+    with Client(client) as remote_client:
+        yield remote_client
+
+
+def _channel_axis(axes):
+    if 'C' in axes:
+        return axes.index('C')
+    if axes.endswith('S'):
+        return len(axes) - 1
+    return None
+
+
+def _tyx(axes, values):
+    """Entries of a per-axis tuple for T, Y and X (None if absent)."""
+    if values is None or not {'T', 'Y', 'X'} <= set(axes):
+        return None
+    return tuple(values[axes.index(axis)] for axis in 'TYX')
