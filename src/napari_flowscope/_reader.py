@@ -177,6 +177,8 @@ def read_image_sequence(path):
     -------
     list of LayerData
     """
+    if isinstance(path, (list, tuple)) and len(path) == 1:
+        path = path[0]  # a folder handed over in a list
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
         source = files[0].parent

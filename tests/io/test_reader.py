@@ -222,6 +222,14 @@ def test_list_of_files_is_sorted_naturally(tmp_path):
     np.testing.assert_array_equal(data[:, 0, 0], [1, 2, 10])
 
 
+def test_folder_in_a_one_item_list(tmp_path):
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / f'f{t}.png'), np.full((4, 5), t, np.uint8))
+    reader = get_reader([str(tmp_path)])
+    [(data, _, _)] = reader([str(tmp_path)])
+    np.testing.assert_array_equal(data[:, 0, 0], [0, 1, 2])
+
+
 def test_colour_frames_keep_rgb_order_and_grey_collapses(tmp_path):
     colour = np.zeros((4, 5, 3), np.uint8)
     colour[..., 0] = 200  # red in RGB order
