@@ -212,6 +212,29 @@ def build_parser():
         help='replace the results of an earlier run in OUTDIR',
     )
     correct.add_argument(
+        '--scheduler',
+        metavar='ADDRESS|local',
+        default=None,
+        help=(
+            'run on a Dask cluster: a scheduler address (tcp://host:8786) '
+            "or 'local' for a local cluster of --workers processes; needs "
+            'napari-flowscope[distributed] and a fixed reference (see '
+            'docs/distributed.md)'
+        ),
+    )
+    correct.add_argument(
+        '--workers',
+        type=_positive_int,
+        default=2,
+        help='workers of a --scheduler local cluster (default: %(default)s)',
+    )
+    correct.add_argument(
+        '--chunk-size',
+        type=_positive_int,
+        default=64,
+        help='frames per Dask task with --scheduler (default: %(default)s)',
+    )
+    correct.add_argument(
         '-q', '--quiet', action='store_true', help='no progress bar'
     )
     correct.set_defaults(func=_correct)
@@ -288,9 +311,34 @@ def _correct(args):
         overwrite=args.overwrite,
     )
     progress = None if args.quiet else ProgressLine('correct')
-    sink = session.run(sink=sink, progress_callback=progress)
+    if args.scheduler is not None:
+        sink = _correct_on_cluster(args, params, channel_axis, progress)
+    else:
+        sink = session.run(sink=sink, progress_callback=progress)
     _print_summary(session, sink.directory, _read_stats(sink))
     return 0
+
+
+def _correct_on_cluster(args, params, channel_axis, progress):
+    from napari_flowscope.distributed import correct_distributed
+
+    if args.temporal_smoothing is not None:
+        raise ValueError('--temporal-smoothing does not work with --scheduler')
+    return correct_distributed(
+        args.input,
+        args.output,
+        reference=args.reference,
+        params=params,
+        chunk_size=args.chunk_size,
+        client=args.scheduler,
+        n_workers=args.workers,
+        channel_axis=channel_axis,
+        channel=args.channel,
+        batch_size=args.batch_size,
+        interpolation=args.interpolation,
+        overwrite=args.overwrite,
+        progress_callback=progress,
+    )
 
 
 def _channel_axis(metadata):

@@ -345,3 +345,41 @@ def _peak_rss_bytes():
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_cli_scheduler_matches_single_process(client, tmp_path, tiff_path):
+    from napari_flowscope.cli import main
+
+    common = ['correct', str(tiff_path), '--preset', 'fast', '-q']
+    assert main([*common, '-o', str(tmp_path / 'single')]) == 0
+    address = client.scheduler.address
+    status = main(
+        [
+            *common,
+            *('-o', str(tmp_path / 'dask'), '--scheduler', address),
+            *('--chunk-size', '8'),
+        ]
+    )
+    assert status == 0
+    assert_identical(tmp_path / 'dask', tmp_path / 'single')
+    params = read_results(tmp_path / 'dask')['params']
+    assert params['distributed']['scheduler'] == address
+
+
+def test_cli_refuses_adaptive_on_a_cluster(
+    client, tmp_path, tiff_path, capsys
+):
+    from napari_flowscope.cli import main
+
+    status = main(
+        [
+            *('correct', str(tiff_path), '-o', str(tmp_path / 'out')),
+            *('--reference', 'adaptive'),
+            *('--scheduler', client.scheduler.address),
+        ]
+    )
+    assert status == 1
+    assert (
+        'adaptive reference cannot be distributed' in capsys.readouterr().err
+    )
+    assert leftovers(tmp_path / 'out') == []

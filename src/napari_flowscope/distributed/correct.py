@@ -240,8 +240,20 @@ or int, optional
             sink.abort()
             raise
         finally:
-            shutil.rmtree(chunk_dir, ignore_errors=True)
+            _remove_chunk_dir(chunk_dir)
     return sink
+
+
+def _remove_chunk_dir(chunk_dir):
+    """Delete the chunk folder, even while cancelled tasks still run.
+
+    Tasks address their files by the folder's original name, so once it
+    is renamed no straggler can add a file that would survive the removal.
+    """
+    doomed = chunk_dir.with_name(chunk_dir.name + '.removing')
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(chunk_dir, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _submit(
