@@ -207,6 +207,8 @@ class MotionCorrectionWidget(QWidget):
             stream_batches(
                 self._batches, [layer.data for layer in extra_layers]
             ),
+            # errors go to _on_error (a notification), not re-raised
+            _ignore_errors=True,
             _progress={
                 'total': n_batches,
                 'desc': f'Motion correction: {source.name}',
@@ -214,6 +216,7 @@ class MotionCorrectionWidget(QWidget):
         )
         worker.yielded.connect(self._on_batch)
         worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
         worker.paused.connect(self._on_paused)
         worker.resumed.connect(self._on_resumed)
         worker.finished.connect(self._on_finished)
@@ -269,12 +272,14 @@ class MotionCorrectionWidget(QWidget):
         worker = create_worker(
             relay,
             self._save_generator,
+            _ignore_errors=True,
             _progress={
                 'total': self.session.n_frames,
                 'desc': f'Saving to {folder}',
             },
         )
         worker.returned.connect(self._on_saved)
+        worker.errored.connect(self._on_save_error)
         worker.finished.connect(self._on_save_finished)
         self.save_worker = worker
         self._save_done = track(worker)
@@ -291,6 +296,10 @@ class MotionCorrectionWidget(QWidget):
 
     def _on_returned(self, _value=None):
         self.complete = True
+
+    def _on_error(self, error):
+        # connecting ``errored`` also stops superqt re-raising the error
+        show_error(str(error))
 
     def _on_paused(self):
         self.run_panel.set_paused(True)
@@ -327,6 +336,9 @@ class MotionCorrectionWidget(QWidget):
 
     def _on_saved(self, folder):
         show_info(f'Motion correction results saved in {folder}')
+
+    def _on_save_error(self, error):
+        show_error(f'Motion correction results were not saved: {error}')
 
     def _on_save_finished(self):
         generator, self._save_generator = self._save_generator, None
@@ -424,7 +436,14 @@ def _shutdown(state):
         worker, done = state.get(worker_key), state.get(done_key)
         if worker is None:
             continue
-        for name in ('yielded', 'returned', 'paused', 'resumed', 'finished'):
+        for name in (
+            'yielded',
+            'returned',
+            'errored',
+            'paused',
+            'resumed',
+            'finished',
+        ):
             with contextlib.suppress(TypeError, RuntimeError):
                 getattr(worker, name).disconnect()  # raises if unconnected
         stop_and_wait(worker, done)

@@ -153,7 +153,7 @@ class PreviewController:
         )
         self._source = source
         self._style = style
-        worker = create_worker(compute_preview, request)
+        worker = create_worker(compute_preview, request, _ignore_errors=True)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)

@@ -31,6 +31,7 @@ from napari_flowscope.session.sinks import DiskSink
 from .layers import OUTPUTS, VectorStyle
 
 __all__ = [
+    'MotionCorrectionError',
     'RunControlPanel',
     'format_progress',
     'relay',
@@ -49,6 +50,13 @@ OUTPUT_LABELS = {
     'divergence': 'divergence / curl',
     'registered': 'registered stack',
 }
+
+
+class MotionCorrectionError(Exception):
+    """A run failed; the message says at which frame and why."""
+
+    # Not a RuntimeError: superqt reads those as "worker deleted" and
+    # turns them into a warning instead of an error notification.
 
 
 def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
@@ -78,7 +86,7 @@ def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
             return
         except Exception as error:
             # napari shows worker errors as notifications: say where
-            raise RuntimeError(
+            raise MotionCorrectionError(
                 f'Motion correction failed at frame {next_frame}: {error}'
             ) from error
         next_frame = batch.stop
@@ -329,11 +337,16 @@ def stop_and_wait(worker, done, timeout_s=10.0) -> bool:
     bool
         True when the worker is known to have ended.
     """
-    worker.quit()
-    if QThreadPool.globalInstance().tryTake(worker):
+    if done.is_set():
+        return True  # the pool may already have deleted the worker
+    try:
+        worker.quit()
+        if QThreadPool.globalInstance().tryTake(worker):
+            return True
+        if not worker.is_running and not done.is_set():
+            # started with QTimer.singleShot and not yet handed to the
+            # pool: it sees the quit request before its first step
+            return False
+    except RuntimeError:  # deleted by the pool: it has ended
         return True
-    if not worker.is_running and not done.is_set():
-        # started with QTimer.singleShot and not yet handed to the pool:
-        # it will see the quit request before its first step
-        return False
     return done.wait(timeout_s)

@@ -1,0 +1,416 @@
+"""The "Motion correction" dock in a real viewer: runs, control, preview.
+
+Small stacks (20 x 96 x 96) keep the file fast; every run is compared with
+what the headless session computes from the same settings.
+"""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import QThreadPool
+
+from napari_flowscope import synthetic
+from napari_flowscope._qt.events import run_events
+from napari_flowscope._qt.layers import frame_vectors
+from napari_flowscope.engine import (
+    FlowParams,
+    curl,
+    divergence,
+    estimate_flow,
+    speed,
+)
+from napari_flowscope.session import FrameReference, MotionSession
+
+SCALE = (2.0, 0.65, 0.65)
+RUN_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def tissue():
+    return synthetic.drifting_tissue(n_frames=20, shape=(96, 96), seed=3)
+
+
+@pytest.fixture
+def docked(make_napari_viewer_proxy, tissue):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(
+        tissue.stack,
+        name='tissue',
+        scale=SCALE,
+        units=('s', 'um', 'um'),
+        axis_labels=('t', 'y', 'x'),
+    )
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    yield viewer, widget
+    widget.close_run()
+
+
+def _wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+
+def _wait_threads_done(qtbot):
+    pool = QThreadPool.globalInstance()
+    qtbot.waitUntil(lambda: pool.activeThreadCount() == 0, timeout=10_000)
+
+
+def _headless(stack, params, batch_size, reference=None):
+    session = MotionSession(
+        stack,
+        reference=reference or FrameReference(0),
+        params=params,
+        batch_size=batch_size,
+    )
+    return session, session.run()
+
+
+def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    (source,) = [
+        layer
+        for layer in viewer.open_sample('napari-flowscope', 'drifting_tissue')
+        if layer.ndim == 3 and not layer.name.endswith(('vx', 'vy'))
+    ]
+    # cropped so the test stays fast; the layer keeps the sample's metadata
+    source.data = np.asarray(source.data)[:12, :96, :128]
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    widget.reference.source.value = source
+    for box in widget.run_panel.outputs.values():
+        box.value = True
+    widget.run_panel.batch_size.value = 16
+    widget.parameters.preset.value = 'fast'
+    received = {'started': [], 'batch': [], 'finished': 0}
+    events = run_events(viewer)
+    events.started.connect(received['started'].append)
+    events.batch.connect(received['batch'].append)
+
+    def _finished():
+        received['finished'] += 1
+
+    events.finished.connect(_finished)
+    widget.start()
+    _wait_idle(qtbot, widget)
+
+    assert widget.complete
+    stack = np.asarray(source.data)
+    session, expected = _headless(stack, FlowParams.preset('fast'), 16)
+    name = source.name
+    layers = viewer.layers
+    np.testing.assert_array_equal(
+        layers[f'{name} registered'].data, expected.registered
+    )
+    assert layers[f'{name} registered'].data.dtype == expected.registered.dtype
+    expected_maps = {
+        'speed': speed(expected.w),
+        'vx': expected.w[..., 0],
+        'vy': expected.w[..., 1],
+        'reliability': expected.reliability,
+        'divergence': divergence(expected.w),
+        'curl': curl(expected.w),
+    }
+    for suffix, values in expected_maps.items():
+        np.testing.assert_array_equal(layers[f'{name} {suffix}'].data, values)
+    np.testing.assert_array_equal(
+        layers[f'{name} reference'].data, session.reference_image
+    )
+    # vectors: the decimated flow of the frame under the time slider
+    t = 7
+    viewer.dims.set_current_step(0, t)
+    style = widget.outputs.style
+    data, lengths = frame_vectors(
+        expected.w[t],
+        t,
+        style=style,
+        reliability=expected.reliability[t],
+        image=expected.registered[t],
+    )
+    vectors = layers[f'{name} flow vectors']
+    np.testing.assert_array_equal(vectors.data, data)
+    np.testing.assert_array_equal(vectors.features['speed'], lengths)
+    assert len(data) > 0
+    assert np.all(data[:, 0, 0] == t) and np.all(data[:, 1, 0] == 0)
+    # every derived layer overlays the source and adds no slider axis
+    assert viewer.dims.ndim == 3
+    for layer in widget.outputs.layers:
+        assert tuple(layer.scale)[-2:] == tuple(source.scale)[-2:]
+        assert tuple(layer.units)[-2:] == tuple(source.units)[-2:]
+        if layer.ndim == 3:
+            assert tuple(layer.scale) == tuple(source.scale)
+            assert tuple(layer.axis_labels) == tuple(source.axis_labels)
+    # the run was announced for the plot dock
+    (info,) = received['started']
+    assert info.n_frames == stack.shape[0]
+    assert info.scale == tuple(float(s) for s in source.scale)
+    assert [batch.start for batch in received['batch']] == list(
+        range(0, stack.shape[0], 16)
+    )
+    assert received['finished'] == 1
+
+
+class GatedStack(np.ndarray):
+    """A stack whose frames from ``gate_frame`` on are read only once
+    ``gate`` is set: the worker is held mid-run, deterministically."""
+
+    gate_frame = 4
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and (key.start or 0) >= self.gate_frame:
+            assert GATE.wait(RUN_TIMEOUT_MS / 1000)
+        return super().__getitem__(key)
+
+
+GATE = threading.Event()
+
+
+def test_layers_hold_first_batches_while_running(docked, qtbot, tissue):
+    viewer, widget = docked
+    GATE.clear()
+    viewer.layers['tissue'].data = tissue.stack.view(GatedStack)
+    widget.run_panel.batch_size.value = 2
+    widget.start()
+    worker = widget.worker
+    qtbot.waitUntil(
+        lambda: widget.outputs.frames_done == 4, timeout=RUN_TIMEOUT_MS
+    )
+    # two batches are in the layers while the worker waits for frame 4
+    assert widget.worker is worker and worker.is_running
+    _, expected = _headless(tissue.stack, FlowParams(), 2)
+    registered = viewer.layers['tissue registered'].data
+    speed_map = viewer.layers['tissue speed'].data
+    np.testing.assert_array_equal(registered[:4], expected.registered[:4])
+    np.testing.assert_array_equal(speed_map[:4], speed(expected.w[:4]))
+    assert not registered[4:].any() and not speed_map[4:].any()
+
+    # pause takes effect after the batch in progress
+    widget.pause()
+    GATE.set()
+    qtbot.waitUntil(lambda: worker.is_paused, timeout=RUN_TIMEOUT_MS)
+    assert widget.run_panel.pause_button.text == 'Resume'
+    done = widget.outputs.frames_done
+    assert done == 6
+    qtbot.wait(300)
+    assert widget.outputs.frames_done == done  # nothing while paused
+    widget.resume()
+    _wait_idle(qtbot, widget)
+    assert widget.complete
+    np.testing.assert_array_equal(registered, expected.registered)
+    assert widget.run_panel.start_button.enabled
+    assert widget.run_panel.pause_button.text == 'Pause'
+    _wait_threads_done(qtbot)
+
+
+def test_cancel_mid_run_stops_and_resets(docked, qtbot, tissue):
+    viewer, widget = docked
+    GATE.clear()
+    viewer.layers['tissue'].data = tissue.stack.view(GatedStack)
+    widget.run_panel.batch_size.value = 2
+    widget.start()
+    assert not widget.run_panel.start_button.enabled
+    assert widget.run_panel.cancel_button.enabled
+    qtbot.waitUntil(
+        lambda: widget.outputs.frames_done == 4, timeout=RUN_TIMEOUT_MS
+    )
+    widget.cancel()  # while the worker is inside the batch of frames 4-5
+    GATE.set()
+    _wait_idle(qtbot, widget)
+
+    assert not widget.complete
+    # the worker finished the batch in progress and stopped
+    assert widget.outputs.frames_done == 6
+    assert not viewer.layers['tissue registered'].data[6:].any()
+    assert widget.run_panel.start_button.enabled
+    assert not widget.run_panel.cancel_button.enabled
+    assert not widget.run_panel.pause_button.enabled
+    assert not widget.run_panel.save_button.enabled
+    assert widget.run_panel.progress.value == 'stopped after 6 / 20 frames'
+    _wait_threads_done(qtbot)
+
+
+def test_second_run_replaces_its_outputs(docked, qtbot):
+    viewer, widget = docked
+    widget.start()
+    _wait_idle(qtbot, widget)
+    first = {layer.name for layer in viewer.layers}
+    speed_layer = viewer.layers['tissue speed']
+    viewer.layers.remove('tissue registered')  # the user removed one
+    speed_layer.name = 'my speed'  # and renamed another
+    widget.parameters.preset.value = 'quality'
+    widget.start()
+    _wait_idle(qtbot, widget)
+
+    names = [layer.name for layer in viewer.layers]
+    assert set(names) == first
+    assert len(names) == len(first)
+    # the renamed layer was reused (same object, name restored)
+    assert viewer.layers['tissue speed'] == speed_layer
+    _, expected = _headless(
+        np.asarray(viewer.layers['tissue'].data),
+        FlowParams.preset('quality'),
+        16,
+    )
+    np.testing.assert_array_equal(
+        viewer.layers['tissue registered'].data, expected.registered
+    )
+
+
+def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
+    viewer, widget = docked
+    viewer.dims.set_current_step(0, 6)
+    preview = widget.preview
+    widget.parameters.live_preview.value = True
+    qtbot.waitUntil(
+        lambda: preview.last_result is not None, timeout=RUN_TIMEOUT_MS
+    )
+    first = preview.last_result
+    assert first.request.frame == 6
+
+    widget.parameters.sigma.value = 4.0
+    qtbot.waitUntil(
+        lambda: preview.last_result.request.params.sigma == 4.0,
+        timeout=RUN_TIMEOUT_MS,
+    )
+    qtbot.waitUntil(lambda: preview.worker is None, timeout=RUN_TIMEOUT_MS)
+    result = preview.last_result
+    params = FlowParams.preset('balanced').replace(sigma=4.0)
+    assert result.request.params == params
+    expected = estimate_flow(tissue.stack[0], tissue.stack[6], params)
+    np.testing.assert_array_equal(result.flow.w, expected.w)
+    heatmap = viewer.layers['tissue preview speed']
+    np.testing.assert_array_equal(heatmap.data[0], speed(expected.w))
+    # the (1, Y, X) heatmap sits on the previewed frame only
+    assert heatmap.translate[0] == pytest.approx(6 * SCALE[0])
+    data, _ = frame_vectors(
+        expected.w,
+        6,
+        style=widget._vector_style(),
+        reliability=expected.reliability,
+        image=tissue.stack[0],
+    )
+    np.testing.assert_array_equal(
+        viewer.layers['tissue preview vectors'].data, data
+    )
+
+    viewer.dims.set_current_step(0, 11)
+    qtbot.waitUntil(
+        lambda: preview.last_result.request.frame == 11,
+        timeout=RUN_TIMEOUT_MS,
+    )
+    expected = estimate_flow(tissue.stack[0], tissue.stack[11], params)
+    np.testing.assert_array_equal(preview.last_result.flow.w, expected.w)
+
+    widget.parameters.live_preview.value = False
+    assert 'tissue preview speed' not in viewer.layers
+    _wait_threads_done(qtbot)
+
+
+def test_removing_the_source_mid_run_cancels(docked, qtbot, tissue):
+    viewer, widget = docked
+    GATE.clear()
+    viewer.layers['tissue'].data = tissue.stack.view(GatedStack)
+    widget.run_panel.batch_size.value = 2
+    widget.start()
+    qtbot.waitUntil(
+        lambda: widget.outputs.frames_done == 4, timeout=RUN_TIMEOUT_MS
+    )
+    viewer.layers.remove('tissue')
+    GATE.set()
+    _wait_idle(qtbot, widget)
+    assert not widget.complete
+    assert widget.outputs.frames_done == 6
+    assert widget.reference.source.value is None
+    assert not widget.run_panel.start_button.enabled
+    _wait_threads_done(qtbot)
+
+
+def test_closing_the_viewer_mid_run_leaks_no_thread(
+    make_napari_viewer_proxy, qtbot, tissue
+):
+    viewer = make_napari_viewer_proxy()
+    GATE.clear()
+    viewer.add_image(tissue.stack.view(GatedStack), name='tissue')
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    widget.run_panel.batch_size.value = 2
+    arrived = []
+    run_events(viewer).batch.connect(arrived.append)
+    widget.start()
+    qtbot.waitUntil(lambda: len(arrived) == 2, timeout=RUN_TIMEOUT_MS)
+    # closing waits for the worker, which is blocked until GATE opens
+    threading.Timer(0.2, GATE.set).start()
+    viewer.close()
+    _wait_threads_done(qtbot)
+    qtbot.wait(100)  # queued signals of the stopped worker are harmless
+    assert len(arrived) < 10
+
+
+def test_twenty_start_cancel_cycles(docked, qtbot):
+    _, widget = docked
+    widget.run_panel.batch_size.value = 1
+    for _ in range(20):
+        widget.start()
+        assert widget.worker is not None
+        widget.cancel()
+        _wait_idle(qtbot, widget)
+        assert widget.run_panel.start_button.enabled
+    _wait_threads_done(qtbot)
+    assert widget.worker is None
+
+
+def test_save_writes_the_session_files(docked, qtbot, tmp_path):
+    viewer, widget = docked
+    assert not widget.run_panel.save_button.enabled
+    widget.start()
+    _wait_idle(qtbot, widget)
+    assert widget.run_panel.save_button.enabled
+    folder = tmp_path / 'results'
+    widget.save(folder)
+    qtbot.waitUntil(lambda: widget.save_worker is None, timeout=10_000)
+
+    registered = tifffile.imread(folder / 'registered.tif')
+    np.testing.assert_array_equal(
+        registered, viewer.layers['tissue registered'].data
+    )
+    np.testing.assert_array_equal(
+        np.load(folder / 'flow.npy'), widget.results.w
+    )
+    params = json.loads((folder / 'params.json').read_text())
+    assert json.dumps(FlowParams().to_dict()) in json.dumps(params)
+    rows = (folder / 'stats.csv').read_text().strip().splitlines()
+    assert len(rows) == 1 + 20
+    assert not list(folder.glob('*.partial'))
+
+
+def test_worker_error_is_reported_and_ui_resets(docked, qtbot):
+    viewer, widget = docked
+    messages = []
+    notification_manager.notification_ready.connect(
+        lambda notification: messages.append(notification)
+    )
+
+    class Broken(np.ndarray):
+        def __getitem__(self, key):
+            if isinstance(key, slice) and (key.start or 0) >= 4:
+                raise OSError('disk went away')
+            return super().__getitem__(key)
+
+    viewer.layers['tissue'].data = viewer.layers['tissue'].data.view(Broken)
+    widget.run_panel.batch_size.value = 4
+    widget.start()
+    _wait_idle(qtbot, widget)
+    assert not widget.complete
+    (notification,) = messages
+    assert notification.severity == 'error'
+    assert notification.message == (
+        'Motion correction failed at frame 4: disk went away'
+    )
+    assert widget.run_panel.start_button.enabled
+    _wait_threads_done(qtbot)
