@@ -143,8 +143,8 @@ def decimate_flow(
         Grid spacing in pixels (>= 1).
     average : bool
         If True each vector is the mean flow of its ``step x step`` cell
-        (cells are ``[k step, (k + 1) step)``); otherwise the flow at the
-        grid point.
+        (cells are ``[k step, (k + 1) step)``, cut at the frame edge);
+        otherwise the flow at the grid point.
     reliability : array_like, shape (H, W), optional
         Reliability map; with ``reliability_threshold`` drops grid points
         whose reliability is below the threshold.
@@ -204,22 +204,24 @@ def decimate_flow(
 
 
 def _cell_means(w, step, n_rows, n_cols):
-    # Partial cells at the far edges are completed by edge replication so
-    # that INTER_AREA averages exact step x step blocks.
+    # Cells are [k step, (k + 1) step); partial cells at the far edges
+    # average only the pixels they hold (zero padding, divided by the
+    # fraction of real pixels).
     height, width = n_rows * step, n_cols * step
+    pad_rows = max(0, height - w.shape[0])
+    pad_cols = max(0, width - w.shape[1])
     padded = cv2.copyMakeBorder(
-        np.ascontiguousarray(w),
-        0,
-        max(0, height - w.shape[0]),
-        0,
-        max(0, width - w.shape[1]),
-        cv2.BORDER_REPLICATE,
+        np.ascontiguousarray(w), 0, pad_rows, 0, pad_cols, cv2.BORDER_CONSTANT
     )[:height, :width]
-    return cv2.resize(
-        np.ascontiguousarray(padded),
-        (n_cols, n_rows),
-        interpolation=cv2.INTER_AREA,
-    )
+    means = cv2.resize(padded, (n_cols, n_rows), interpolation=cv2.INTER_AREA)
+    if pad_rows or pad_cols:
+        filled = np.zeros((height, width), np.float32)
+        filled[: w.shape[0], : w.shape[1]] = 1
+        fraction = cv2.resize(
+            filled, (n_cols, n_rows), interpolation=cv2.INTER_AREA
+        )
+        means /= fraction[..., None]
+    return means
 
 
 def _check_map(values, shape, name):
