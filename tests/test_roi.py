@@ -8,6 +8,7 @@ from napari_flowscope.roi import (
     read_roi_csv,
     roi_masks,
     roi_motion,
+    roi_motion_xy,
     shape_mask,
     write_roi_csv,
 )
@@ -79,6 +80,21 @@ def test_rotated_ellipse_matches_its_equation():
     along_b = offset @ b / 9
     np.testing.assert_array_equal(mask, along_a**2 + along_b**2 <= 1)
     assert mask.sum() == pytest.approx(np.pi * 18, rel=0.1)
+
+
+def test_component_views_give_the_same_curves_as_the_flow():
+    w = linear_flow()
+    masks = roi_masks(
+        [np.array([[3, 4], [3, 30], [25, 30], [25, 4]])],
+        ['rectangle'],
+        FRAME_SHAPE,
+    )
+    from_w = roi_motion(w, masks)
+    from_views = roi_motion_xy(w[..., 0], w[..., 1], masks)
+    for name in ('dx', 'dy', 'speed'):
+        np.testing.assert_array_equal(
+            getattr(from_views, name), getattr(from_w, name)
+        )
 
 
 def test_region_outside_the_frame_gives_nan():

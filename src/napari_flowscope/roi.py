@@ -133,31 +133,58 @@ def roi_motion(w, masks):
         ``(T, R)`` curves; NaN for a region whose mask is empty.
     """
     w = np.asarray(w)
-    masks = np.asarray(masks, dtype=bool)
     if w.ndim != 4 or w.shape[-1] != 2:
         raise ValueError(f'w must have shape (T, Y, X, 2), got {w.shape}')
-    if masks.shape[1:] != w.shape[1:3]:
+    return roi_motion_xy(w[..., 0], w[..., 1], masks)
+
+
+def roi_motion_xy(dx, dy, masks):
+    """`roi_motion` for the flow given as two component stacks.
+
+    Only the pixels inside the regions are read, so ``dx`` and ``dy`` can
+    be strided views (e.g. ``w[..., 0]``) or memory maps of long runs.
+
+    Parameters
+    ----------
+    dx, dy : ndarray, shape (T, Y, X)
+        x (columns) and y (rows) displacement in pixels.
+    masks : ndarray, shape (R, Y, X), bool
+
+    Returns
+    -------
+    RoiMotion
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if dx.shape != dy.shape or dx.ndim != 3:
+        raise ValueError(
+            f'dx and dy must be (T, Y, X) stacks, got {dx.shape} and '
+            f'{dy.shape}'
+        )
+    if masks.shape[1:] != dx.shape[1:]:
         raise ValueError(
             f'masks of shape {masks.shape[1:]} do not match the flow grid '
-            f'{w.shape[1:3]}'
+            f'{dx.shape[1:]}'
         )
-    n_frames, n_rois = w.shape[0], masks.shape[0]
-    dx = np.full((n_frames, n_rois), np.nan, dtype=np.float32)
-    dy = np.full_like(dx, np.nan)
-    speed = np.full_like(dx, np.nan)
-    flat_w = w.reshape(n_frames, -1, 2)
+    n_frames, n_rois = dx.shape[0], masks.shape[0]
+    curves = {
+        name: np.full((n_frames, n_rois), np.nan, dtype=np.float32)
+        for name in ('dx', 'dy', 'speed')
+    }
+    flat_dx = dx.reshape(n_frames, -1)
+    flat_dy = dy.reshape(n_frames, -1)
     for index, mask in enumerate(masks):
         pixels = np.flatnonzero(mask)
         if pixels.size == 0:
             continue
-        inside = flat_w[:, pixels].astype(np.float32, copy=False)
+        inside_x = flat_dx[:, pixels].astype(np.float32, copy=False)
+        inside_y = flat_dy[:, pixels].astype(np.float32, copy=False)
         # float64 accumulation: a float32 sum over 1e5+ pixels drifts.
-        dx[:, index] = inside[..., 0].mean(axis=1, dtype=np.float64)
-        dy[:, index] = inside[..., 1].mean(axis=1, dtype=np.float64)
-        speed[:, index] = np.hypot(inside[..., 0], inside[..., 1]).mean(
+        curves['dx'][:, index] = inside_x.mean(axis=1, dtype=np.float64)
+        curves['dy'][:, index] = inside_y.mean(axis=1, dtype=np.float64)
+        curves['speed'][:, index] = np.hypot(inside_x, inside_y).mean(
             axis=1, dtype=np.float64
         )
-    return RoiMotion(dx=dx, dy=dy, speed=speed)
+    return RoiMotion(**curves)
 
 
 def write_roi_csv(path, motion, *, frames=None, times=None, names=None):

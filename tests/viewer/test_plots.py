@@ -187,3 +187,57 @@ def test_clear_and_export_without_rois(viewer_and_plots, tmp_path):
         widget.export_csv(tmp_path / 'rois.csv')
     widget.clear()
     assert widget.series['mean_speed'].size == 0
+
+
+def test_real_run_plots_the_session_stats_and_roi_motion(
+    make_napari_viewer_proxy, qtbot
+):
+    """Both docks, a real run: curves equal what the run computed."""
+    from napari_flowscope import synthetic
+    from napari_flowscope.roi import roi_masks, roi_motion
+
+    viewer = make_napari_viewer_proxy()
+    tissue = synthetic.drifting_tissue(n_frames=12, shape=(64, 64), seed=2)
+    viewer.add_image(
+        tissue.stack, name='tissue', scale=(2.0, 0.5, 0.5), units=('s',) * 3
+    )
+    _, motion = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    _, plots = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion over time'
+    )
+    # No copy of its own: ROIs drawn later read the run's vx / vy layers.
+    plots.flow_cache_bytes = 0
+    motion.run_panel.outputs['vx'].value = True
+    motion.run_panel.batch_size.value = 4
+    rois = plots.new_roi_layer()
+    first = np.array([[0, 8, 8], [0, 8, 20], [0, 30, 20], [0, 30, 8]])
+    rois.add_rectangles(first)  # same scale as the image: pixels
+
+    motion.start()
+    qtbot.waitUntil(lambda: motion.worker is None, timeout=60_000)
+
+    results = motion.results
+    series = plots.series
+    for name in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after'):
+        np.testing.assert_array_equal(
+            series[name], getattr(results.stats, name)
+        )
+    np.testing.assert_allclose(series['time'], np.arange(12) * 2.0)
+
+    # A second ROI drawn after the run gets its whole curve at once.
+    second = np.array([[0, 40, 30], [0, 40, 60], [0, 60, 60], [0, 60, 30]])
+    rois.add_rectangles(second)
+    plots._roi_update.flush()
+    masks = roi_masks([first, second], ['rectangle'] * 2, (64, 64))
+    expected = roi_motion(results.w, masks)
+    assert plots.roi_names == ['roi_0', 'roi_1']
+    for name in ('dx', 'dy', 'speed'):
+        np.testing.assert_allclose(
+            plots.series[f'roi_{name}'],
+            getattr(expected, name),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    motion.close_run()

@@ -44,6 +44,7 @@ from napari_flowscope.roi import (
     RoiMotion,
     roi_masks,
     roi_motion,
+    roi_motion_xy,
     write_roi_csv,
 )
 
@@ -71,15 +72,16 @@ class MotionPlotWidget(QWidget):
     Attributes
     ----------
     flow_cache_bytes : int
-        The flow of a run is kept (so that redrawn ROIs get curves for the
-        frames already done) when it needs at most this many bytes; larger
-        runs keep only the per-ROI means, and ROIs changed mid-run get
-        curves from the next batch on.
+        ROIs drawn or changed during or after a run get the curves of the
+        frames already done from the run's vx and vy layers (views of its
+        flow). Without them, this dock keeps its own copy of the flow when
+        it needs at most this many bytes; otherwise such ROIs get curves
+        from the next batch on.
     render_count : int
         Images of the plot shown so far (tests wait on it).
     """
 
-    flow_cache_bytes = 1 << 30
+    flow_cache_bytes = 256 << 20
 
     def __init__(self, napari_viewer: 'napari.viewer.Viewer', parent=None):
         super().__init__(parent)
@@ -88,7 +90,8 @@ class MotionPlotWidget(QWidget):
         self._roi_names = []
         self._masks = None
         self._run = None
-        self._flow = None
+        self._flow = None  # own copy of the run's flow, when needed
+        self._flow_xy = None  # (dx, dy) stacks of the run, (T, Y, X)
         self._allocate(0)
 
         self._cursor_frame = None
@@ -226,7 +229,7 @@ class MotionPlotWidget(QWidget):
     def clear(self):
         """Forget the last run's curves (the ROI layer stays)."""
         self._run = None
-        self._flow = None
+        self._flow = self._flow_xy = None
         self._allocate(0)
         self._redraw()
 
@@ -291,14 +294,35 @@ class MotionPlotWidget(QWidget):
     def _on_started(self, info):
         self._run = info
         self._allocate(info.n_frames)
-        flow_bytes = info.n_frames * int(np.prod(info.frame_shape)) * 8
         self._flow = None
-        if flow_bytes <= self.flow_cache_bytes:
+        self._flow_xy = self._flow_layers(info)
+        flow_bytes = info.n_frames * int(np.prod(info.frame_shape)) * 8
+        if self._flow_xy is None and flow_bytes <= self.flow_cache_bytes:
             self._flow = np.full(
                 (info.n_frames, *info.frame_shape, 2), np.nan, np.float32
             )
+            self._flow_xy = (self._flow[..., 0], self._flow[..., 1])
         self._set_masks()
         self._redraw()
+
+    def _flow_layers(self, info):
+        """The run's vx and vy layers, if the motion dock shows them.
+
+        They are views of the run's whole flow (no copy), so ROIs drawn
+        mid-run get their past frames from there.
+        """
+        shape = (info.n_frames, *info.frame_shape)
+        arrays = []
+        for suffix in ('vx', 'vy'):
+            name = f'{info.source_name} {suffix}'
+            layer = next(
+                (lyr for lyr in self._viewer.layers if lyr.name == name), None
+            )
+            data = getattr(layer, 'data', None)
+            if not isinstance(data, np.ndarray) or data.shape != shape:
+                return None
+            arrays.append(data)
+        return tuple(arrays)
 
     def _on_batch(self, batch):
         rows = slice(batch.start, batch.stop)
@@ -373,12 +397,11 @@ class MotionPlotWidget(QWidget):
     def _recompute_rois(self):
         """Masks from the current shapes, curves from the kept flow."""
         self._set_masks()
-        if self._masks is not None and self._flow is not None:
-            done = np.flatnonzero(~np.isnan(self._stats['mean_speed']))
-            if done.size and len(self._masks):
-                motion = roi_motion(self._flow[done], self._masks)
-                for name in ROI_COMPONENTS:
-                    self._roi[name][done] = getattr(motion, name)
+        done = ~np.isnan(self._stats['mean_speed'])
+        if self._roi_names and self._flow_xy is not None and done.any():
+            motion = roi_motion_xy(*self._flow_xy, self._masks)
+            for name in ROI_COMPONENTS:
+                self._roi[name][done] = getattr(motion, name)[done]
         self._redraw()
 
     def _set_masks(self, frame_shape=None):
@@ -395,8 +418,8 @@ class MotionPlotWidget(QWidget):
         self._roi_names = []
         if frame_shape is None:
             frame_shape = self._run.frame_shape if self._run else None
-        if self._flow is not None:
-            frame_shape = self._flow.shape[1:3]
+        if self._flow_xy is not None:
+            frame_shape = self._flow_xy[0].shape[1:]
         if layer is None or frame_shape is None:
             return None
         indices = [
