@@ -1,0 +1,177 @@
+"""Benchmark of Dask batch correction (results go to docs/benchmarks.md).
+
+Run by hand from the repository root::
+
+    python benchmarks/bench_distributed.py            # 2,000 x 512 x 512
+    python benchmarks/bench_distributed.py --frames 200 --workers 2
+
+Writes a 1 GB uint16 ``.npy`` input and about 7 GB of results per run under
+``/tmp`` (``--tmp``), and deletes them afterwards.  For each number of
+workers a fresh ``LocalCluster`` (processes, one thread each) corrects the
+whole stack from the file; the time runs from the call to
+:func:`~napari_flowscope.distributed.correct_distributed` until every output
+file is final.  Peak memory per worker is the worker process's
+``ru_maxrss`` (resident memory, file-backed pages included) at the end of
+the run; the baseline is the same figure after the worker imported
+napari-flowscope.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAME_SHAPE = (512, 512)
+
+
+def machine():
+    import psutil
+
+    return (
+        f'{os.cpu_count()} CPU cores, '
+        f'{psutil.virtual_memory().total / 2**30:.0f} GB RAM, Python '
+        f'{platform.python_version()}'
+    )
+
+
+def write_stack(path, n_frames, *, seed=0):
+    """A drifting 512 x 512 uint16 tissue stack, memory-mapped to `path`."""
+    from napari_flowscope import synthetic
+
+    # Rendering is slow; 16 rendered frames shifted by whole pixels give a
+    # long sequence whose motion differs from frame to frame.
+    base = synthetic.rigid_drift(
+        n_frames=16, shape=FRAME_SHAPE, max_shift=4.0, seed=seed
+    ).stack
+    base = np.round(base * 20000).astype(np.uint16)
+    rng = np.random.default_rng(seed)
+    offsets = np.cumsum(rng.integers(-1, 2, size=(n_frames, 2)), axis=0)
+    offsets = np.clip(offsets, -6, 6)
+    stack = np.lib.format.open_memmap(
+        path, mode='w+', dtype=np.uint16, shape=(n_frames, *FRAME_SHAPE)
+    )
+    for t in range(n_frames):
+        stack[t] = np.roll(base[t % len(base)], tuple(offsets[t]), (0, 1))
+    stack.flush()
+
+
+def _worker_memory():
+    """(current RSS, peak RSS) of this worker process, in MB."""
+    import resource
+
+    import psutil
+
+    return (
+        psutil.Process().memory_info().rss / 1e6,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+    )
+
+
+def _import_package():
+    import napari_flowscope.distributed  # noqa: F401
+
+
+def run(path, output, n_workers, *, chunk_size, batch_size, preset):
+    import distributed
+    from napari_flowscope.distributed import correct_distributed
+    from napari_flowscope.engine import FlowParams
+
+    n_frames = np.load(path, mmap_mode='r').shape[0]
+    with (
+        distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.run(_import_package)
+        baseline = client.run(_worker_memory)
+        computed = []
+        start = time.perf_counter()
+        correct_distributed(
+            path,
+            output,
+            params=FlowParams.preset(preset),
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            client=client,
+            progress_callback=lambda done, total: computed.append(
+                time.perf_counter()
+            ),
+        )
+        seconds = time.perf_counter() - start
+        memory = client.run(_worker_memory)
+    shutil.rmtree(output)
+    return {
+        'workers': n_workers,
+        'seconds': seconds,
+        'frames_per_s': n_frames / seconds,
+        'last_chunk_s': computed[-1] - start,
+        'baseline_mb': max(rss for rss, _ in baseline.values()),
+        'peak_mb': [peak for _, peak in memory.values()],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--frames', type=int, default=2000)
+    parser.add_argument('--workers', type=int, nargs='+', default=[1, 2])
+    parser.add_argument('--chunk-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--preset', default='balanced')
+    parser.add_argument('--tmp', default='/tmp')
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix='bench-distributed-', dir=args.tmp))
+    try:
+        path = scratch / 'stack.npy'
+        write_stack(path, args.frames)
+        size = path.stat().st_size / 1e9
+        print(
+            f'{time.strftime("%Y-%m-%d", time.gmtime())}, {machine()}, '
+            f'load average {os.getloadavg()[0]:.1f} at start'
+        )
+        print(
+            f'{args.frames} x {FRAME_SHAPE[0]} x {FRAME_SHAPE[1]} uint16 '
+            f'({size:.2f} GB .npy), preset {args.preset!r}, chunk '
+            f'{args.chunk_size} frames, batch {args.batch_size}'
+        )
+        print(
+            '| workers | total time | frames/s | last chunk done | '
+            'worker baseline | peak per worker |'
+        )
+        print('| --- | --- | --- | --- | --- | --- |')
+        for n_workers in args.workers:
+            result = run(
+                path,
+                scratch / 'out',
+                n_workers,
+                chunk_size=args.chunk_size,
+                batch_size=args.batch_size,
+                preset=args.preset,
+            )
+            peaks = ', '.join(f'{peak:.0f}' for peak in result['peak_mb'])
+            print(
+                f'| {n_workers} | {result["seconds"]:.1f} s | '
+                f'{result["frames_per_s"]:.1f} | '
+                f'{result["last_chunk_s"]:.1f} s | '
+                f'{result["baseline_mb"]:.0f} MB | {peaks} MB |',
+                flush=True,
+            )
+        print(f'load average {os.getloadavg()[0]:.1f} at the end')
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
