@@ -207,3 +207,27 @@ def test_progress_line_reports_rate_and_eta():
     assert 'ETA' in first
     assert last.startswith('correct [##########] 20/20 frames 100%')
     assert last.endswith('ETA 00:00')
+
+
+@pytest.mark.viewer
+@pytest.mark.skipif(
+    not cli.display_available(), reason='needs an X display (Xvfb)'
+)
+def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
+    import napari
+
+    seen = {}
+
+    def run_then_close():
+        viewer = napari.current_viewer()
+        seen['layers'] = [layer.name for layer in viewer.layers]
+        seen['docks'] = sorted(viewer.window.dock_widgets)
+        viewer.close()
+
+    monkeypatch.setattr(napari, 'run', run_then_close)
+    assert cli.main(['demo']) == 0
+    assert seen['layers'][0] == 'drifting tissue'
+    assert seen['docks'] == [
+        'Motion correction (napari-flowscope)',
+        'Motion over time (napari-flowscope)',
+    ]
