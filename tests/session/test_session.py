@@ -153,6 +153,18 @@ def test_threads_identical_to_sequential(drifting_uint16, n_threads):
     )
 
 
+def test_threads_identical_with_the_variational_method(drifting):
+    stack = drifting.stack[:6, :48, :48]
+    quality = FlowParams.preset('quality')
+    sequential = MotionSession(stack, params=quality, n_threads=1).run()
+    parallel = MotionSession(
+        stack, params=quality, n_threads=2, batch_size=3
+    ).run()
+    np.testing.assert_array_equal(parallel.w, sequential.w)
+    np.testing.assert_array_equal(parallel.registered, sequential.registered)
+    assert np.abs(sequential.w).max() > 0.5  # it did measure the drift
+
+
 def test_send_retunes_from_next_batch(drifting):
     stack = drifting.stack[:16]
     coarse = FlowParams(levels=1, warps=1, sigma=6.0)
