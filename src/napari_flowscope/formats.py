@@ -21,6 +21,7 @@ looks finished.
 """
 
 import contextlib
+import importlib.util
 import json
 import math
 import mmap
@@ -997,7 +998,8 @@ def open_stack(path, *, lazy=None):
         opens lazily when larger than :func:`lazy_threshold_bytes`: as a
         read-only :class:`numpy.memmap` when its pixels are stored
         contiguously and uncompressed, otherwise as a dask array over
-        tifffile's zarr store (one chunk per page).
+        tifffile's zarr store (one chunk per page; without zarr installed,
+        decoded once into a temporary memory-mapped file).
 
     Returns
     -------
@@ -1021,8 +1023,12 @@ def open_stack(path, *, lazy=None):
                 data = series.asarray()
             elif series.dataoffset is not None:
                 data = tifffile.memmap(path, series=0, mode='r')
-            else:
+            elif _zarr_available():
                 data = _dask_from_tiff(path)
+            else:
+                # Without zarr: decode once into a temporary memory-mapped
+                # file (slow for huge files, but memory stays bounded).
+                data = series.asarray(out='memmap')
         except Exception as e:  # codecs raise their own error types
             raise ValueError(
                 f'{path} is corrupt or truncated ({type(e).__name__}: {e})'
@@ -1065,6 +1071,10 @@ def _check_complete(tif, series):
             f'{tif.filename} is truncated: its {n_pages} pages of pixel '
             f'data do not fit in the {size} bytes of the file'
         )
+
+
+def _zarr_available():
+    return importlib.util.find_spec('zarr') is not None
 
 
 def _dask_from_tiff(path):

@@ -361,3 +361,20 @@ def test_folder_of_stacks_is_not_a_sequence_of_frames(tmp_path):
         )
     with pytest.raises(ValueError, match='not a single frame'):
         _read(tmp_path)
+
+
+def test_compressed_stack_opens_bounded_without_zarr(
+    tmp_path, small_budget, monkeypatch
+):
+    monkeypatch.setattr(formats, '_zarr_available', lambda: False)
+    stack = np.arange(40 * 128 * 128, dtype=np.uint16).reshape(40, 128, 128)
+    tifffile.imwrite(
+        tmp_path / 'z.tif',
+        stack,
+        imagej=True,
+        compression='zlib',
+        metadata={'axes': 'TYX'},
+    )
+    [(data, _, _)] = _read(tmp_path / 'z.tif')
+    assert isinstance(data, np.memmap)
+    np.testing.assert_array_equal(data, stack)
