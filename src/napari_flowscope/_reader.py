@@ -22,6 +22,9 @@ What opens, and how:
   ``vy`` with a diverging colormap and symmetric contrast limits.
 * Any other ``.npy`` of 3 or 4 dimensions opens as a ``(T, Y, X[, C])``
   stack.
+* The output folder of a finished run (``registered.tif``, ``flow.npy`` +
+  ``flow.json``, ``reliability.npy``, ``params.json``) opens as the
+  registered stack plus hidden ``vx``, ``vy`` and reliability layers.
 
 A single 2-D image is not a time-lapse: the reader function raises a
 ``ValueError`` that says so, as it does for corrupt or truncated files.
@@ -40,6 +43,13 @@ _TIFF_SUFFIXES = ('.tif', '.tiff')
 _FRAME_SUFFIXES = ('.png', '.jpg', '.jpeg')
 _FLOW_COLORMAP = 'RdBu_r'
 _FLOW_COMPONENTS = ('x', 'y')
+# The files of a run's output folder (docs/architecture.md).
+_RESULT_FILES = {
+    'registered': 'registered.tif',
+    'flow': 'flow.npy',
+    'reliability': 'reliability.npy',
+    'params': 'params.json',
+}
 
 
 def get_reader(path):
@@ -71,6 +81,8 @@ def _choose_reader(path):
         return None
     path = Path(path)
     if path.is_dir():
+        if _is_results_folder(path):
+            return read_results_folder
         if len(formats.image_sequence_files(path)) >= 2:
             return read_image_sequence
         return None
@@ -245,6 +257,58 @@ def read_flow_layers(path):
             },
         }
         layers.append((w[..., index], kwargs, 'image'))
+    return layers
+
+
+def _is_results_folder(path):
+    # params.json is written last: its presence marks a finished run.
+    return (path / _RESULT_FILES['params']).is_file() and any(
+        (path / _RESULT_FILES[key]).is_file() for key in ('registered', 'flow')
+    )
+
+
+def read_results_folder(path):
+    """Read the output folder of a motion-correction run.
+
+    The registered stack, the flow as ``vx`` / ``vy`` and the reliability,
+    each on the recorded scale, named after the folder.
+
+    Returns
+    -------
+    list of LayerData
+    """
+    folder = _single_path(path)
+    layers = []
+    registered = folder / _RESULT_FILES['registered']
+    if registered.is_file():
+        data, metadata = formats.open_stack(registered)
+        layers += stack_layer_data(
+            data,
+            metadata,
+            name=f'{folder.name} registered',
+            path=os.fspath(registered),
+        )
+    flow = folder / _RESULT_FILES['flow']
+    geometry = {}
+    if flow.is_file():
+        for data, kwargs, layer_type in read_flow_layers(flow):
+            component = kwargs['metadata']['flow_component']
+            kwargs['name'] = f'{folder.name} v{component}'
+            kwargs['visible'] = False
+            layers.append((data, kwargs, layer_type))
+        geometry = {
+            key: kwargs[key] for key in ('scale', 'units', 'axis_labels')
+        }
+    reliability = folder / _RESULT_FILES['reliability']
+    if reliability.is_file():
+        [(data, kwargs, layer_type)] = read_npy_stack(reliability)
+        kwargs.update(geometry)
+        kwargs.update(
+            name=f'{folder.name} reliability',
+            colormap='viridis',
+            visible=False,
+        )
+        layers.append((data, kwargs, layer_type))
     return layers
 
 

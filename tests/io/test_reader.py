@@ -378,3 +378,34 @@ def test_compressed_stack_opens_bounded_without_zarr(
     [(data, _, _)] = _read(tmp_path / 'z.tif')
     assert isinstance(data, np.memmap)
     np.testing.assert_array_equal(data, stack)
+
+
+def test_results_folder_opens_as_registered_flow_and_reliability(tmp_path):
+    rng = np.random.default_rng(4)
+    registered = rng.integers(0, 4000, (4, 10, 12), dtype=np.uint16)
+    w = rng.normal(size=(4, 10, 12, 2)).astype(np.float32)
+    reliability = rng.random((4, 10, 12)).astype(np.float32)
+    scale, units = (0.5, 0.2, 0.2), ('s', 'um', 'um')
+    run = tmp_path / 'run1'
+    run.mkdir()
+    formats.write_imagej_stack(
+        run / 'registered.tif', registered, scale=scale, units=units
+    )
+    formats.write_flow(run / 'flow.npy', w, scale=scale, units=units)
+    np.save(run / 'reliability.npy', reliability)
+    assert get_reader(str(run)) is None  # unfinished: no params.json yet
+    (run / 'params.json').write_text('{}')
+    stack, vx, vy, rel = _read(run)
+    np.testing.assert_array_equal(stack[0], registered)
+    np.testing.assert_array_equal(vx[0], w[..., 0])
+    np.testing.assert_array_equal(vy[0], w[..., 1])
+    np.testing.assert_array_equal(rel[0], reliability)
+    assert [layer[1]['name'] for layer in (stack, vx, vy, rel)] == [
+        'run1 registered',
+        'run1 vx',
+        'run1 vy',
+        'run1 reliability',
+    ]
+    for layer in (stack, vx, vy, rel):
+        assert layer[1]['scale'] == pytest.approx(scale)
+        assert layer[1]['units'] == units

@@ -176,3 +176,33 @@ def test_real_recordings_open_in_the_viewer(
     )
     assert pc12.data.shape == (5, 201, 199)
     assert tuple(pc12.axis_labels) == ('t', 'y', 'x')
+
+
+def test_results_folder_of_a_run_opens(make_napari_viewer_proxy, tmp_path):
+    from napari_flowscope import synthetic
+    from napari_flowscope.session import MotionSession
+    from napari_flowscope.session.sinks import DiskSink
+
+    stack = (synthetic.moving_disk(n_frames=6).stack * 1000).astype(np.uint16)
+    out = tmp_path / 'run'
+    MotionSession(stack).run(
+        sink=DiskSink(out, scale=(0.5, 0.2, 0.2), units=('s', 'um', 'um'))
+    )
+    viewer = make_napari_viewer_proxy()
+    layers = viewer.open(str(out), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == [
+        'run registered',
+        'run vx',
+        'run vy',
+        'run reliability',
+    ]
+    registered, vx, vy, reliability = layers
+    assert registered.data.dtype == np.uint16
+    np.testing.assert_array_equal(
+        registered.data, tifffile.imread(out / 'registered.tif')
+    )
+    w, _ = formats.read_flow(out / 'flow.npy')
+    np.testing.assert_array_equal(vx.data, w[..., 0])
+    np.testing.assert_array_equal(vy.data, w[..., 1])
+    for layer in layers:
+        np.testing.assert_allclose(layer.scale, (0.5, 0.2, 0.2))
