@@ -14,6 +14,11 @@ from .pyramid import build_pyramid, coarse_to_fine, level_count
 
 __all__ = ['FlowEstimator', 'FlowField', 'estimate_flow']
 
+#: Lucas-Kanade warps added at every level but the finest.  Coarse levels
+#: cost a quarter of the next finer one, and the extra linearisations there
+#: make noisy, large motions converge (2-photon data) at little cost.
+COARSE_EXTRA_WARPS = 2
+
 
 @dataclass(frozen=True)
 class FlowField:
@@ -138,7 +143,12 @@ class FlowEstimator:
             u = np.ascontiguousarray(w[..., 0])
             v = np.ascontiguousarray(w[..., 1])
             lk_level = self._lk_levels[level]
-            lk_level.solve(moving_pyramid[level], u, v, warps=warps)
+            lk_level.solve(
+                moving_pyramid[level],
+                u,
+                v,
+                warps=warps if level == 0 else warps + COARSE_EXTRA_WARPS,
+            )
             if level == 0:
                 u, v = lk_level.average_reliable(u, v)
             return cv2.merge((u, v)), lk_level.reliability.copy()

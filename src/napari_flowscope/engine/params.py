@@ -50,7 +50,9 @@ class FlowParams:
         Variational only: inner solver iterations per warp.
         Allowed: 1 to 10000.
     warps : int
-        Linearise-and-warp iterations per pyramid level.  Allowed: 1 to 100.
+        Linearise-and-warp iterations per pyramid level.  Lucas-Kanade uses
+        ``warps`` at full resolution and ``warps + 2`` at the coarser
+        levels, which are cheap.  Allowed: 1 to 100.
     """
 
     method: str = 'lucas_kanade'
