@@ -8,13 +8,15 @@ to the other.  All signals are emitted on the main thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from psygnal import Signal, SignalGroup
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from napari_flowscope.engine import FlowParams
 
 __all__ = ['RunEvents', 'RunInfo', 'run_events']
@@ -44,6 +46,11 @@ class RunInfo:
         Parameters the run starts with.
     batch_size : int
         Frames per :class:`~napari_flowscope.session.FlowBatch`.
+    flow : ndarray, shape (T, Y, X, 2), float32, or None
+        The array the run writes each batch's flow into before ``batch``
+        is emitted (frames not done yet hold zeros), so listeners can
+        read past frames without keeping a copy; None when the run keeps
+        no flow in memory.
     """
 
     n_frames: int
@@ -54,6 +61,7 @@ class RunInfo:
     source_name: str
     params: FlowParams
     batch_size: int
+    flow: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class RunEvents(SignalGroup):

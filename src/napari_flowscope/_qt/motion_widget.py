@@ -226,7 +226,7 @@ class MotionCorrectionWidget(QWidget):
         self.run_panel.show_progress(0, session.n_frames)
         self._update_enabled()
         run_events(self.viewer).started.emit(
-            _run_info(source, session, self.parameters.params)
+            _run_info(source, session, self.parameters.params, results.w)
         )
         worker.start()
 
@@ -483,7 +483,7 @@ def _zeroed_sink(session):
     return sink
 
 
-def _run_info(source, session, params):
+def _run_info(source, session, params, flow):
     scale = tuple(float(value) for value in tuple(source.scale)[-3:])
     return RunInfo(
         n_frames=session.n_frames,
@@ -494,4 +494,5 @@ def _run_info(source, session, params):
         source_name=source.name,
         params=params,
         batch_size=session.batch_size,
+        flow=flow,
     )
