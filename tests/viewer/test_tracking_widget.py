@@ -1,0 +1,162 @@
+"""The "Feature tracking" dock draws what the headless tracker finds."""
+
+import numpy as np
+import pytest
+
+from napari_flowscope import track_features
+from napari_flowscope.synthetic import rotating_particles
+
+SCALE = (0.5, 2.0, 2.0)
+UNITS = ('s', 'um', 'um')
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    stack = rotating_particles(n_frames=10).stack
+    viewer.add_image(stack, name='particles', scale=SCALE, units=UNITS)
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Feature tracking'
+    )
+    return viewer, widget
+
+
+def run(widget, qtbot):
+    widget.start()
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    assert not widget.worker.is_running
+
+
+def test_docked_widget_streams_the_headless_tracks(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    assert widget.image.value.name == 'particles'
+    widget.min_distance.value = 5
+    frames = []
+    widget.start()
+    widget.worker.yielded.connect(lambda step: frames.append(step.t))
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+
+    stack = viewer.layers['particles'].data
+    expected = track_features(stack, params=widget.params)
+    assert len(expected.track_ids) == 3
+    assert frames == list(range(10))
+    tracks = widget.tracks_layer
+    np.testing.assert_array_equal(tracks.data, expected.data)
+    np.testing.assert_array_equal(
+        tracks.features['speed'], expected.features['speed']
+    )
+    assert tracks.color_by == 'speed'
+    assert tracks.tail_length == widget.tail_length.value
+    np.testing.assert_array_equal(
+        widget.points_layer.data, expected.data[:, 1:]
+    )
+    for layer in (tracks, widget.points_layer):
+        np.testing.assert_allclose(layer.scale, SCALE)
+        assert tuple(str(unit) for unit in layer.units) == (
+            'second',
+            'micrometer',
+            'micrometer',
+        )
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_second_run_with_seeds_replaces_its_own_outputs(
+    viewer_and_widget, qtbot
+):
+    viewer, widget = viewer_and_widget
+    run(widget, qtbot)
+    n_layers = len(viewer.layers)
+
+    # Seeds drawn in world coordinates on a 2-D Points layer.
+    seeds_px = np.array([[63.5, 93.5], [40.0, 30.0]])
+    viewer.add_points(seeds_px * 2, name='seeds')
+    widget.seeds.value = viewer.layers['seeds']
+    run(widget, qtbot)
+
+    assert len(viewer.layers) == n_layers + 1
+    expected = track_features(
+        viewer.layers['particles'].data, seeds=seeds_px, params=widget.params
+    )
+    np.testing.assert_array_equal(widget.tracks_layer.data, expected.data)
+    starts = widget.tracks_layer.data[widget.tracks_layer.data[:, 1] == 0]
+    np.testing.assert_allclose(starts[:, 2:], seeds_px, atol=1e-4)
+    assert widget.tracks_layer.color_by == 'speed'
+
+
+def test_roi_limits_detection_and_tracks_export(
+    viewer_and_widget, qtbot, tmp_path
+):
+    viewer, widget = viewer_and_widget
+    # A rectangle (world coordinates) around the particle at (63.5, 93.5).
+    viewer.add_shapes(
+        [np.array([[50, 80], [50, 108], [78, 108], [78, 80]]) * 2.0],
+        shape_type='rectangle',
+        name='roi',
+    )
+    widget.roi.value = viewer.layers['roi']
+    run(widget, qtbot)
+
+    first = widget.tracks_layer.data[widget.tracks_layer.data[:, 1] == 0]
+    assert len(first) == 1
+    np.testing.assert_allclose(first[0, 2:], [63.5, 93.5], atol=1)
+    path = widget.export_csv(tmp_path / 'tracks.csv')
+    np.testing.assert_array_equal(
+        type(widget.tracks).from_csv(path).data, widget.tracks_layer.data
+    )
+
+
+def test_cancel_mid_run_leaves_no_running_worker(
+    make_napari_viewer_proxy, qtbot
+):
+    # The 'quality' flow takes seconds per batch of frames, so the first
+    # frames arrive long before the last one is computed.
+    n_frames = 24
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(
+        rotating_particles(n_frames=n_frames, size=96).stack, name='long'
+    )
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Feature tracking'
+    )
+    widget.mode.value = 'dense_flow'
+    widget.flow_preset.value = 'quality'
+    widget.start()
+    worker = widget.worker
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=60_000):
+        with qtbot.waitSignal(worker.yielded, timeout=60_000):
+            pass
+        widget.cancel()
+
+    assert not worker.is_running
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    done = widget.tracks_layer.data[:, 1].max() + 1
+    assert 1 <= done < n_frames
+
+
+def test_a_two_dimensional_image_is_refused(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((32, 32), np.float32), name='flat')
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Feature tracking'
+    )
+    widget.start()
+    assert widget.worker is None
+    assert widget.tracks_layer is None
+
+
+def test_layer_choices_follow_the_viewer(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+
+    def seed_names():
+        return [getattr(layer, 'name', None) for layer in widget.seeds.choices]
+
+    viewer.add_points(np.zeros((1, 3)), name='dots')
+    assert 'dots' in seed_names()
+    viewer.layers['dots'].name = 'renamed dots'
+    assert 'renamed dots' in seed_names()
+    assert widget.seeds.native.findText('renamed dots') >= 0
+    del viewer.layers['renamed dots']
+    assert 'renamed dots' not in seed_names()
+    assert widget.image.value.name == 'particles'
