@@ -11,6 +11,7 @@ or :func:`compensate`.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -196,7 +197,12 @@ class MotionSession:
 
     def read_frames(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` as ``(n, Y, X[, C])`` in the input dtype."""
-        frames = np.asarray(self._stack[start:stop])
+        frames = self._stack[start:stop]
+        if isinstance(frames, np.memmap):
+            frames = np.array(frames)  # a copy: the mapped pages can go
+            _release_mapped_pages(self._stack)
+        else:
+            frames = np.asarray(frames)
         if self._channel_axis is not None:
             frames = np.moveaxis(frames, self._channel_axis, -1)
         return frames
@@ -562,6 +568,23 @@ def _cast(image, dtype):
         return image
     info = np.iinfo(dtype)
     return np.clip(np.rint(image), info.min, info.max)
+
+
+def _release_mapped_pages(array):
+    """Unmap the pages a read-only memory map has read so far.
+
+    Pages read through a map stay resident in the process (RSS) until the
+    map closes, so a long run over a memory-mapped file would end holding
+    the whole file.  The data stay in the file and the page cache.  Maps
+    that can be written to are left alone.
+    """
+    mapping = getattr(array, '_mmap', None)  # numpy.memmap's mmap object
+    if (
+        getattr(array, 'mode', None) == 'r'
+        and mapping is not None
+        and hasattr(mmap, 'MADV_DONTNEED')
+    ):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _read_only(image):
