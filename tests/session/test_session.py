@@ -311,6 +311,20 @@ def test_bad_shapes_raise(shape, channel_axis, message):
         MotionSession(np.zeros(shape, np.float32), channel_axis=channel_axis)
 
 
+@pytest.mark.parametrize(
+    ('options', 'message'),
+    [
+        ({'batch_size': 0}, 'batch_size'),
+        ({'interpolation': 'nearest'}, 'interpolation'),
+        ({'temporal_smoothing': -1.0}, 'temporal_smoothing'),
+        ({'params': {'levels': 2}}, 'FlowParams'),
+    ],
+)
+def test_bad_options_raise(drifting, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        MotionSession(drifting.stack[:3], **options)
+
+
 def test_reference_image_is_observable_and_read_only(drifting_uint16):
     session = MotionSession(drifting_uint16, reference=FrameReference(-1))
     np.testing.assert_array_equal(session.reference_image, drifting_uint16[-1])

@@ -189,6 +189,11 @@ class MotionSession:
         self._halo = _smoothing_radius(temporal_smoothing)
         n_threads = os.cpu_count() if n_threads is None else int(n_threads)
         self.n_threads = max(1, n_threads or 1)
+        if interpolation not in ('linear', 'cubic'):
+            raise ValueError(
+                "interpolation must be 'linear' or 'cubic'; "
+                f'got {interpolation!r}'
+            )
         self.interpolation = interpolation
         self._initial_reference = None
         self._reference = None
