@@ -89,7 +89,7 @@ def run(path, output, n_workers, *, chunk_size, batch_size, preset):
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address='127.0.0.1:0',
             silence_logs=40,
         ) as cluster,
         distributed.Client(cluster) as client,

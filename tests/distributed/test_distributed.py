@@ -53,7 +53,7 @@ def client():
         threads_per_worker=1,
         processes=True,
         memory_limit=MEMORY_LIMIT,
-        dashboard_address=None,
+        dashboard_address='127.0.0.1:0',
     )
     with cluster, distributed.Client(cluster) as dask_client:
         yield dask_client
@@ -301,14 +301,15 @@ def test_adaptive_reference_is_refused(client, tmp_path, tiff_path):
 
 @pytest.mark.slow
 def test_memory_per_worker_bounded(client, tmp_path):
-    # 1,150 frames of 512 x 512 uint16: 600 MB, more than a worker's 400 MB.
-    n_frames, shape = 1150, (512, 512)
+    # 572 frames of 512 x 512 float32: 600 MB, 1.5 times a worker's limit.
+    # (float32 rather than uint16 halves the frames to register for the
+    # same size, which keeps this test short.)
+    n_frames, shape = 572, (512, 512)
     path = tmp_path / 'big.npy'
     stack = np.lib.format.open_memmap(
-        path, mode='w+', dtype=np.uint16, shape=(n_frames, *shape)
+        path, mode='w+', dtype=np.float32, shape=(n_frames, *shape)
     )
-    texture = np.round(synthetic.tissue_texture(shape) * 20000)
-    texture = texture.astype(np.uint16)
+    texture = synthetic.tissue_texture(shape) * 1000
     shifts = np.arange(n_frames) % 5
     for t in range(n_frames):
         stack[t] = np.roll(texture, shifts[t], axis=1)
@@ -335,7 +336,7 @@ def test_memory_per_worker_bounded(client, tmp_path):
     # The integer shifts were measured: frame t moved by t % 5 pixels.
     flow = np.load(tmp_path / 'out' / 'flow.npy', mmap_mode='r')
     inner = (slice(64, -64), slice(64, -64))
-    for t in (0, 3, 574, 1149):
+    for t in (0, 3, 289, 571):
         assert np.median(flow[t][inner][..., 0]) == pytest.approx(
             shifts[t], abs=0.05
         )

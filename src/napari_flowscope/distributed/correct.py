@@ -401,7 +401,9 @@ def _connect(client, n_workers):
                 n_workers=int(n_workers),
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # Any free local port: 8787 may belong to another cluster,
+                # and distributed leaks a socket when its port is taken.
+                dashboard_address='127.0.0.1:0',
             ) as cluster,
             Client(cluster) as local_client,
         ):
