@@ -72,20 +72,14 @@ def _headless(stack, params, batch_size, reference=None):
 
 def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
-    (source,) = [
-        layer
-        for layer in viewer.open_sample('napari-flowscope', 'drifting_tissue')
-        if layer.ndim == 3 and not layer.name.endswith(('vx', 'vy'))
-    ]
-    # cropped so the test stays fast; the layer keeps the sample's metadata
-    source.data = np.asarray(source.data)[:12, :96, :128]
+    (source,) = viewer.open_sample('napari-flowscope', 'moving_disk')
     _, widget = viewer.window.add_plugin_dock_widget(
         'napari-flowscope', 'Motion correction'
     )
     widget.reference.source.value = source
     for box in widget.run_panel.outputs.values():
         box.value = True
-    widget.run_panel.batch_size.value = 16
+    widget.run_panel.batch_size.value = 8
     widget.parameters.preset.value = 'fast'
     received = {'started': [], 'batch': [], 'finished': 0}
     events = run_events(viewer)
@@ -101,7 +95,7 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
 
     assert widget.complete
     stack = np.asarray(source.data)
-    session, expected = _headless(stack, FlowParams.preset('fast'), 16)
+    session, expected = _headless(stack, FlowParams.preset('fast'), 8)
     name = source.name
     layers = viewer.layers
     np.testing.assert_array_equal(
@@ -150,7 +144,7 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
     assert info.n_frames == stack.shape[0]
     assert info.scale == tuple(float(s) for s in source.scale)
     assert [batch.start for batch in received['batch']] == list(
-        range(0, stack.shape[0], 16)
+        range(0, stack.shape[0], 8)
     )
     assert received['finished'] == 1
 
@@ -242,7 +236,7 @@ def test_second_run_replaces_its_outputs(docked, qtbot):
     speed_layer = viewer.layers['tissue speed']
     viewer.layers.remove('tissue registered')  # the user removed one
     speed_layer.name = 'my speed'  # and renamed another
-    widget.parameters.preset.value = 'quality'
+    widget.parameters.preset.value = 'fast'
     widget.start()
     _wait_idle(qtbot, widget)
 
@@ -253,7 +247,7 @@ def test_second_run_replaces_its_outputs(docked, qtbot):
     assert viewer.layers['tissue speed'] == speed_layer
     _, expected = _headless(
         np.asarray(viewer.layers['tissue'].data),
-        FlowParams.preset('quality'),
+        FlowParams.preset('fast'),
         16,
     )
     np.testing.assert_array_equal(

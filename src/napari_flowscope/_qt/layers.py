@@ -343,9 +343,7 @@ class OutputLayers:
         ):
             # keep the user's colormap, opacity and visibility
             old.data = data
-            old.name = name
-            for key in ('scale', 'translate', 'units', 'axis_labels'):
-                setattr(old, key, geometry[key])
+            _restore(old, name, geometry)
             return old
         if old is not None:
             self._remove(old)
@@ -354,13 +352,13 @@ class OutputLayers:
     def _prepare_vectors(self, name, geometry):
         old = self._layers.get('vectors')
         if old is not None and old in self._viewer.layers:
-            old.name = name
-            for key in ('scale', 'translate', 'units', 'axis_labels'):
-                setattr(old, key, geometry[key])
+            _restore(old, name, geometry)
             self._set_vectors(old, *_no_vectors())
             # keep the arrows above heatmaps created by this run
             layers = self._viewer.layers
-            layers.move(layers.index(old), len(layers))
+            index = layers.index(old)
+            if index != len(layers) - 1:
+                layers.move(index, len(layers))
             return
         data, lengths = _no_vectors()
         self._layers['vectors'] = self._viewer.add_vectors(
@@ -470,7 +468,8 @@ class OutputLayers:
         """
         layer = self['vectors']
         if not self._done[t]:
-            self._set_vectors(layer, *_no_vectors())
+            if len(layer.data):
+                self._set_vectors(layer, *_no_vectors())
             return
         image = self.results.registered[t]
         if image.ndim == 3:
@@ -489,6 +488,21 @@ class OutputLayers:
         layer.data = data
         layer.features = {'speed': lengths}
         layer.edge_color = 'speed'
+
+
+def _restore(layer, name, geometry):
+    """Give a reused layer its name and geometry back (only what
+    changed: every assignment makes napari refresh the layer)."""
+    if layer.name != name:
+        layer.name = name
+    for key, value in geometry.items():
+        current = getattr(layer, key)
+        if key in ('scale', 'translate'):
+            changed = not np.array_equal(current, value)
+        else:
+            changed = tuple(current) != tuple(value)
+        if changed:
+            setattr(layer, key, value)
 
 
 def _no_vectors():

@@ -143,7 +143,6 @@ class MotionCorrectionWidget(QWidget):
         self.parameters.params_changed.connect(self._on_params)
         self.parameters.live_preview.changed.connect(self._on_live_preview)
         self.reference.reference_changed.connect(self._on_reference)
-        self.reference.source.changed.connect(self._update_enabled)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.destroyed.connect(_make_teardown(self))
@@ -370,6 +369,7 @@ class MotionCorrectionWidget(QWidget):
         self._request_preview()
 
     def _on_reference(self):
+        self._update_enabled()
         self._request_preview()
 
     def _on_step(self, _event=None):

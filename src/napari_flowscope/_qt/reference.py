@@ -239,14 +239,25 @@ class ReferencePanel(Container):
         event.value.events.name.connect(self._on_layers_changed)
 
     def _on_layers_changed(self, _event=None):
-        """Keep the layer lists in sync (added, removed, renamed)."""
-        for combo in (self.source, self.also_correct, self.reference_layer):
-            combo.reset_choices()
-        layers = [layer for layer in self.source.choices if layer is not None]
-        if self.source.value is None and layers:
-            self.source.value = layers[0]
-        # a rename changes no value but must refresh the labels shown
-        self._on_source(self.source.value, quiet=True)
+        """Keep the layer lists in sync (added, removed, renamed).
+
+        magicgui re-adds a renamed item, which would silently select
+        another layer, so the selections are restored explicitly.
+        """
+        before = self.source.value
+        with self.source.changed.blocked():
+            self.source.reset_choices()
+            available = [layer for layer in self.source.choices if layer]
+            if before is not None and before in available:
+                self.source.value = before
+            else:
+                self.source.value = available[0] if available else None
+        after = self.source.value
+        if before is None or after is None:
+            changed = (before is None) != (after is None)
+        else:
+            changed = after != before
+        self._on_source(after, quiet=not changed)
 
     # -- state -----------------------------------------------------------
 
@@ -264,8 +275,17 @@ class ReferencePanel(Container):
         if high > last or (low, high) == (0, 1):
             self.frame_range.value = (0, min(last, 49))
         self.rgb_channel.visible = bool(source is not None and source.rgb)
-        self.also_correct.reset_choices()
-        self.reference_layer.reset_choices()
+        extras = list(self.also_correct.value)
+        reference = self.reference_layer.value
+        with self.also_correct.changed.blocked():
+            self.also_correct.reset_choices()
+            self.also_correct.value = [
+                layer for layer in extras if layer in self.also_correct.choices
+            ]
+        with self.reference_layer.changed.blocked():
+            self.reference_layer.reset_choices()
+            if reference in self.reference_layer.choices:
+                self.reference_layer.value = reference
         if not quiet:
             self._emit_changed()
 
