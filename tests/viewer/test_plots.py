@@ -207,9 +207,8 @@ def test_real_run_plots_the_session_stats_and_roi_motion(
     _, plots = viewer.window.add_plugin_dock_widget(
         'napari-flowscope', 'Motion over time'
     )
-    # No copy of its own: ROIs drawn later read the run's vx / vy layers.
+    # No copy of its own: ROIs drawn later read the run's flow.
     plots.flow_cache_bytes = 0
-    motion.run_panel.outputs['vx'].value = True
     motion.run_panel.batch_size.value = 4
     rois = plots.new_roi_layer()
     first = np.array([[0, 8, 8], [0, 8, 20], [0, 30, 20], [0, 30, 8]])

@@ -73,10 +73,10 @@ class MotionPlotWidget(QWidget):
     ----------
     flow_cache_bytes : int
         ROIs drawn or changed during or after a run get the curves of the
-        frames already done from the run's vx and vy layers (views of its
-        flow). Without them, this dock keeps its own copy of the flow when
-        it needs at most this many bytes; otherwise such ROIs get curves
-        from the next batch on.
+        frames already done from the run's flow (``RunInfo.flow``, no
+        copy). A run that keeps no flow gets a copy here when it needs at
+        most this many bytes; otherwise such ROIs get curves from the
+        next batch on.
     render_count : int
         Images of the plot shown so far (tests wait on it).
     """
@@ -90,7 +90,7 @@ class MotionPlotWidget(QWidget):
         self._roi_names = []
         self._masks = None
         self._run = None
-        self._flow = None  # own copy of the run's flow, when needed
+        self._flow = None  # own copy of the flow, for runs that keep none
         self._flow_xy = None  # (dx, dy) stacks of the run, (T, Y, X)
         self._allocate(0)
 
@@ -295,34 +295,18 @@ class MotionPlotWidget(QWidget):
         self._run = info
         self._allocate(info.n_frames)
         self._flow = None
-        self._flow_xy = self._flow_layers(info)
+        flow = info.flow
         flow_bytes = info.n_frames * int(np.prod(info.frame_shape)) * 8
-        if self._flow_xy is None and flow_bytes <= self.flow_cache_bytes:
-            self._flow = np.full(
-                (info.n_frames, *info.frame_shape, 2), np.nan, np.float32
+        if flow is None and flow_bytes <= self.flow_cache_bytes:
+            # zeros: the pages are mapped lazily, so this costs nothing
+            # (np.full would write hundreds of MB on the main thread);
+            # frames not done yet are told by their NaN stats.
+            flow = self._flow = np.zeros(
+                (info.n_frames, *info.frame_shape, 2), np.float32
             )
-            self._flow_xy = (self._flow[..., 0], self._flow[..., 1])
+        self._flow_xy = None if flow is None else (flow[..., 0], flow[..., 1])
         self._set_masks()
         self._redraw()
-
-    def _flow_layers(self, info):
-        """The run's vx and vy layers, if the motion dock shows them.
-
-        They are views of the run's whole flow (no copy), so ROIs drawn
-        mid-run get their past frames from there.
-        """
-        shape = (info.n_frames, *info.frame_shape)
-        arrays = []
-        for suffix in ('vx', 'vy'):
-            name = f'{info.source_name} {suffix}'
-            layer = next(
-                (lyr for lyr in self._viewer.layers if lyr.name == name), None
-            )
-            data = getattr(layer, 'data', None)
-            if not isinstance(data, np.ndarray) or data.shape != shape:
-                return None
-            arrays.append(data)
-        return tuple(arrays)
 
     def _on_batch(self, batch):
         rows = slice(batch.start, batch.stop)
