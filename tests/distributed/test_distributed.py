@@ -153,13 +153,15 @@ def test_identical_to_single_process(
     assert np.mean(stats['ncc_after']) > np.mean(stats['ncc_before']) + 0.1
 
 
-@pytest.mark.parametrize('kind', ['npy-path', 'memmap', 'zarr', 'memory'])
+@pytest.mark.parametrize(
+    'kind', ['npy-path', 'memmap', 'zarr', 'dask', 'memory']
+)
 def test_other_inputs(client, tmp_path, drifting_stack, kind):
     if kind in ('npy-path', 'memmap'):
         path = tmp_path / 'input.npy'
         np.save(path, drifting_stack)
         stack = path if kind == 'npy-path' else np.load(path, mmap_mode='r')
-    elif kind == 'zarr':
+    elif kind in ('zarr', 'dask'):
         zarr = pytest.importorskip('zarr')
         stack = zarr.create_array(
             tmp_path / 'input.zarr',
@@ -168,6 +170,10 @@ def test_other_inputs(client, tmp_path, drifting_stack, kind):
             dtype=drifting_stack.dtype,
         )
         stack[:] = drifting_stack
+        if kind == 'dask':
+            import dask.array as da
+
+            stack = da.from_zarr(str(tmp_path / 'input.zarr'))
     else:
         stack = drifting_stack
     correct_distributed(

@@ -188,59 +188,60 @@ or int, optional
     output_dir = Path(output_dir)
     run_id = uuid.uuid4().hex[:12]
     chunk_dir = output_dir / f'.flowscope-chunks-{run_id}'
-    with _connect(client, n_workers) as dask_client:
-        sink = DiskSink(
-            output_dir,
-            scale=scale,
-            units=units,
-            source=source.path,
-            extra={
-                'distributed': {
-                    'chunk_size': chunk_size,
-                    'scheduler': dask_client.scheduler.address,
-                    'n_workers': len(dask_client.scheduler_info()['workers']),
-                }
-            },
-            overwrite=overwrite,
-        )
-        sink.open(session)
-        futures = []
-        try:
+    sink = DiskSink(
+        output_dir,
+        scale=scale,
+        units=units,
+        source=source.path,
+        overwrite=overwrite,
+    )
+    # Opened before any cluster starts: an occupied output folder fails
+    # at once.
+    sink.open(session)
+    futures = []
+    try:
+        with _connect(client, n_workers) as dask_client:
+            sink.extra['distributed'] = {
+                'chunk_size': chunk_size,
+                'scheduler': dask_client.scheduler.address,
+                'n_workers': len(dask_client.scheduler_info()['workers']),
+            }
             chunk_dir.mkdir()
-            futures = _submit(
-                dask_client,
-                source,
-                chunks,
-                reference_image,
-                settings,
-                chunk_dir,
-                run_id=run_id,
-                retries=retries,
-            )
-            finished = _collect(
-                futures,
-                chunks,
-                sink,
-                chunk_dir,
-                reference_image,
-                batch_size=session.batch_size,
-                n_frames=n_frames,
-                progress_callback=progress_callback,
-                cancel=cancel,
-            )
-            if finished:
-                # Every frame was registered with these parameters.
-                session.params_history = [(0, session.params)]
-                sink.close(session)
-            else:
+            try:
+                futures = _submit(
+                    dask_client,
+                    source,
+                    chunks,
+                    reference_image,
+                    settings,
+                    chunk_dir,
+                    run_id=run_id,
+                    retries=retries,
+                )
+                finished = _collect(
+                    futures,
+                    chunks,
+                    sink,
+                    chunk_dir,
+                    reference_image,
+                    batch_size=session.batch_size,
+                    n_frames=n_frames,
+                    progress_callback=progress_callback,
+                    cancel=cancel,
+                )
+            finally:
+                # Cancels what is still pending (a no-op after success).
                 dask_client.cancel(futures)
-                sink.abort()
-        except BaseException:
-            dask_client.cancel(futures)
+                _remove_chunk_dir(chunk_dir)
+        if not finished:
             sink.abort()
-            raise
-        finally:
-            _remove_chunk_dir(chunk_dir)
+            return sink
+        # Every frame was registered with these parameters.
+        session.params_history = [(0, session.params)]
+        sink.close(session)
+    except BaseException:
+        sink.abort()
+        raise
     return sink
 
 

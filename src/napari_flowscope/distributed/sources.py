@@ -56,9 +56,7 @@ class StackSource:
             Per-axis scale and units aligned with ``axes`` (TIFF only).
         """
         if self.kind == 'tiff':
-            from napari_flowscope.formats import open_stack
-
-            data, metadata = open_stack(self.path, lazy=True)
+            data, metadata = _open_tiff(self.path)
             return data, metadata.axes, metadata.scale, metadata.units
         if self.kind == 'npy':
             data = np.load(self.path, mmap_mode='r')
@@ -141,6 +139,33 @@ def stack_source(stack_or_path) -> StackSource:
         'stack_or_path must be a file path or an array; got '
         f'{type(stack_or_path).__name__}'
     )
+
+
+#: The last compressed or tiled TIFF opened in this process, by
+#: ``(path, mtime, size)``.
+_OPENED_TIFF = {}
+
+
+def _open_tiff(path):
+    """`formats.open_stack` (lazy), reusing a dask-backed opening.
+
+    Opening a compressed or tiled TIFF parses the index of every page,
+    which each chunk would repeat; such an opening (a dask array that reads
+    only the pages sliced) is kept for the next chunk on this worker.  An
+    uncompressed stack opens as a memory map in no time and is not kept:
+    the pages it has read would count as the worker's memory.
+    """
+    from napari_flowscope.formats import open_stack
+
+    status = os.stat(path)
+    key = (path, status.st_mtime_ns, status.st_size)
+    opened = _OPENED_TIFF.get(key)
+    if opened is None:
+        opened = open_stack(path, lazy=True)
+        if not isinstance(opened[0], np.memmap):
+            _OPENED_TIFF.clear()
+            _OPENED_TIFF[key] = opened
+    return opened
 
 
 def _is_whole_file_memmap(data) -> bool:
