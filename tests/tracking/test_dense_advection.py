@@ -15,6 +15,7 @@ from napari_flowscope.tracking import (
 )
 
 DENSE = TrackingParams(mode='dense_flow')
+CHAINED = TrackingParams(mode='dense_flow', flow_reference='previous')
 
 
 def rotated(points, angle, centre):
@@ -143,4 +144,28 @@ def test_dense_mode_computes_the_flow_with_a_session():
     tracks = track_features(sequence.stack, seeds=[centre], params=DENSE)
     truth = centre + np.arange(8)[:, None] * [1.0, 1.0]
     np.testing.assert_array_equal(tracks.data[:, 1], np.arange(8))
+    assert np.abs(tracks.data[:, 2:] - truth).max() < 0.3
+
+
+def test_chained_mode_steps_through_consecutive_flows():
+    # Between consecutive frames the rotation field is always flow[1].
+    sequence = rotating_particles(n_frames=12, degrees_per_frame=4.0)
+    size = sequence.stack.shape[1]
+    centre = ((size - 1) / 2, (size - 1) / 2)
+    steps = np.broadcast_to(sequence.flow[1], sequence.flow.shape)
+    seed = np.array([[63.5 + 0.3, 93.5 - 0.2]])
+    tracks = track_features(
+        sequence.stack, seeds=seed, flow=steps, params=CHAINED
+    )
+    expected = np.concatenate(
+        [rotated(seed, np.deg2rad(4 * t), centre) for t in range(12)]
+    )
+    np.testing.assert_allclose(tracks.data[:, 2:], expected, atol=1e-3)
+
+
+def test_chained_mode_estimates_consecutive_flows():
+    sequence = moving_disk(n_frames=8)
+    centre = np.argwhere(sequence.stack[0] > 0.5).mean(axis=0)
+    tracks = track_features(sequence.stack, seeds=[centre], params=CHAINED)
+    truth = centre + np.arange(8)[:, None] * [1.0, 1.0]
     assert np.abs(tracks.data[:, 2:] - truth).max() < 0.3

@@ -9,9 +9,12 @@ the first frame of the first run and updated in place afterwards; a second
 run replaces their contents.
 
 In the "advect through dense flow" mode the flow is computed inside the
-same worker by a :class:`~napari_flowscope.session.MotionSession` against
-frame 0 (the preset chosen here), so points are carried by
-``p + w_t(p)`` from the first frame without drift accumulating.
+same worker with the preset chosen here: by a
+:class:`~napari_flowscope.session.MotionSession` against frame 0 ("first
+frame": points are carried by ``p + w_t(p)`` from the first frame, without
+drift accumulating), or between consecutive frames ("previous frame":
+steps are chained, which follows objects that travel further than the flow
+reaches in one go).
 """
 
 from typing import TYPE_CHECKING
@@ -46,6 +49,10 @@ MODE_CHOICES = [
     ('advect through dense flow', 'dense_flow'),
 ]
 FLOW_PRESETS = ('fast', 'balanced', 'quality')
+FLOW_REFERENCE_CHOICES = [
+    ('first frame', 'first'),
+    ('previous frame', 'previous'),
+]
 LK_ONLY = (
     'win_size',
     'max_level',
@@ -128,6 +135,14 @@ class FeatureTrackingWidget(Container):
             choices=FLOW_PRESETS,
             value='balanced',
             tooltip='Dense mode: parameters of the optical flow.',
+        )
+        self.flow_reference = ComboBox(
+            label='flow against',
+            choices=FLOW_REFERENCE_CHOICES,
+            value=defaults.flow_reference,
+            tooltip='Dense mode: first frame (no drift; for motion the '
+            'flow can reach) or previous frame (chained; for cells that '
+            'travel far).',
         )
         self.max_corners = SpinBox(
             label='max corners',
@@ -240,6 +255,7 @@ class FeatureTrackingWidget(Container):
                 self.roi,
                 self.mode,
                 self.flow_preset,
+                self.flow_reference,
                 self.max_corners,
                 self.quality_level,
                 self.min_distance,
@@ -284,6 +300,7 @@ class FeatureTrackingWidget(Container):
         percentile = float(self.mask_percentile.value)
         return TrackingParams(
             mode=self.mode.value,
+            flow_reference=self.flow_reference.value,
             max_corners=int(self.max_corners.value),
             quality_level=float(self.quality_level.value),
             min_distance=float(self.min_distance.value),
@@ -404,6 +421,7 @@ class FeatureTrackingWidget(Container):
     def _update_enabled(self, _value=None) -> None:
         dense = self.mode.value == 'dense_flow'
         self.flow_preset.enabled = dense
+        self.flow_reference.enabled = dense
         for name in LK_ONLY:
             getattr(self, name).enabled = not dense
 

@@ -8,6 +8,10 @@ with ``w_t`` sampled at ``p`` by bilinear interpolation (sub-pixel). No
 errors accumulate from frame to frame: every frame is one lookup from the
 reference.
 
+With flow measured between consecutive frames instead (frame t against
+frame t - 1, ``flow_reference='previous'``), the same lookup moves a point
+from its position in frame t - 1 to frame t, and the steps are chained.
+
 A point first seen in frame t at ``q`` (a seed, or a corner found by
 re-detection) is first taken back to the reference by solving
 ``p + w_t(p) = q`` with the fixed-point iteration ``p <- q - w_t(p)``, which

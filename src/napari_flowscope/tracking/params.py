@@ -3,6 +3,7 @@
 from dataclasses import asdict, dataclass, fields
 
 MODES = ('lucas_kanade', 'dense_flow')
+FLOW_REFERENCES = ('first', 'previous')
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,12 @@ class TrackingParams:
         OpenCV's pyramidal Lucas-Kanade; ``'dense_flow'`` carries points
         through the session's dense flow fields (see
         :func:`napari_flowscope.tracking.advect`).
+    flow_reference : {'first', 'previous'}
+        Dense mode only: ``'first'`` measures every frame's flow against
+        frame 0 (one lookup per frame, no drift, but fails once content has
+        moved further than the flow can reach); ``'previous'`` measures it
+        against the frame before and chains the steps (follows large
+        cumulative motion, errors add up like in Lucas-Kanade mode).
     max_corners : int
         Most points alive at once; detection and re-detection never exceed
         it (user-given seeds may).
@@ -51,6 +58,7 @@ class TrackingParams:
     """
 
     mode: str = 'lucas_kanade'
+    flow_reference: str = 'first'
     max_corners: int = 200
     quality_level: float = 0.01
     min_distance: float = 7.0
@@ -67,6 +75,11 @@ class TrackingParams:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}; got {self.mode!r}')
+        if self.flow_reference not in FLOW_REFERENCES:
+            raise ValueError(
+                f'flow_reference must be one of {FLOW_REFERENCES}; '
+                f'got {self.flow_reference!r}'
+            )
         _check(self.max_corners >= 1, 'max_corners must be >= 1')
         _check(0 < self.quality_level <= 1, 'quality_level must be in (0, 1]')
         _check(self.min_distance >= 0, 'min_distance must be >= 0')

@@ -38,13 +38,16 @@ def iter_tracks(
         Detect corners only where True (e.g. a rasterised Shapes ROI);
         combined with ``params.mask_percentile``. Seeds ignore it.
     flow : array_like or iterable, optional
-        Dense mode only: the ``[x, y]`` flow of every frame against the
-        reference, as a (T, Y, X, 2) array or an iterable of (n, Y, X, 2)
-        chunks or of objects with a ``w`` attribute (e.g.
-        ``MotionSession.iter_batches()``). Default: computed on the fly by a
-        :class:`~napari_flowscope.session.MotionSession` against frame 0.
+        Dense mode only: the ``[x, y]`` flow of every frame against frame 0
+        (``params.flow_reference == 'first'``) or against the frame before
+        (``'previous'``; ``flow[0]`` is unused), as a (T, Y, X, 2) array or
+        an iterable of (n, Y, X, 2) chunks or of objects with a ``w``
+        attribute (e.g. ``MotionSession.iter_batches()``). Default: computed
+        on the fly, by a :class:`~napari_flowscope.session.MotionSession`
+        against frame 0, or by :func:`~napari_flowscope.engine.
+        estimate_flow` between consecutive frames.
     flow_params : FlowParams, optional
-        Parameters of that session (dense mode, ``flow`` not given).
+        Parameters of that flow (dense mode, ``flow`` not given).
 
     Yields
     ------
@@ -69,7 +72,13 @@ def iter_tracks(
     mask = _checked_mask(mask, shape)
     low, high = stack_intensity_range(stack, params.intensity_percentiles)
     dense = params.mode == 'dense_flow'
-    flows = _flow_frames(stack, flow, flow_params) if dense else None
+    # Anchored: positions are always p + w_t(p) from a reference position.
+    anchored = dense and params.flow_reference == 'first'
+    flows = (
+        _flow_frames(stack, flow, flow_params, chained=not anchored)
+        if dense
+        else None
+    )
 
     track_ids = np.empty(0, np.int64)
     positions = np.empty((0, 2), np.float32)
@@ -83,7 +92,9 @@ def iter_tracks(
             w = _next_flow(flows, t, frame_shape) if dense else None
 
             if dense:
-                moved = advect(w, reference_positions)
+                moved = advect(
+                    w, reference_positions if anchored else positions
+                )
                 valid = inside(moved, frame_shape)
                 fb_error = np.full(len(moved), np.nan, np.float32)
             else:
@@ -99,7 +110,7 @@ def iter_tracks(
                 )
             speed = np.linalg.norm(moved - positions, axis=1)
             track_ids, positions = track_ids[valid], moved[valid]
-            if dense:
+            if anchored:
                 reference_positions = reference_positions[valid]
             speed, fb_error = speed[valid].astype(np.float32), fb_error[valid]
 
@@ -124,7 +135,7 @@ def iter_tracks(
                 next_id += len(new)
                 track_ids = np.concatenate([track_ids, new_ids])
                 positions = np.concatenate([positions, new])
-                if dense:
+                if anchored:
                     reference_positions = np.concatenate(
                         [reference_positions, to_reference(w, new)]
                     )
@@ -207,9 +218,11 @@ def _checked_mask(mask, shape):
     return mask
 
 
-def _flow_frames(stack, flow, flow_params):
+def _flow_frames(stack, flow, flow_params, *, chained):
     """One (Y, X, 2) field per frame, from an array or a chunk iterator."""
-    if flow is None:
+    if flow is None and chained:
+        flow = _consecutive_flows(stack, flow_params)
+    elif flow is None:
         from napari_flowscope.session import (
             FrameReference,
             MotionSession,
@@ -229,6 +242,18 @@ def _flow_frames(stack, flow, flow_params):
     finally:
         if hasattr(flow, 'close'):
             flow.close()
+
+
+def _consecutive_flows(stack, flow_params):
+    """Flow of each frame against the one before; zero for frame 0."""
+    from napari_flowscope.engine import estimate_flow
+
+    previous = np.asarray(stack[0])
+    yield np.zeros((*previous.shape, 2), np.float32)
+    for t in range(1, len(stack)):
+        current = np.asarray(stack[t])
+        yield estimate_flow(previous, current, flow_params).w
+        previous = current
 
 
 def _next_flow(flows, t, frame_shape):
