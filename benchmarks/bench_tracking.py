@@ -125,6 +125,17 @@ def main():
             f'{np.percentile(values, 90):.2f} | {len(values)} | '
             f'{alive}/{len(seeds)} | {elapsed:.2f} |'
         )
+    start = time.perf_counter()
+    detected = track_features(
+        stack, params=TrackingParams(max_corners=500, redetect_every=5)
+    )
+    elapsed = time.perf_counter() - start
+    print(
+        f'\nThroughput, no seeds (500 Shi-Tomasi corners, re-detection '
+        f'every 5 frames): {len(detected.track_ids)} tracks, '
+        f'{len(detected)} points in {elapsed:.2f} s '
+        f'({n_frames / elapsed:.0f} frames/s).'
+    )
     names = list(results)
     print(
         '\nMedian distance (px) per frame:\n\n| t | '
