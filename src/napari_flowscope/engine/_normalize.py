@@ -13,6 +13,10 @@ _HIGH_PERCENTILE = 99.5
 # Percentiles are estimated on a regular subsample of at most this many
 # pixels, which keeps normalisation well under a millisecond at 512 x 512.
 _MAX_SAMPLES = 1 << 14
+# Local contrast normalisation: pyramid depth of the local window
+# (2 ** depth px) and the variance floor (fraction of the mean deviation).
+_CONTRAST_DEPTH = 2
+_CONTRAST_FLOOR = 0.2
 # A frame whose standard deviation is below this fraction of its mean is
 # constant to float32 precision.
 _CONSTANT_RELATIVE_STD = 1e-6
@@ -121,3 +125,43 @@ def match_statistics(image, mean, std):
     matched *= np.float32(gain)
     matched += np.float32(mean - own_mean * gain)
     return matched, False
+
+
+def local_contrast(image, *, depth=_CONTRAST_DEPTH, floor=_CONTRAST_FLOOR):
+    """Locally normalised image: zero local mean, unit local deviation.
+
+    Smooth illumination changes (bleaching, a moving lamp, vignetting)
+    multiply and offset intensities locally; after this normalisation they
+    cancel, so brightness constancy holds again.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), float32
+    depth : int
+        The local mean and variance are Gaussian pyramid blurs
+        (``depth`` times ``cv2.pyrDown``, then back up), i.e. a window of
+        about ``2 ** depth`` px.
+    floor : float
+        The local variance is floored at ``floor ** 2`` times its image
+        mean, so flat, noisy regions are not amplified to full contrast.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32
+    """
+    centred = image - _pyramid_blur(image, depth)
+    variance = _pyramid_blur(centred * centred, depth)
+    np.maximum(variance, 0, out=variance)
+    variance += np.float32(floor**2 * float(variance.mean()) + 1e-12)
+    centred /= np.sqrt(variance, out=variance)
+    return centred
+
+
+def _pyramid_blur(image, depth):
+    shapes = []
+    for _ in range(depth):
+        shapes.append(image.shape)
+        image = cv2.pyrDown(image)
+    for height, width in reversed(shapes):
+        image = cv2.pyrUp(image, dstsize=(width, height))
+    return image

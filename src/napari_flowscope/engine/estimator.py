@@ -7,8 +7,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ._normalize import check_frame, match_statistics, normalize
-from .lucas_kanade import LucasKanadeLevel
+from ._normalize import (
+    check_frame,
+    local_contrast,
+    match_statistics,
+    normalize,
+)
+from .lucas_kanade import (
+    LucasKanadeLevel,
+    gradients,
+    min_eigenvalue,
+    structure_tensor,
+)
 from .params import FlowParams
 from .pyramid import build_pyramid, coarse_to_fine, level_count
 
@@ -75,20 +85,36 @@ class FlowEstimator:
         mean, std = cv2.meanStdDev(self.reference)
         self._mean, self._std = float(mean[0, 0]), float(std[0, 0])
         levels = level_count(self.shape, params.levels)
-        self._pyramid = build_pyramid(self.reference, levels)
+        self._lucas_kanade = params.method == 'lucas_kanade'
+        self._pyramid = build_pyramid(self._prepare(self.reference), levels)
         self._shapes = [level.shape for level in self._pyramid]
         self._lk_levels = None
-        if params.method == 'lucas_kanade' and not self._constant:
+        if self._lucas_kanade and not self._constant:
+            # Reliability keeps its documented scale: it is measured on the
+            # globally normalised reference, not on the contrast-normalised
+            # images that Lucas-Kanade matches.
+            reliability = min_eigenvalue(
+                *structure_tensor(*gradients(self.reference), params.sigma)
+            )
             self._lk_levels = [
                 LucasKanadeLevel(
                     image,
                     sigma=params.sigma,
+                    reliability=reliability if index == 0 else None,
                     reliability_threshold=(
                         params.reliability_threshold if index == 0 else None
                     ),
                 )
                 for index, image in enumerate(self._pyramid)
             ]
+
+    def _prepare(self, normalized):
+        # Lucas-Kanade matches locally contrast-normalised images, so that
+        # bleaching and uneven or moving illumination do not read as
+        # motion; the variational solver normalises on its own.
+        if self._lucas_kanade and not self._constant:
+            return local_contrast(normalized)
+        return normalized
 
     def estimate(self, moving, *, init=None):
         """Flow from the reference to ``moving``.
@@ -128,7 +154,9 @@ class FlowEstimator:
                 w=np.zeros((*self.shape, 2), np.float32),
                 reliability=np.zeros(self.shape, np.float32),
             )
-        moving_pyramid = build_pyramid(moving, len(self._pyramid))
+        moving_pyramid = build_pyramid(
+            self._prepare(moving), len(self._pyramid)
+        )
         if self.params.method == 'lucas_kanade':
             solve = self._lucas_kanade_solver(moving_pyramid)
         else:

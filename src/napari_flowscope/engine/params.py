@@ -56,7 +56,7 @@ class FlowParams:
     """
 
     method: str = 'lucas_kanade'
-    sigma: float = 3.0
+    sigma: float = 4.0
     reliability_threshold: float = 1e-4
     levels: int = 5
     alpha: float = 1.0
@@ -93,9 +93,9 @@ class FlowParams:
         Parameters
         ----------
         name : {'fast', 'balanced', 'quality'}
-            ``'fast'``: Lucas-Kanade with a 2 px window (fastest, finer
+            ``'fast'``: Lucas-Kanade with a 3 px window (fastest, finer
             spatial detail, noisier).  ``'balanced'`` (the default,
-            ``FlowParams()``): Lucas-Kanade with a 3 px window, more than
+            ``FlowParams()``): Lucas-Kanade with a 4 px window, more than
             twice as fast as OpenCV's DIS (medium preset) and more
             accurate on smooth motion.  ``'quality'``: variational flow
             (robust to bleaching and uneven illumination, slower).
@@ -176,7 +176,7 @@ def _integer(params, name, low, high):
 PRESETS: dict[str, dict[str, Any]] = {
     'fast': {
         'method': 'lucas_kanade',
-        'sigma': 2.0,
+        'sigma': 3.0,
         'reliability_threshold': 1e-4,
         'levels': 5,
         'alpha': 1.0,
@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     'balanced': {
         'method': 'lucas_kanade',
-        'sigma': 3.0,
+        'sigma': 4.0,
         'reliability_threshold': 1e-4,
         'levels': 5,
         'alpha': 1.0,
