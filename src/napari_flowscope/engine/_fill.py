@@ -1,4 +1,4 @@
-"""Filling a masked flow field from its reliable pixels (push-pull)."""
+"""Filling a masked field from its reliable pixels (push-pull)."""
 
 from __future__ import annotations
 
@@ -19,63 +19,64 @@ class PushPullFill:
     Parameters
     ----------
     support : ndarray, shape (H, W), float32
-        Blurred weights (e.g. a Gaussian-blurred reliability mask); not
-        all zero.
+        Blurred weights (e.g. a Gaussian-blurred reliability mask), not all
+        zero.
     min_support : float
         Least support of a pixel averaged at its own level.
     """
 
     def __init__(self, support, min_support):
-        self._min_support = np.float32(min_support)
-        self._supports = [support]
-        while (
-            self._supports[-1].min() < self._min_support
-            and min(self._supports[-1].shape) > 1
-        ):
-            self._supports.append(cv2.pyrDown(self._supports[-1]))
-        finest = support >= self._min_support
-        self._holes = np.flatnonzero(~finest)
-        self._inverse_support = np.where(
-            finest, np.float32(1) / np.maximum(support, self._min_support), 0
-        ).astype(np.float32)
-        self._coarse_ok = [s >= self._min_support for s in self._supports]
+        min_support = np.float32(min_support)
+        supports = [support]
+        while supports[-1].min() < min_support and min(supports[-1].shape) > 1:
+            supports.append(cv2.pyrDown(supports[-1]))
+        self._supports = supports
+        self._inverse = [_inverse(level, min_support) for level in supports]
+        self._enough = [level >= min_support for level in supports]
+        self._holes = np.flatnonzero(~self._enough[0])
 
     def __call__(self, numerator):
         """Fill ``numerator / support``.
 
         Parameters
         ----------
-        numerator : ndarray, shape (H, W, C), float32
-            Blurred weighted field (same blur as ``support``).
+        numerator : ndarray, shape (H, W), float32
+            Blurred weighted field (the same blur as ``support``).
 
         Returns
         -------
-        ndarray, shape (H, W, C), float32
+        ndarray, shape (H, W), float32
         """
-        result = numerator * self._inverse_support[..., None]
+        result = numerator * self._inverse[0]
         if not self._holes.size:
             return result
         numerators = [numerator]
         for _ in self._supports[1:]:
             numerators.append(cv2.pyrDown(numerators[-1]))
-        coarse = _ratio(numerators[-1], self._supports[-1])
-        for level in range(len(self._supports) - 2, 0, -1):
+        filled = numerators[-1] * self._inverse[-1]
+        for level in range(len(self._supports) - 2, -1, -1):
             height, width = self._supports[level].shape
-            upsampled = cv2.pyrUp(coarse, dstsize=(width, height))
-            own = _ratio(numerators[level], self._supports[level])
-            coarse = np.where(
-                self._coarse_ok[level][..., None], own, upsampled
+            upsampled = cv2.pyrUp(filled, dstsize=(width, height))
+            if level == 0:
+                result.ravel()[self._holes] = upsampled.ravel().take(
+                    self._holes
+                )
+                return result
+            filled = np.where(
+                self._enough[level],
+                numerators[level] * self._inverse[level],
+                upsampled,
             )
-        height, width = self._supports[0].shape
-        upsampled = cv2.pyrUp(coarse, dstsize=(width, height))
-        channels = result.shape[-1]
-        flat_result = result.reshape(-1, channels)
-        flat_result[self._holes] = upsampled.reshape(-1, channels)[self._holes]
         return result
 
 
-def _ratio(numerator, support):
-    safe = np.maximum(support, np.float32(1e-12))
-    ratio = numerator / safe[..., None]
-    ratio[support <= 0] = 0
-    return ratio
+def _inverse(support, min_support):
+    # 1 / support where it is usable, 0 elsewhere (the coarsest level of a
+    # pyramid may keep a few empty pixels when reliable pixels are rare).
+    usable = support >= min_support
+    inverse = np.zeros_like(support)
+    np.divide(1, support, out=inverse, where=usable)
+    if not usable.all() and support.max() > 0:
+        positive = support > 0
+        np.divide(1, support, out=inverse, where=positive & ~usable)
+    return inverse

@@ -24,9 +24,9 @@ from .pyramid import build_pyramid, coarse_to_fine, level_count
 
 __all__ = ['FlowEstimator', 'FlowField', 'estimate_flow']
 
-#: Lucas-Kanade warps added at every level but the finest.  Coarse levels
-#: cost a quarter of the next finer one, and the extra linearisations there
-#: make noisy, large motions converge (2-photon data) at little cost.
+#: Lucas-Kanade warps added at every level but the two finest.  Those
+#: levels cost a sixteenth of the finest or less, and the extra
+#: linearisations make noisy, large motions converge (2-photon data).
 COARSE_EXTRA_WARPS = 2
 
 
@@ -175,7 +175,7 @@ class FlowEstimator:
                 moving_pyramid[level],
                 u,
                 v,
-                warps=warps if level == 0 else warps + COARSE_EXTRA_WARPS,
+                warps=warps if level < 2 else warps + COARSE_EXTRA_WARPS,
             )
             if level == 0:
                 u, v = lk_level.average_reliable(u, v)

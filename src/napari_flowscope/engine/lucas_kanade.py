@@ -17,6 +17,9 @@ get a small update instead of an exploding one.
 
 from __future__ import annotations
 
+import threading
+import types
+
 import cv2
 import numpy as np
 
@@ -94,6 +97,7 @@ class LucasKanadeLevel:
     ):
         self.reference = reference
         self.sigma = float(sigma)
+        self._thread_local = threading.local()
         height, width = reference.shape
         self._grid_x = np.broadcast_to(
             np.arange(width, dtype=np.float32), (height, width)
@@ -139,15 +143,21 @@ class LucasKanadeLevel:
         warps : int
             Number of warp-and-solve iterations.
         """
-        map_x = np.empty_like(u)
-        map_y = np.empty_like(v)
+        work = self._workspace()
+        map_x, map_y, temporal = work.map_x, work.map_y, work.temporal
+        residual, product, bx, by = (
+            work.residual,
+            work.product,
+            work.bx,
+            work.by,
+        )
         if self._unreliable is not None:
             kept_u = u.ravel().take(self._unreliable)
             kept_v = v.ravel().take(self._unreliable)
         for _ in range(warps):
             np.add(self._grid_x, u, out=map_x)
             np.add(self._grid_y, v, out=map_y)
-            temporal = cv2.remap(
+            cv2.remap(
                 moving,
                 map_x,
                 map_y,
@@ -155,6 +165,7 @@ class LucasKanadeLevel:
                 # INTER_CUBIC is biased by up to 0.05 px (a linear ramp is
                 # not reproduced), which would bias the flow as much.
                 cv2.INTER_LINEAR,
+                dst=temporal,
                 borderMode=cv2.BORDER_REPLICATE,
             )
             # Linearised residual of the whole flow at each window pixel,
@@ -163,21 +174,49 @@ class LucasKanadeLevel:
             temporal -= self.reference
             # Where x + w falls outside the frame the warped value is made
             # up (replicated border): trust the current flow there instead.
-            reach = max(np.abs(u).max(), np.abs(v).max())
+            reach = max(u.max(), -u.min(), v.max(), -v.min())
             if reach > 0:
                 _zero_outside(temporal, map_x, map_y, reach)
-            residual = self._ix * u
-            residual += self._iy * v
+            np.multiply(self._ix, u, out=residual)
+            np.multiply(self._iy, v, out=product)
+            residual += product
             residual -= temporal
-            bx = _blur(self._ix * residual, self.sigma)
-            by = _blur(self._iy * residual, self.sigma)
+            np.multiply(self._ix, residual, out=product)
+            _blur(product, self.sigma, dst=bx)
+            np.multiply(self._iy, residual, out=product)
+            _blur(product, self.sigma, dst=by)
             np.multiply(self._inv_xx, bx, out=u)
-            u += self._inv_xy * by
+            np.multiply(self._inv_xy, by, out=product)
+            u += product
             np.multiply(self._inv_xy, bx, out=v)
-            v += self._inv_yy * by
+            np.multiply(self._inv_yy, by, out=product)
+            v += product
         if self._unreliable is not None:
             u.ravel()[self._unreliable] = kept_u
             v.ravel()[self._unreliable] = kept_v
+
+    def _workspace(self):
+        # Per-thread scratch arrays: one estimator serves several threads,
+        # and allocating megabyte temporaries for every operation costs
+        # page faults.
+        work = getattr(self._thread_local, 'work', None)
+        if work is None:
+            work = types.SimpleNamespace(
+                **{
+                    name: np.empty(self.reference.shape, np.float32)
+                    for name in (
+                        'map_x',
+                        'map_y',
+                        'temporal',
+                        'residual',
+                        'product',
+                        'bx',
+                        'by',
+                    )
+                }
+            )
+            self._thread_local.work = work
+        return work
 
     def average_reliable(self, u, v):
         """Gaussian average of the reliable pixels' flow (normalised).
@@ -199,16 +238,12 @@ class LucasKanadeLevel:
         """
         if self._fill is None:
             return _blur(u, self.sigma), _blur(v, self.sigma)
-        blurred = []
+        averaged = []
         for component in (u, v):
             masked = component.copy()
             masked.ravel()[self._unreliable] = 0
-            blurred.append(_blur(masked, self.sigma))
-        filled = self._fill(cv2.merge(blurred))
-        return (
-            np.ascontiguousarray(filled[..., 0]),
-            np.ascontiguousarray(filled[..., 1]),
-        )
+            averaged.append(self._fill(_blur(masked, self.sigma)))
+        return averaged[0], averaged[1]
 
 
 def _zero_outside(temporal, map_x, map_y, reach):
@@ -235,11 +270,11 @@ def _zero_outside(temporal, map_x, map_y, reach):
         temporal[view][outside] = 0
 
 
-def _blur(image, sigma):
+def _blur(image, sigma, dst=None):
     # The window is truncated at 2 sigma (OpenCV's float default is 4):
     # on synthetic motion, sigma=4 truncated at 2 sigma is both faster and
     # more accurate than sigma=3 truncated at 3 sigma.
     size = 2 * int(np.ceil(2 * sigma)) + 1
     return cv2.GaussianBlur(
-        image, (size, size), sigma, borderType=cv2.BORDER_REFLECT
+        image, (size, size), sigma, dst=dst, borderType=cv2.BORDER_REFLECT
     )

@@ -51,8 +51,8 @@ class FlowParams:
         Allowed: 1 to 10000.
     warps : int
         Linearise-and-warp iterations per pyramid level.  Lucas-Kanade uses
-        ``warps`` at full resolution and ``warps + 2`` at the coarser
-        levels, which are cheap.  Allowed: 1 to 100.
+        ``warps`` at the two finest levels and ``warps + 2`` at the coarser
+        ones, which are cheap.  Allowed: 1 to 100.
     """
 
     method: str = 'lucas_kanade'
