@@ -66,3 +66,17 @@ def test_reads_are_one_batch_at_a_time(drifting_uint16, counting):
     source = counting(drifting_uint16)
     MotionSession(source, batch_size=6).run()
     assert source.reads == [(0, 1), (0, 6), (6, 12), (12, 18), (18, 24)]
+
+
+@pytest.mark.parametrize('mode', ['r+', 'c'])
+def test_unsaved_changes_to_a_memmap_survive(
+    drifting_uint16, expected, tmp_path, mode
+):
+    """Releasing mapped pages after each batch must not lose writes."""
+    path = tmp_path / 'stack.npy'
+    np.save(path, np.zeros_like(drifting_uint16))
+    stack = np.load(path, mmap_mode=mode)
+    stack[:] = drifting_uint16  # changed in memory, not flushed
+    registered, w = compensate(stack, 0, batch_size=4)
+    np.testing.assert_array_equal(w, expected[1])
+    np.testing.assert_array_equal(np.asarray(stack), drifting_uint16)

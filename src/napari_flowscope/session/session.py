@@ -576,17 +576,18 @@ def _cast(image, dtype):
 
 
 def _release_mapped_pages(array):
-    """Unmap the pages a read-only memory map has read so far.
+    """Unmap the pages a shared memory map has read so far.
 
     Pages read through a map stay resident in the process (RSS) until the
     map closes, so a long run over a memory-mapped file would end holding
-    the whole file.  The data stay in the file and the page cache.  Maps
-    that can be written to are left alone.
+    the whole file.  For shared maps (modes 'r', 'r+', 'w+') the data stay
+    in the file and the page cache, written changes included; copy-on-write
+    maps (mode 'c') would lose changes and are left alone.
     """
     mapping = getattr(array, '_mmap', None)  # numpy.memmap's mmap object
     if (
-        getattr(array, 'mode', None) == 'r'
-        and mapping is not None
+        getattr(array, 'mode', 'c') != 'c'
+        and hasattr(mapping, 'madvise')
         and hasattr(mmap, 'MADV_DONTNEED')
     ):
         mapping.madvise(mmap.MADV_DONTNEED)
