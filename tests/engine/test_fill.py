@@ -1,0 +1,51 @@
+"""Push-pull filling of unreliable regions, and thread safety."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from napari_flowscope.engine import FlowEstimator
+from napari_flowscope.engine._fill import PushPullFill
+
+
+def blurred(mask, sigma=2.0):
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+
+
+def test_without_holes_the_fill_is_the_normalised_average():
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0.5, 1.0, (40, 30)).astype(np.float32)
+    field = rng.normal(size=(40, 30)).astype(np.float32)
+    support = blurred(weights)
+    numerator = blurred(weights * field)
+    filled = PushPullFill(support, 0.05)(numerator)
+    np.testing.assert_allclose(filled, numerator / support, rtol=1e-6)
+
+
+def test_a_wide_hole_takes_the_value_around_it():
+    y, x = np.mgrid[0:64, 0:64]
+    reliable = np.hypot(x - 32, y - 32) > 20  # a 40 px hole in the middle
+    field = np.float32(0.5) * x.astype(np.float32) + 3  # a linear ramp
+    support = blurred(reliable)
+    assert support.min() < 0.05  # part of the hole has no support at all
+    filled = PushPullFill(support, 0.05)(blurred(reliable * field))
+    assert np.isfinite(filled).all()
+    # reliable pixels keep their (averaged) value
+    np.testing.assert_allclose(filled[4:8, 4:60], field[4:8, 4:60], atol=1e-3)
+    # the centre of the hole gets the mean of its surroundings (19 here)
+    assert abs(filled[32, 32] - field[32, 32]) < 1.0
+    # and the hole interpolates smoothly between its two sides
+    assert filled[32, 20] < filled[32, 32] < filled[32, 44]
+
+
+def test_one_estimator_can_serve_several_threads(blobs):
+    shape = (96, 96)
+    reference = blobs(shape)
+    movings = [blobs(shape, (0.3 * k, -0.2 * k)) for k in range(6)]
+    estimator = FlowEstimator(reference)
+    sequential = [estimator.estimate(moving).w for moving in movings]
+    with ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(lambda m: estimator.estimate(m).w, movings))
+    for expected, got in zip(sequential, parallel, strict=True):
+        np.testing.assert_array_equal(got, expected)
