@@ -32,7 +32,7 @@ def test_a_wide_hole_takes_the_value_around_it():
     filled = PushPullFill(support, 0.05)(blurred(reliable * field))
     assert np.isfinite(filled).all()
     # reliable pixels keep their (averaged) value
-    np.testing.assert_allclose(filled[4:8, 4:60], field[4:8, 4:60], atol=1e-3)
+    np.testing.assert_allclose(filled[0:3, 8:56], field[0:3, 8:56], atol=1e-3)
     # the centre of the hole gets the mean of its surroundings (19 here)
     assert abs(filled[32, 32] - field[32, 32]) < 1.0
     # and the hole interpolates smoothly between its two sides
