@@ -1,10 +1,15 @@
 """The "Feature tracking" dock draws what the headless tracker finds."""
 
+import time
+
 import numpy as np
 import pytest
+from napari.utils.notifications import notification_manager
 
 from napari_flowscope import track_features
+from napari_flowscope._qt import tracking_widget
 from napari_flowscope.synthetic import rotating_particles
+from napari_flowscope.tracking import iter_tracks
 
 SCALE = (0.5, 2.0, 2.0)
 UNITS = ('s', 'um', 'um')
@@ -108,11 +113,17 @@ def test_roi_limits_detection_and_tracks_export(
 
 
 def test_cancel_mid_run_leaves_no_running_worker(
-    make_napari_viewer_proxy, qtbot
+    make_napari_viewer_proxy, qtbot, monkeypatch
 ):
-    # The 'quality' flow takes seconds per batch of frames, so the first
-    # frames arrive long before the last one is computed.
-    n_frames = 24
+    # Each frame takes 50 ms, so the first frames arrive long before the
+    # last one is computed, whatever the machine.
+    def slow_iter_tracks(*args, **kwargs):
+        for step in iter_tracks(*args, **kwargs):
+            time.sleep(0.05)
+            yield step
+
+    monkeypatch.setattr(tracking_widget, 'iter_tracks', slow_iter_tracks)
+    n_frames = 40
     viewer = make_napari_viewer_proxy()
     viewer.add_image(
         rotating_particles(n_frames=n_frames, size=96).stack, name='long'
@@ -120,8 +131,6 @@ def test_cancel_mid_run_leaves_no_running_worker(
     _, widget = viewer.window.add_plugin_dock_widget(
         'napari-flowscope', 'Feature tracking'
     )
-    widget.mode.value = 'dense_flow'
-    widget.flow_preset.value = 'quality'
     widget.start()
     worker = widget.worker
     with qtbot.waitSignals([worker.aborted, worker.finished], timeout=60_000):
@@ -133,6 +142,26 @@ def test_cancel_mid_run_leaves_no_running_worker(
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     done = widget.tracks_layer.data[:, 1].max() + 1
     assert 1 <= done < n_frames
+
+
+def test_an_error_in_the_worker_is_reported_and_the_ui_recovers(
+    viewer_and_widget, qtbot
+):
+    viewer, widget = viewer_and_widget
+    viewer.add_points([[1000.0, 1000.0]], name='far away')
+    widget.seeds.value = viewer.layers['far away']
+    widget.start()
+    with qtbot.waitSignals(
+        [widget.worker.errored, widget.worker.finished], timeout=60_000
+    ):
+        pass
+
+    assert widget.status.value.startswith('failed')
+    assert 'inside' in widget.status.value
+    messages = [str(record.message) for record in notification_manager.records]
+    assert any('seeds must lie inside' in text for text in messages), messages
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert widget.tracks_layer is None
 
 
 def test_a_two_dimensional_image_is_refused(make_napari_viewer_proxy):

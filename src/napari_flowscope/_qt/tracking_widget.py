@@ -280,17 +280,28 @@ class FeatureTrackingWidget(Container):
         self.export_button.changed.connect(self._on_export_clicked)
         self.mode.changed.connect(self._update_enabled)
         self.tail_length.changed.connect(self._on_tail_length)
+        self._follow_layer_list()
+        self._update_enabled()
+
+    def _follow_layer_list(self) -> None:
         # Docked, napari resets the layer choices itself; connected here
-        # too so the widget also works when built directly.
+        # too so the widget also works when built directly, and
+        # disconnected with the Qt widget so a closed dock is never called.
         events = self._viewer.layers.events
-        for event in (
+        emitters = (
             events.inserted,
             events.removed,
             events.reordered,
             events.renamed,
-        ):
-            event.connect(self.reset_choices)
-        self._update_enabled()
+        )
+        for emitter in emitters:
+            emitter.connect(self.reset_choices)
+
+        def disconnect():
+            for emitter in emitters:
+                emitter.disconnect(self.reset_choices)
+
+        self.native.destroyed.connect(disconnect)
 
     # ------------------------------------------------------------ inputs
     @property
@@ -378,6 +389,8 @@ class FeatureTrackingWidget(Container):
         worker = thread_worker(stream_tracks)(
             *arguments,
             _progress={'total': n_frames, 'desc': 'Feature tracking'},
+            # _on_error reports it; superqt would also re-raise it.
+            _ignore_errors=True,
         )
         worker.yielded.connect(self._on_step)
         worker.errored.connect(self._on_error)
@@ -402,8 +415,10 @@ class FeatureTrackingWidget(Container):
         self._redraw()
 
     def _on_error(self, error) -> None:
-        # napari already shows the exception as a notification.
+        # napari 0.9.2 workers do not relay their errors to the notification
+        # manager themselves (the mixin that would is never initialised).
         self.status.value = f'failed: {error}'
+        show_error(f'Feature tracking failed: {error}')
 
     def _on_finished(self) -> None:
         self._redraw.cancel()
