@@ -197,8 +197,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         'sigma': 2.0,
         'reliability_threshold': 1e-4,
         'levels': 5,
-        'alpha': 1.0,
-        'iterations': 20,
+        'alpha': 0.5,
+        'iterations': 15,
         'warps': 3,
     },
 }

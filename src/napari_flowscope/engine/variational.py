@@ -37,7 +37,7 @@ _GRADIENT_WEIGHT = np.float32(0.5)
 # Charbonnier epsilons: data residuals in units of the locally normalised
 # image, flow gradients in px / px.
 _DATA_EPSILON = 0.05
-_SMOOTHNESS_EPSILON = 0.3
+_SMOOTHNESS_EPSILON = 0.05
 # Gaussian pre-smoothing (px at the level) against noise, window (px) of
 # the local intensity normalisation, and the floor of the local standard
 # deviation as a fraction of the image's mean local standard deviation
