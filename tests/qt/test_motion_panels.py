@@ -12,6 +12,7 @@ from napari.utils._proxies import PublicOnlyProxy
 from napari_flowscope._qt.layers import (
     MAX_VECTORS,
     OutputLayers,
+    RunResults,
     VectorStyle,
     frame_vectors,
     nice_ceiling,
@@ -31,7 +32,6 @@ from napari_flowscope.session import (
     AdaptiveReference,
     FrameReference,
     ImageReference,
-    MemorySink,
     MotionSession,
     RangeReference,
 )
@@ -386,10 +386,11 @@ def test_nice_ceiling(value, expected):
 
 def _run_into(outputs, viewer, source, roles):
     session = MotionSession(np.asarray(source.data), batch_size=2)
-    results = MemorySink()
-    results.open(session)
+    results = RunResults(session, roles)
     outputs.prepare(source, results, roles)
-    for batch in session.iter_batches():
+    for batch, _extras in stream_batches(
+        session.iter_batches(), results=results
+    ):
         outputs.update(batch)
     return session
 
@@ -417,10 +418,10 @@ def test_output_layers_hold_the_results():
         'cells flow vectors',
     ]
     np.testing.assert_array_equal(
-        viewer.layers['cells speed'].data, speed(results.w)
+        viewer.layers['cells speed'].data, speed(results.sink.w)
     )
     np.testing.assert_array_equal(
-        viewer.layers['cells vy'].data, results.w[..., 1]
+        viewer.layers['cells vy'].data, results.sink.w[..., 1]
     )
     limit = outputs.speed_limit
     assert viewer.layers['cells vx'].contrast_limits == [-limit, limit]
@@ -460,7 +461,7 @@ def test_a_second_run_reuses_and_recreates_layers():
     assert viewer.layers['cells speed'] is speed_layer
     assert outputs['registered'] is not registered
     np.testing.assert_array_equal(
-        viewer.layers['cells speed'].data, speed(outputs.results.w)
+        viewer.layers['cells speed'].data, speed(outputs.results.sink.w)
     )
 
 

@@ -374,7 +374,7 @@ def test_save_writes_the_session_files(docked, qtbot, tmp_path):
         registered, viewer.layers['tissue registered'].data
     )
     np.testing.assert_array_equal(
-        np.load(folder / 'flow.npy'), widget.results.w
+        np.load(folder / 'flow.npy'), widget.results.sink.w
     )
     params = json.loads((folder / 'params.json').read_text())
     assert json.dumps(FlowParams().to_dict()) in json.dumps(params)

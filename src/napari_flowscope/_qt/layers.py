@@ -18,6 +18,7 @@ __all__ = [
     'HEATMAPS',
     'OUTPUTS',
     'OutputLayers',
+    'RunResults',
     'VectorStyle',
     'current_frame',
     'frame_vectors',
@@ -57,6 +58,8 @@ STACKING = [
     'speed',
     'vectors',
 ]
+#: Heatmaps computed from the flow: role -> function of w.
+DERIVED = {'speed': speed, 'divergence': divergence, 'curl': curl}
 #: Vectors shown at once stay below this (napari redraws all of them).
 MAX_VECTORS = 100_000
 
@@ -185,6 +188,93 @@ def _robust_max(values) -> float:
     return float(np.percentile(np.abs(values), 99.5))
 
 
+class RunResults:
+    """The arrays of one run, filled batch by batch by the worker.
+
+    They back the output layers (no copies): the worker writes a batch
+    here, yields it, and the main thread's ``layer.refresh()`` makes napari
+    re-read them.  So the event loop only pays for the refresh, however
+    large the batch.
+
+    Parameters
+    ----------
+    session : MotionSession
+        Shapes, dtype and length of the run.
+    roles : iterable of str
+        Output roles; the derived heatmaps among them get an array.
+    extra_shapes : sequence of (tuple, dtype)
+        Shape and dtype of each extra layer's registered stack.
+
+    Attributes
+    ----------
+    sink : MemorySink
+        Registered frames, flow, reliability, stats and reference, as a
+        headless run would collect them (saved by ``save_run``).
+    maps : dict of str to ndarray, shape (T, Y, X), float32
+        Derived heatmaps (``speed``, ``divergence``, ``curl``) requested.
+    extras : list of ndarray
+        Registered stacks of the extra layers.
+    limits : dict of str to (float, float) or None
+        Contrast limits fixed from the first batch.
+    """
+
+    def __init__(self, session, roles=(), extra_shapes=()):
+        from napari_flowscope.session import MemorySink
+
+        sink = MemorySink()
+        sink.open(session)
+        # np.zeros pages are mapped lazily: frames not computed yet show
+        # as zero (not garbage) without touching the memory up front
+        sink.registered = np.zeros_like(sink.registered)
+        sink.w = np.zeros_like(sink.w)
+        sink.reliability = np.zeros_like(sink.reliability)
+        self.sink = sink
+        self.maps = {
+            role: np.zeros(sink.reliability.shape, np.float32)
+            for role in DERIVED
+            if role in set(roles)
+        }
+        self.extras = [np.zeros(shape, dtype) for shape, dtype in extra_shapes]
+        self.limits = None
+
+    @property
+    def n_frames(self) -> int:
+        return self.sink.w.shape[0]
+
+    def write(self, batch, extras=()):
+        """Store a batch and its derived maps (worker thread)."""
+        frames = slice(batch.start, batch.stop)
+        self.sink.write(batch)
+        for role, values in self.maps.items():
+            values[frames] = DERIVED[role](batch.w)
+        for array, registered in zip(self.extras, extras, strict=True):
+            array[frames] = registered
+        if self.limits is None:
+            self.limits = self._first_limits(batch)
+
+    def _first_limits(self, batch):
+        """Contrast limits from the first batch, kept for the whole run
+        so colours mean the same in every frame."""
+        # a strided sample is plenty for percentiles and 16x cheaper
+        sample = (slice(None), slice(None, None, 4), slice(None, None, 4))
+        speed_limit = nice_ceiling(_robust_max(speed(batch.w)[sample]) * 1.25)
+        limits = {
+            'speed': (0.0, speed_limit),
+            'vx': (-speed_limit, speed_limit),
+            'vy': (-speed_limit, speed_limit),
+            'reliability': (
+                0.0,
+                nice_ceiling(_robust_max(batch.reliability[sample])),
+            ),
+        }
+        for role in ('divergence', 'curl'):
+            if role in self.maps:
+                values = self.maps[role][batch.start : batch.stop][sample]
+                m = nice_ceiling(_robust_max(values))
+                limits[role] = (-m, m)
+        return limits
+
+
 class OutputLayers:
     """The layers one widget's runs write into, created once, reused.
 
@@ -205,7 +295,7 @@ class OutputLayers:
         self._extra_layers = []
         self.results = None
         self.style = VectorStyle()
-        self.speed_limit = None
+        self._limits_set = False
         self._source = None
         self._n_frames = 0
         self._done = None
@@ -245,14 +335,13 @@ class OutputLayers:
         ----------
         source : napari.layers.Image
             The layer the flow is estimated on (geometry, names, colours).
-        results : MemorySink
-            Opened on the run's session; its ``w``, ``reliability`` and
-            ``registered`` arrays back the layers (no copies).
+        results : RunResults
+            The run's arrays; they back the layers (no copies).
         roles : iterable of str
             Keys of :data:`OUTPUTS` to show.
-        extras : sequence of (napari.layers.Image, ndarray)
-            Further layers corrected with the same flow and the arrays
-            their registered frames are written into.
+        extras : sequence of napari.layers.Image
+            Further layers corrected with the same flow (their registered
+            stacks are ``results.extras``).
         """
         roles = [role for role in OUTPUTS if role in set(roles)]
         for role in list(self._layers):
@@ -263,20 +352,17 @@ class OutputLayers:
         self._extra_layers = []
         self.results = results
         self._source = source
-        self._n_frames = results.w.shape[0]
+        self._n_frames = results.n_frames
         self._done = np.zeros(self._n_frames, bool)
-        self.speed_limit = None
+        self._limits_set = False
+        sink = results.sink
         self._arrays = {
-            'vx': results.w[..., 0],
-            'vy': results.w[..., 1],
-            'reliability': results.reliability,
-            'registered': results.registered,
+            'vx': sink.w[..., 0],
+            'vy': sink.w[..., 1],
+            'reliability': sink.reliability,
+            'registered': sink.registered,
+            **results.maps,
         }
-        for role in ('speed', 'divergence', 'curl'):
-            if role in roles:
-                self._arrays[role] = np.zeros(
-                    results.reliability.shape, np.float32
-                )
         geometry = layer_geometry(source)
         self._prepare_reference(source)
         # bottom to top: the registered stack, heatmaps, vectors
@@ -287,7 +373,7 @@ class OutputLayers:
             elif role == 'registered':
                 self._layers[role] = self._image(
                     role,
-                    results.registered,
+                    sink.registered,
                     name,
                     geometry,
                     colormap=source.colormap.name,
@@ -308,7 +394,7 @@ class OutputLayers:
                     opacity=0.7,
                     visible=role == 'speed',
                 )
-        for layer, registered in extras:
+        for layer, registered in zip(extras, results.extras, strict=True):
             self._extra_layers.append(
                 self._viewer.add_image(
                     registered,
@@ -322,7 +408,7 @@ class OutputLayers:
 
     def _prepare_reference(self, source):
         # A 2D layer broadcasts over time, so it adds no slider axis.
-        frame = np.zeros(self.results.reliability.shape[1:], np.float32)
+        frame = np.zeros(self._arrays['reliability'].shape[1:], np.float32)
         self._layers['reference'] = self._image(
             'reference',
             frame,
@@ -378,30 +464,13 @@ class OutputLayers:
         if layer in self._viewer.layers:
             self._viewer.layers.remove(layer)
 
-    def update(self, batch, extras=()):
-        """Write one batch into the layers (main thread).
+    def update(self, batch):
+        """Show a batch the worker has written into the results.
 
-        Parameters
-        ----------
-        batch : FlowBatch
-        extras : sequence of ndarray
-            Registered frames ``start:stop`` of each extra layer.
+        Main thread; costs a refresh of each layer (napari re-reads the
+        frame on screen) and the vectors of one frame.
         """
-        frames = slice(batch.start, batch.stop)
-        results = self.results
-        results.write(batch)
-        arrays = [layer.data for layer in self._extra_layers]
-        for array, registered in zip(arrays, extras, strict=True):
-            array[frames] = registered
-        derived = {
-            'speed': speed,
-            'divergence': divergence,
-            'curl': curl,
-        }
-        for role, function in derived.items():
-            if role in self._arrays:
-                self._arrays[role][frames] = function(batch.w)
-        self._done[frames] = True
+        self._done[batch.start : batch.stop] = True
         if batch.reference is not self._reference and 'reference' in self:
             # new only at the start and after adaptive updates
             first = self._reference is None
@@ -409,8 +478,8 @@ class OutputLayers:
             self['reference'].data = batch.reference
             if first:
                 self['reference'].reset_contrast_limits()
-        if self.speed_limit is None:
-            self._set_limits(batch)
+        if not self._limits_set and self.results.limits is not None:
+            self._set_limits(self.results.limits)
         for role in (*HEATMAPS, 'registered'):
             if role in self:
                 self[role].refresh()
@@ -422,28 +491,20 @@ class OutputLayers:
             if batch.start <= t < batch.stop:
                 self.show_vectors(t)
 
-    def _set_limits(self, batch):
-        """Fix contrast limits from the first batch, so colours mean the
-        same in every frame."""
-        self.speed_limit = nice_ceiling(_robust_max(speed(batch.w)) * 1.25)
-        limits = {
-            'speed': (0.0, self.speed_limit),
-            'vx': (-self.speed_limit, self.speed_limit),
-            'vy': (-self.speed_limit, self.speed_limit),
-            'reliability': (
-                0.0,
-                nice_ceiling(_robust_max(batch.reliability)),
-            ),
-        }
-        for role in ('divergence', 'curl'):
-            if role in self._arrays:
-                m = nice_ceiling(_robust_max(self._arrays[role][batch.start]))
-                limits[role] = (-m, m)
+    @property
+    def speed_limit(self):
+        """Top of the speed colour scale (px / frame), None before the
+        first batch."""
+        limits = None if self.results is None else self.results.limits
+        return None if limits is None else limits['speed'][1]
+
+    def _set_limits(self, limits):
+        self._limits_set = True
         for role, value in limits.items():
             if role in self:
                 self[role].contrast_limits = value
         if 'vectors' in self:
-            self['vectors'].edge_contrast_limits = (0.0, self.speed_limit)
+            self['vectors'].edge_contrast_limits = limits['speed']
 
     def set_style(self, style: VectorStyle) -> None:
         """Change how vectors are drawn and redraw the current frame."""
@@ -471,14 +532,15 @@ class OutputLayers:
             if len(layer.data):
                 self._set_vectors(layer, *_no_vectors())
             return
-        image = self.results.registered[t]
+        sink = self.results.sink
+        image = sink.registered[t]
         if image.ndim == 3:
             image = image.mean(axis=-1)
         data, lengths = frame_vectors(
-            self.results.w[t],
+            sink.w[t],
             t,
             style=self.style,
-            reliability=self.results.reliability[t],
+            reliability=sink.reliability[t],
             image=image,
         )
         self._set_vectors(layer, data, lengths)

@@ -20,7 +20,6 @@ Scripts drive exactly what the buttons drive::
 import contextlib
 import math
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
@@ -31,10 +30,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_flowscope.session import MemorySink, MotionSession, output_dtype
+from napari_flowscope.session import MotionSession, output_dtype
 
 from .events import RunInfo, run_events
-from .layers import OutputLayers, current_frame
+from .layers import OutputLayers, RunResults, current_frame
 from .parameters import ParametersPanel
 from .preview import PreviewController
 from .reference import ReferencePanel
@@ -68,8 +67,9 @@ class MotionCorrectionWidget(QWidget):
         The running save (None when idle).
     session : MotionSession or None
         The session of the last run.
-    results : MemorySink or None
-        Everything the last run produced (also backing its layers).
+    results : RunResults or None
+        Everything the last run produced (also backing its layers);
+        ``results.sink`` is a :class:`~napari_flowscope.session.MemorySink`.
     complete : bool
         Whether the last run went through every frame.
     outputs : OutputLayers
@@ -184,18 +184,17 @@ class MotionCorrectionWidget(QWidget):
         except (ValueError, TypeError) as error:
             show_error(f'Motion correction cannot start: {error}')
             return
-        results = _zeroed_sink(session)
         extra_layers = self.reference.extra_layers
-        extras = [
-            (
-                layer,
-                np.zeros(layer.data.shape, output_dtype(layer.data.dtype)),
-            )
-            for layer in extra_layers
-        ]
-        self.outputs.prepare(
-            source, results, self.run_panel.roles, extras=extras
+        roles = self.run_panel.roles
+        results = RunResults(
+            session,
+            roles,
+            [
+                (layer.data.shape, output_dtype(layer.data.dtype))
+                for layer in extra_layers
+            ],
         )
+        self.outputs.prepare(source, results, roles, extras=extra_layers)
         self.outputs.set_style(self._vector_style())
         self.session, self.results, self.complete = session, results, False
         self._run_source = source
@@ -204,7 +203,9 @@ class MotionCorrectionWidget(QWidget):
         worker = create_worker(
             relay,
             stream_batches(
-                self._batches, [layer.data for layer in extra_layers]
+                self._batches,
+                [layer.data for layer in extra_layers],
+                results=results,
             ),
             # errors go to _on_error (a notification), not re-raised
             _ignore_errors=True,
@@ -225,7 +226,7 @@ class MotionCorrectionWidget(QWidget):
         self.run_panel.show_progress(0, session.n_frames)
         self._update_enabled()
         run_events(self.viewer).started.emit(
-            _run_info(source, session, self.parameters.params, results.w)
+            _run_info(source, session, self.parameters.params, results.sink.w)
         )
         worker.start()
 
@@ -262,7 +263,7 @@ class MotionCorrectionWidget(QWidget):
         self._save_generator = save_run(
             folder,
             self.session,
-            self.results,
+            self.results.sink,
             scale=tuple(source.scale)[-3:],
             units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
             source=source.name,
@@ -288,8 +289,8 @@ class MotionCorrectionWidget(QWidget):
     # -- worker handlers (main thread) ------------------------------------
 
     def _on_batch(self, item):
-        batch, extras = item
-        self.outputs.update(batch, extras)
+        batch, _extras = item  # already written into self.results
+        self.outputs.update(batch)
         self.run_panel.show_progress(batch.stop, self.session.n_frames)
         run_events(self.viewer).batch.emit(batch)
 
@@ -467,20 +468,6 @@ def _make_teardown(widget):
         _shutdown(state)
 
     return teardown
-
-
-def _zeroed_sink(session):
-    """A MemorySink for the session whose arrays start at zero.
-
-    ``np.zeros`` pages are mapped lazily, so frames not computed yet show
-    as zero (not garbage) without touching the memory up front.
-    """
-    sink = MemorySink()
-    sink.open(session)
-    sink.registered = np.zeros_like(sink.registered)
-    sink.w = np.zeros_like(sink.w)
-    sink.reliability = np.zeros_like(sink.reliability)
-    return sink
 
 
 def _run_info(source, session, params, flow):

@@ -59,7 +59,9 @@ class MotionCorrectionError(Exception):
     # turns them into a warning instead of an error notification.
 
 
-def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
+def stream_batches(
+    batches, extra_stacks=(), *, results=None, interpolation='linear'
+):
     """Worker body: the session's batches, plus extra layers warped alike.
 
     Parameters
@@ -69,6 +71,9 @@ def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
         this generator (new :class:`FlowParams`) is passed on to it.
     extra_stacks : sequence of array_like, shape (T, Y, X)
         Other channels (layers) corrected with the flow of the source.
+    results : RunResults, optional
+        Where each batch is written before it is yielded (in the worker's
+        thread, so the event loop only refreshes layers).
     interpolation : {'linear', 'cubic'}
 
     Yields
@@ -102,10 +107,13 @@ def stream_batches(batches, extra_stacks=(), *, interpolation='linear'):
                     image = np.clip(np.rint(image), info.min, info.max)
                 registered[i] = image
             extras.append(registered)
+        if results is not None:
+            results.write(batch, extras)
         params = yield batch, extras
 
 
 def save_run(folder, session, results, *, scale, units, source, batch_size):
+    # ``results`` is the run's MemorySink
     """Worker body: write a finished run's files into ``folder``.
 
     Replays the in-memory results through the session's
