@@ -2,14 +2,16 @@
 
 The classic dense Lucas-Kanade solves, at every pixel, the 2 x 2 system
 
-    J dw = -b,   J = G_sigma * [[Ix Ix, Ix Iy], [Ix Iy, Iy Iy]],
-                 b = G_sigma * [Ix It, Iy It],
+    J w = b,   J = G_sigma * [[Ix Ix, Ix Iy], [Ix Iy, Iy Iy]],
+               b = G_sigma * [Ix r, Iy r],   r = Ix u + Iy v - It,
 
-with ``It = moving(x + w) - reference(x)``.  Here the gradients are those
-of the *reference* (inverse-compositional style, Baker & Matthews 2004), so
-``J`` and its inverse depend on the reference only and are computed once
-per reference.  Each warp then costs one remap, two Gaussian blurs and a
-few multiplications per level.
+with ``It = moving(x + w(x)) - reference(x)``: the linearisation of
+``moving(x + w_new) ~ warped(x) + grad(x) . (w_new - w(x))`` at every pixel
+of the window, which stays correct when neighbours have a different flow.
+The gradients are those of the *reference* (inverse-compositional style,
+Baker & Matthews 2004), so ``J`` and its inverse depend on the reference
+only and are computed once.  Each warp then costs one remap, two Gaussian
+blurs and a few multiplications.
 
 ``J`` is regularised as ``J + LAMBDA I`` (Tikhonov) so that flat regions
 get a small update instead of an exploding one.
