@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -362,6 +363,19 @@ def getting_started_pictures():
     viewer.dims.set_current_step(0, 25)
     made.append(session.shot('step4_run.png'))
     made.append(session.widget_shot(motion, 'widget_motion_correction.png'))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / 'drifting-tissue-results'
+        motion.save(folder)
+        session.wait(until=lambda: motion.save_worker is None)
+        session.close()
+        session = Session()
+        session.viewer.open(folder, plugin='napari-flowscope')
+        for layer in session.viewer.layers:
+            layer.visible = True
+        session.viewer.grid.enabled = True
+        session.viewer.dims.set_current_step(0, 25)
+        made.append(session.shot('step5_saved_results.png'))
     session.close()
     return made
 
