@@ -164,6 +164,21 @@ def test_an_error_in_the_worker_is_reported_and_the_ui_recovers(
     assert widget.tracks_layer is None
 
 
+def test_a_run_that_finds_nothing_leaves_no_stale_layers(
+    viewer_and_widget, qtbot
+):
+    viewer, widget = viewer_and_widget
+    run(widget, qtbot)
+    assert widget.tracks_layer is not None
+    viewer.add_image(np.zeros((4, 32, 32), np.float32), name='blank')
+    widget.image.value = viewer.layers['blank']
+    run(widget, qtbot)
+
+    assert widget.tracks_layer is None and widget.points_layer is None
+    assert [layer.name for layer in viewer.layers] == ['particles', 'blank']
+    assert widget.status.value == 'ready (0 tracks)'
+
+
 def test_a_two_dimensional_image_is_refused(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     viewer.add_image(np.zeros((32, 32), np.float32), name='flat')

@@ -445,6 +445,11 @@ class FeatureTrackingWidget(Container):
         if not self._steps:
             return
         self.tracks = Tracks.from_steps(self._steps)
+        if not len(self.tracks):
+            # napari's Tracks layer cannot be empty: show nothing rather
+            # than the previous run's tracks.
+            self._remove_outputs()
+            return
         features = {
             name: np.asarray(values)
             for name, values in self.tracks.features.items()
@@ -482,6 +487,12 @@ class FeatureTrackingWidget(Container):
         else:
             self.points_layer.data = positions
             self._apply_geometry(self.points_layer)
+
+    def _remove_outputs(self) -> None:
+        for layer in (self.tracks_layer, self.points_layer):
+            if layer is not None and layer in self._viewer.layers:
+                self._viewer.layers.remove(layer)
+        self.tracks_layer = self.points_layer = None
 
     def _apply_geometry(self, layer) -> None:
         for name, value in self._geometry.items():
