@@ -93,12 +93,12 @@ class FlowParams:
         Parameters
         ----------
         name : {'fast', 'balanced', 'quality'}
-            ``'fast'``: Lucas-Kanade with a 3 px window (fastest, finer
-            spatial detail, noisier).  ``'balanced'`` (the default,
-            ``FlowParams()``): Lucas-Kanade with a 4 px window, more than
-            twice as fast as OpenCV's DIS (medium preset) and more
+            ``'fast'``: Lucas-Kanade with a 3 px window (slightly faster,
+            follows finer local motion, noisier).  ``'balanced'`` (the
+            default, ``FlowParams()``): Lucas-Kanade with a 4 px window,
+            about twice as fast as OpenCV's DIS (medium preset) and more
             accurate on smooth motion.  ``'quality'``: variational flow
-            (robust to bleaching and uneven illumination, slower).
+            (smooth fields, untextured regions, noisy data; slower).
         """
         try:
             values = PRESETS[name]
