@@ -343,11 +343,13 @@ class MotionSession:
         """Register a batch frame by frame, updating the reference."""
         strategy = self.reference_strategy
         for i in range(len(inputs.frames)):
-            self._register_frame(estimator, inputs, out, i, init=previous_w)
+            registered_image = self._register_frame(
+                estimator, inputs, out, i, init=previous_w
+            )
             previous_w = out.w[i]
             if strategy.update_due(start + i):
                 self._reference = _read_only(
-                    strategy.blend(self._reference, out.registered_images[i])
+                    strategy.blend(self._reference, registered_image)
                 )
                 estimator = FlowEstimator(self._reference, estimator.params)
         return estimator, previous_w
@@ -375,7 +377,11 @@ class MotionSession:
         return float(self.temporal_smoothing)
 
     def _register_frame(self, estimator, inputs, out, i, *, init=None):
-        """Register frame ``i`` of a batch into row ``i`` of ``out``."""
+        """Register frame ``i`` of a batch into row ``i`` of ``out``.
+
+        Returns the registered flow image (float32 ``(Y, X)``), which the
+        adaptive reference blends in.
+        """
         reference = self._reference
         field = estimator.estimate(inputs.moving[i], init=init)
         registered = warp(
@@ -398,7 +404,7 @@ class MotionSession:
         out.ncc_after[i] = normalized_cross_correlation(
             registered_image, reference
         )
-        out.registered_images[i] = registered_image
+        return registered_image
 
     def run(
         self,
@@ -544,7 +550,6 @@ class _BatchArrays:
         self.w = np.empty((n, *frame_shape, 2), np.float32)
         self.reliability = np.empty((n, *frame_shape), np.float32)
         self.registered = np.empty(frames_shape, dtype)
-        self.registered_images = np.empty((n, *frame_shape), np.float32)
         self.mean_speed = np.empty(n, np.float32)
         self.max_speed = np.empty(n, np.float32)
         self.ncc_before = np.empty(n, np.float32)
