@@ -144,6 +144,19 @@ def test_cancel_mid_run_leaves_no_running_worker(
     assert 1 <= done < n_frames
 
 
+def test_double_start_and_immediate_cancel(viewer_and_widget, qtbot):
+    _, widget = viewer_and_widget
+    widget.start()
+    worker = widget.worker
+    widget.start()  # a double click starts nothing more
+    assert widget.worker is worker
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=60_000):
+        widget.cancel()  # before the worker's thread has even started
+
+    assert widget.tracks_layer is None
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
 def test_an_error_in_the_worker_is_reported_and_the_ui_recovers(
     viewer_and_widget, qtbot
 ):

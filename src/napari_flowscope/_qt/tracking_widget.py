@@ -97,6 +97,7 @@ class FeatureTrackingWidget(Container):
         self.tracks_layer = None
         self.points_layer = None
         self._steps = []
+        self._busy = False
         self._geometry = {}
         self._source_name = ''
 
@@ -351,6 +352,12 @@ class FeatureTrackingWidget(Container):
         frame_shape = tuple(image.data.shape[1:])
         seeds = None
         if self.seeds.value is not None:
+            if not len(self.seeds.value.data):
+                show_error(
+                    f'Feature tracking: {self.seeds.value.name!r} has no '
+                    f'points; add some or choose no seeds layer.'
+                )
+                return None
             seeds = _to_pixels(self.seeds.value, self.seeds.value.data, image)
         mask = None
         if self.roi.value is not None:
@@ -371,7 +378,7 @@ class FeatureTrackingWidget(Container):
     # ----------------------------------------------------------- running
     def start(self) -> None:
         """Start tracking with the current settings (the Run button)."""
-        if self.worker is not None and self.worker.is_running:
+        if self._busy:
             return
         try:
             inputs = self._inputs()
@@ -405,7 +412,8 @@ class FeatureTrackingWidget(Container):
 
     def cancel(self) -> None:
         """Stop the running worker after its current frame."""
-        if self.worker is not None and self.worker.is_running:
+        if self._busy:
+            # Also works before the worker's thread has started.
             self.worker.quit()
             self.status.value = 'cancelling…'
 
@@ -429,6 +437,7 @@ class FeatureTrackingWidget(Container):
             self.status.value = f'ready ({n} tracks)'
 
     def _set_running(self, running: bool) -> None:
+        self._busy = running
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
         self.export_button.enabled = not running and bool(self._steps)
