@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 AREA_SHAPE_TYPES = ('rectangle', 'polygon', 'ellipse')
+_FRAMES_PER_STEP = 32
 CSV_COLUMNS = ('roi', 'frame', 'time', 'dx', 'dy', 'speed')
 
 
@@ -170,20 +171,30 @@ def roi_motion_xy(dx, dy, masks):
         name: np.full((n_frames, n_rois), np.nan, dtype=np.float32)
         for name in ('dx', 'dy', 'speed')
     }
-    flat_dx = dx.reshape(n_frames, -1)
-    flat_dy = dy.reshape(n_frames, -1)
     for index, mask in enumerate(masks):
-        pixels = np.flatnonzero(mask)
-        if pixels.size == 0:
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
             continue
-        inside_x = flat_dx[:, pixels].astype(np.float32, copy=False)
-        inside_y = flat_dy[:, pixels].astype(np.float32, copy=False)
-        # float64 accumulation: a float32 sum over 1e5+ pixels drifts.
-        curves['dx'][:, index] = inside_x.mean(axis=1, dtype=np.float64)
-        curves['dy'][:, index] = inside_y.mean(axis=1, dtype=np.float64)
-        curves['speed'][:, index] = np.hypot(inside_x, inside_y).mean(
-            axis=1, dtype=np.float64
-        )
+        # Only the region's bounding box is read, a few frames at a time
+        # so the temporaries stay small for long runs.
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        inside = mask[box]
+        count = np.count_nonzero(inside)
+        for first in range(0, n_frames, _FRAMES_PER_STEP):
+            frames = slice(first, first + _FRAMES_PER_STEP)
+            box_x = dx[(frames, *box)].astype(np.float32, copy=False)
+            box_y = dy[(frames, *box)].astype(np.float32, copy=False)
+            for name, values in (
+                ('dx', box_x),
+                ('dy', box_y),
+                ('speed', np.hypot(box_x, box_y)),
+            ):
+                # float64 sums: float32 drifts over 1e5+ pixels.
+                total = np.where(inside, values, 0).sum(
+                    axis=(1, 2), dtype=np.float64
+                )
+                curves[name][frames, index] = total / count
     return RoiMotion(**curves)
 
 

@@ -132,7 +132,7 @@ def expected_rectangle_curves():
 
 @pytest.mark.parametrize('drawn', ['before_run', 'during_run'])
 def test_rectangle_roi_gives_exact_curves_and_csv(
-    viewer_and_plots, tmp_path, drawn
+    viewer_and_plots, tmp_path, qtbot, drawn
 ):
     viewer, widget = viewer_and_plots
     w = known_flow()
@@ -149,6 +149,7 @@ def test_rectangle_roi_gives_exact_curves_and_csv(
         widget._roi_update.flush()
         stream(viewer, w)
 
+    wait_drawn(widget, qtbot)
     dx, dy, speed = expected_rectangle_curves()
     series = widget.series
     assert widget.roi_names == ['roi_0']
@@ -163,7 +164,7 @@ def test_rectangle_roi_gives_exact_curves_and_csv(
     np.testing.assert_array_equal(table['speed'], series['roi_speed'][:, 0])
 
 
-def test_roi_on_a_layer_with_another_scale(viewer_and_plots):
+def test_roi_on_a_layer_with_another_scale(viewer_and_plots, qtbot):
     """Shapes in world units (scale 1) still land on the right pixels."""
     viewer, widget = viewer_and_plots
     layer = viewer.add_shapes(ndim=3, name='world rois')
@@ -173,6 +174,7 @@ def test_roi_on_a_layer_with_another_scale(viewer_and_plots):
     start_run(viewer)
     stream(viewer, known_flow())
 
+    wait_drawn(widget, qtbot)
     dx, dy, _ = expected_rectangle_curves()
     assert widget.roi_names == ['roi_0']
     np.testing.assert_allclose(widget.series['roi_dx'][:, 0], dx, rtol=1e-6)
@@ -217,18 +219,27 @@ def test_real_run_plots_the_session_stats_and_roi_motion(
     motion.start()
     qtbot.waitUntil(lambda: motion.worker is None, timeout=60_000)
 
-    results = motion.results
+    wait_drawn(plots, qtbot)
+    results = motion.results.sink
     series = plots.series
     for name in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after'):
         np.testing.assert_array_equal(
             series[name], getattr(results.stats, name)
         )
     np.testing.assert_allclose(series['time'], np.arange(12) * 2.0)
+    # The first ROI's curves were gathered batch by batch.
+    first_only = roi_motion(
+        results.w, roi_masks([first], ['rectangle'], (64, 64))
+    )
+    np.testing.assert_allclose(
+        series['roi_dx'], first_only.dx, rtol=1e-5, atol=1e-6
+    )
 
     # A second ROI drawn after the run gets its whole curve at once.
     second = np.array([[0, 40, 30], [0, 40, 60], [0, 60, 60], [0, 60, 30]])
     rois.add_rectangles(second)
     plots._roi_update.flush()
+    wait_drawn(plots, qtbot)
     masks = roi_masks([first, second], ['rectangle'] * 2, (64, 64))
     expected = roi_motion(results.w, masks)
     assert plots.roi_names == ['roi_0', 'roi_1']

@@ -43,7 +43,6 @@ from napari_flowscope.roi import (
     AREA_SHAPE_TYPES,
     RoiMotion,
     roi_masks,
-    roi_motion,
     roi_motion_xy,
     write_roi_csv,
 )
@@ -78,7 +77,7 @@ class MotionPlotWidget(QWidget):
         most this many bytes; otherwise such ROIs get curves from the
         next batch on.
     render_count : int
-        Images of the plot shown so far (tests wait on it).
+        Images of the plot shown so far.
     """
 
     flow_cache_bytes = 256 << 20
@@ -92,11 +91,17 @@ class MotionPlotWidget(QWidget):
         self._run = None
         self._flow = None  # own copy of the flow, for runs that keep none
         self._flow_xy = None  # (dx, dy) stacks of the run, (T, Y, X)
+        # ROI means are computed by the worker that draws: chunks of flow
+        # waiting for it, batches to copy into self._flow, and a version
+        # that tells results for outdated ROIs apart.
+        self._roi_chunks = []
+        self._flow_copies = []
+        self._roi_version = 0
         self._allocate(0)
 
         self._cursor_frame = None
         self._figure = _MotionFigure()
-        self._render_worker = None
+        self._job = None
         self._render_pending = False
         # A pool of its own, a child of this widget: when the dock is
         # deleted, the pool's destructor waits for a draw still running,
@@ -230,14 +235,17 @@ class MotionPlotWidget(QWidget):
         """Forget the last run's curves (the ROI layer stays)."""
         self._run = None
         self._flow = self._flow_xy = None
+        self._forget_roi_work()
         self._allocate(0)
         self._redraw()
 
     def export_csv(self, path):
-        """Write the per-ROI curves of the frames received so far.
+        """Write the per-ROI curves computed so far.
 
         Columns ``roi, frame, time, dx, dy, speed``; see
-        :func:`napari_flowscope.roi.write_roi_csv`.
+        :func:`napari_flowscope.roi.write_roi_csv`. ROI means are computed
+        off the main thread: after a run or an ROI edit, the curves are
+        complete once `drawing` is False.
 
         Parameters
         ----------
@@ -305,6 +313,7 @@ class MotionPlotWidget(QWidget):
                 (info.n_frames, *info.frame_shape, 2), np.float32
             )
         self._flow_xy = None if flow is None else (flow[..., 0], flow[..., 1])
+        self._forget_roi_work()
         self._set_masks()
         self._redraw()
 
@@ -315,13 +324,12 @@ class MotionPlotWidget(QWidget):
         for name in STAT_NAMES:
             self._stats[name][rows] = getattr(batch.stats, name)
         if self._flow is not None:
-            self._flow[rows] = batch.w
+            self._flow_copies.append((batch.start, batch.w))
         if self._masks is None and self._roi_layer is not None:
             self._set_masks(batch.w.shape[1:3])
-        if self._masks is not None and len(self._masks):
-            motion = roi_motion(batch.w, self._masks)
-            for name in ROI_COMPONENTS:
-                self._roi[name][rows] = getattr(motion, name)
+        if self._roi_names:
+            w = batch.w
+            self._roi_chunks.append((batch.start, w[..., 0], w[..., 1]))
         self._redraw()
 
     def _on_finished(self):
@@ -379,17 +387,21 @@ class MotionPlotWidget(QWidget):
         self._roi_update()
 
     def _recompute_rois(self):
-        """Masks from the current shapes, curves from the kept flow."""
+        """Masks from the current shapes, curves from the run's flow."""
         self._set_masks()
-        done = ~np.isnan(self._stats['mean_speed'])
-        if self._roi_names and self._flow_xy is not None and done.any():
-            motion = roi_motion_xy(*self._flow_xy, self._masks)
-            for name in ROI_COMPONENTS:
-                self._roi[name][done] = getattr(motion, name)[done]
+        if self._roi_names and self._flow_xy is not None:
+            self._roi_chunks.append((0, *self._flow_xy))
         self._redraw()
+
+    def _forget_roi_work(self):
+        self._roi_version += 1
+        self._roi_chunks = []
+        self._flow_copies = []
 
     def _set_masks(self, frame_shape=None):
         """Rasterise the ROIs; their curves restart empty (NaN)."""
+        self._roi_version += 1
+        self._roi_chunks = []
         self._masks = self._make_masks(frame_shape)
         shape = (self._n_frames, len(self._roi_names))
         self._roi = {
@@ -498,8 +510,13 @@ class MotionPlotWidget(QWidget):
 
     @property
     def drawing(self):
-        """True while an image of the plot is being drawn or is due."""
-        return self._render_worker is not None or self._render_pending
+        """True while ROI curves or an image of the plot are due."""
+        return bool(
+            self._job is not None
+            or self._render_pending
+            or self._roi_chunks
+            or self._flow_copies
+        )
 
     def _x(self):
         if self._in_time_units():
@@ -534,19 +551,38 @@ class MotionPlotWidget(QWidget):
         )
 
     def _render(self, *_):
-        """Draw in a worker; a request during a draw runs after it."""
-        if self._render_worker is not None:
+        """Compute due ROI means and draw, in a worker; one at a time."""
+        if self._job is not None:
             self._render_pending = True
             return
         self._render_pending = False
-        worker = create_worker(
-            self._figure.render, self._snapshot(), _start_thread=False
+        job = _Job(
+            plot=self._snapshot(),
+            masks=self._masks,
+            roi_chunks=tuple(self._roi_chunks),
+            flow_copies=tuple(self._flow_copies),
+            flow=self._flow,
+            roi_version=self._roi_version,
         )
-        worker.returned.connect(self._show_image)
+        self._roi_chunks, self._flow_copies = [], []
+        worker = create_worker(
+            _run_job, self._figure, job, _start_thread=False
+        )
+        worker.returned.connect(self._on_job_done)
         worker.errored.connect(self._on_render_error)
-        worker.finished.connect(self._on_render_finished)
-        self._render_worker = worker
+        worker.finished.connect(self._on_job_finished)
+        self._job = worker
         self._render_pool.start(worker)
+
+    def _on_job_done(self, result):
+        rgba, roi_results, roi_version = result
+        if not self._alive:
+            return
+        if roi_version == self._roi_version:
+            for frames, curves in roi_results:
+                for name in ROI_COMPONENTS:
+                    self._roi[name][frames] = curves[name]
+        self._show_image(rgba)
 
     def _show_image(self, rgba):
         height, width = rgba.shape[:2]
@@ -572,14 +608,47 @@ class MotionPlotWidget(QWidget):
     def _on_render_error(self, error):
         show_warning(f'Motion over time: the plot could not be drawn: {error}')
 
-    def _on_render_finished(self):
-        self._render_worker = None
-        if self._render_pending and self._alive:
+    def _on_job_finished(self):
+        self._job = None
+        if self._alive and self.drawing:
             self._redraw()
 
     def resizeEvent(self, event):
         super().resizeEvent(event)
         self._redraw()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one worker call does: ROI means, then an image of the plot."""
+
+    plot: '_PlotData'
+    masks: np.ndarray | None
+    # (first frame, dx, dy): flow stacks (n, Y, X) to reduce over masks
+    roi_chunks: tuple
+    # (first frame, w): batches to copy into `flow`
+    flow_copies: tuple
+    flow: np.ndarray | None
+    roi_version: int
+
+
+def _run_job(figure, job):
+    """Worker side: no Qt, no napari, nothing shared with the main thread
+    but arrays it does not write (``job.flow`` is the worker's alone)."""
+    for start, w in job.flow_copies:
+        job.flow[start : start + len(w)] = w
+    # Frames done when the job was made: a chunk of the run's whole flow
+    # also holds frames written later or not at all (zeros).
+    done = ~np.isnan(job.plot.stats['mean_speed'])
+    roi_results = []
+    for start, dx, dy in job.roi_chunks:
+        motion = roi_motion_xy(dx, dy, job.masks)
+        rows = np.flatnonzero(done[start : start + len(dx)])
+        curves = {name: getattr(motion, name)[rows] for name in ROI_COMPONENTS}
+        roi_results.append((start + rows, curves))
+        for name in ROI_COMPONENTS:
+            job.plot.roi[name][start + rows] = curves[name]
+    return figure.render(job.plot), roi_results, job.roi_version
 
 
 @dataclass(frozen=True)
