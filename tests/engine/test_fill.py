@@ -49,3 +49,14 @@ def test_one_estimator_can_serve_several_threads(blobs):
         parallel = list(pool.map(lambda m: estimator.estimate(m).w, movings))
     for expected, got in zip(sequential, parallel, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_holes_beyond_remap_size_limits_are_filled():
+    # more hole pixels than cv2.remap accepts along one side (32767)
+    reliable = np.zeros((300, 300), bool)
+    reliable[:, :20] = True
+    field = np.full((300, 300), 2.5, np.float32)
+    support = blurred(reliable)
+    filled = PushPullFill(support, 0.05)(blurred(reliable * field))
+    assert (support < 0.05).sum() > 40000
+    np.testing.assert_allclose(filled, 2.5, rtol=1e-4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+_MAP_WIDTH = 4096
+
 
 class PushPullFill:
     """Normalised averaging of a field from a weight map, holes filled.
@@ -34,6 +36,11 @@ class PushPullFill:
         self._inverse = [_inverse(level, min_support) for level in supports]
         self._enough = [level >= min_support for level in supports]
         self._holes = np.flatnonzero(~self._enough[0])
+        # Where the holes sit on the next coarser level (pyrDown puts fine
+        # pixel p at coarse position p / 2), to interpolate just there.
+        rows, cols = np.divmod(self._holes, support.shape[1])
+        self._hole_x = _as_map(cols / 2)
+        self._hole_y = _as_map(rows / 2)
 
     def __call__(self, numerator):
         """Fill ``numerator / support``.
@@ -54,19 +61,22 @@ class PushPullFill:
         for _ in self._supports[1:]:
             numerators.append(cv2.pyrDown(numerators[-1]))
         filled = numerators[-1] * self._inverse[-1]
-        for level in range(len(self._supports) - 2, -1, -1):
+        for level in range(len(self._supports) - 2, 0, -1):
             height, width = self._supports[level].shape
             upsampled = cv2.pyrUp(filled, dstsize=(width, height))
-            if level == 0:
-                result.ravel()[self._holes] = upsampled.ravel().take(
-                    self._holes
-                )
-                return result
             filled = np.where(
                 self._enough[level],
                 numerators[level] * self._inverse[level],
                 upsampled,
             )
+        # Only the holes of the finest level need the coarse value.
+        result.ravel()[self._holes] = cv2.remap(
+            filled,
+            self._hole_x,
+            self._hole_y,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        ).ravel()[: self._holes.size]
         return result
 
 
@@ -80,3 +90,12 @@ def _inverse(support, min_support):
         positive = support > 0
         np.divide(1, support, out=inverse, where=positive & ~usable)
     return inverse
+
+
+def _as_map(positions):
+    # cv2.remap maps must stay below 32767 px a side: fold the list of
+    # positions into rows of at most _MAP_WIDTH (padding repeats position 0).
+    width = max(1, min(positions.size, _MAP_WIDTH))
+    padded = np.zeros(-(-positions.size // width) * width, np.float32)
+    padded[: positions.size] = positions
+    return padded.reshape(-1, width)
