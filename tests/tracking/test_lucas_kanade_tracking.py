@@ -198,6 +198,7 @@ def test_iter_tracks_streams_one_step_per_frame(moving_particles):
         ({'seeds': [[9, 20.0, 10.0]]}, 'seed times'),
         ({'seeds': [[1.0, 2.0, 3.0, 4.0]]}, r'\(N, 2\)'),
         ({'mask': np.ones((5, 5), bool)}, 'mask must be'),
+        ({'mask': np.ones((2, 96, 128), bool)}, 'mask must be'),
     ],
 )
 def test_bad_inputs_are_rejected(moving_particles, kwargs, message):

@@ -116,17 +116,11 @@ def iter_tracks(
 
             new = seed_positions[seed_times == t]
             if _detects_at(t, params, seeds is not None):
-                allowed = None if mask is None else mask[min(t, len(mask) - 1)]
-                if params.mask_percentile is not None:
-                    bright = percentile_mask(frame, params.mask_percentile)
-                    allowed = bright if allowed is None else allowed & bright
-                found = detect_features(
+                found = _detect(
+                    frame,
                     image,
-                    max_corners=params.max_corners - len(positions) - len(new),
-                    quality_level=params.quality_level,
-                    min_distance=params.min_distance,
-                    block_size=params.block_size,
-                    mask=allowed,
+                    params,
+                    mask=None if mask is None else mask[min(t, len(mask) - 1)],
                     avoid=np.concatenate([positions, new]),
                 )
                 new = np.concatenate([new, found])
@@ -184,6 +178,22 @@ def track_features(
     )
 
 
+def _detect(frame, image, params, *, mask, avoid):
+    """Corners of one frame that keep the live points under max_corners."""
+    if params.mask_percentile is not None:
+        bright = percentile_mask(frame, params.mask_percentile)
+        mask = bright if mask is None else mask & bright
+    return detect_features(
+        image,
+        max_corners=params.max_corners - len(avoid),
+        quality_level=params.quality_level,
+        min_distance=params.min_distance,
+        block_size=params.block_size,
+        mask=mask,
+        avoid=avoid,
+    )
+
+
 def _detects_at(t, params, seeded):
     if t == 0:
         return not seeded
@@ -210,7 +220,11 @@ def _checked_mask(mask, shape):
     mask = np.asarray(mask, dtype=bool)
     if mask.shape == shape[1:]:
         mask = mask[np.newaxis]
-    if mask.ndim != 3 or mask.shape[1:] != shape[1:]:
+    if (
+        mask.ndim != 3
+        or mask.shape[1:] != shape[1:]
+        or (len(mask) not in (1, shape[0]))
+    ):
         raise ValueError(
             f'mask must be (Y, X) or (T, Y, X) like the stack {shape}; '
             f'got shape {mask.shape}'
