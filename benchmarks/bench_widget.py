@@ -124,7 +124,26 @@ def run(args):
     )
 
     # -- preview latency ---------------------------------------------------
+    from napari_flowscope._qt import preview as preview_module
+
     preview = widget.preview
+    compute_times, show_times = [], []
+    original_compute = preview_module.compute_preview
+    original_show = preview._show
+
+    def timed_compute(request):
+        start = time.perf_counter()
+        result = original_compute(request)
+        compute_times.append((time.perf_counter() - start) * 1e3)
+        return result
+
+    def timed_show(result):
+        start = time.perf_counter()
+        original_show(result)
+        show_times.append((time.perf_counter() - start) * 1e3)
+
+    preview_module.compute_preview = timed_compute
+    preview._show = timed_show
     viewer.dims.set_current_step(0, args.frames // 2)
     widget.parameters.live_preview.value = True
     _wait(app, lambda: preview.last_result is not None)  # warm-up
@@ -144,6 +163,8 @@ def run(args):
         latencies.append((end - start) * 1e3)
         _wait(app, lambda: preview.worker is None)
     print(f'preview latency (slider -> layers): {_stats(latencies)}')
+    print(f'  of which flow of one frame (worker): {_stats(compute_times)}')
+    print(f'  of which preview layer update (main): {_stats(show_times)}')
     frame_latencies = []
     for i in range(args.repeat):
         frame = (args.frames // 2 + 1 + i) % args.frames
@@ -167,9 +188,9 @@ def run(args):
     first_vectors, batch_costs, totals = [], [], []
     original_update = widget.outputs.update
 
-    def timed_update(batch, extras=()):
+    def timed_update(batch):
         start = time.perf_counter()
-        original_update(batch, extras)
+        original_update(batch)
         batch_costs.append((time.perf_counter() - start) * 1e3)
 
     widget.outputs.update = timed_update

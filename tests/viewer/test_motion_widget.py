@@ -248,7 +248,7 @@ def test_second_run_replaces_its_outputs(docked, qtbot):
     _, expected = _headless(
         np.asarray(viewer.layers['tissue'].data),
         FlowParams.preset('fast'),
-        16,
+        8,
     )
     np.testing.assert_array_equal(
         viewer.layers['tissue registered'].data, expected.registered
@@ -278,9 +278,11 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     expected = estimate_flow(tissue.stack[0], tissue.stack[6], params)
     np.testing.assert_array_equal(result.flow.w, expected.w)
     heatmap = viewer.layers['tissue preview speed']
-    np.testing.assert_array_equal(heatmap.data[0], speed(expected.w))
-    # the (1, Y, X) heatmap sits on the previewed frame only
-    assert heatmap.translate[0] == pytest.approx(6 * SCALE[0])
+    # a (T, Y, X) heatmap that holds the previewed frame only
+    assert heatmap.data.shape == tissue.stack.shape
+    np.testing.assert_array_equal(heatmap.data[6], speed(expected.w))
+    assert not np.delete(heatmap.data, 6, axis=0).any()
+    assert tuple(heatmap.scale) == SCALE
     data, _ = frame_vectors(
         expected.w,
         6,
@@ -299,6 +301,8 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     )
     expected = estimate_flow(tissue.stack[0], tissue.stack[11], params)
     np.testing.assert_array_equal(preview.last_result.flow.w, expected.w)
+    np.testing.assert_array_equal(heatmap.data[11], speed(expected.w))
+    assert not heatmap.data[6].any()
 
     widget.parameters.live_preview.value = False
     assert 'tissue preview speed' not in viewer.layers

@@ -225,9 +225,10 @@ class RunResults:
         sink.open(session)
         # np.zeros pages are mapped lazily: frames not computed yet show
         # as zero (not garbage) without touching the memory up front
-        sink.registered = np.zeros_like(sink.registered)
-        sink.w = np.zeros_like(sink.w)
-        sink.reliability = np.zeros_like(sink.reliability)
+        # (np.zeros, not zeros_like: zeros_like writes every page)
+        for name in ('registered', 'w', 'reliability'):
+            array = getattr(sink, name)
+            setattr(sink, name, np.zeros(array.shape, array.dtype))
         self.sink = sink
         self.maps = {
             role: np.zeros(sink.reliability.shape, np.float32)

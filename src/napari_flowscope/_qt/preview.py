@@ -27,7 +27,7 @@ from .layers import SPEED_COLORMAP, frame_vectors, layer_geometry, nice_ceiling
 
 __all__ = ['PreviewController', 'PreviewRequest', 'compute_preview']
 
-DEBOUNCE_MS = 60
+DEBOUNCE_MS = 50
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,29 @@ class PreviewRequest:
     strategy: object
     params: object
     session_kwargs: dict
+    style: object
     reference_key: object
     reference: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class PreviewResult:
+    """The flow of one frame and what the preview layers show of it."""
+
     request: PreviewRequest
     reference: np.ndarray
     flow: FlowField
+    speed: np.ndarray
+    limit: float
+    vectors: tuple
 
 
 def compute_preview(request: PreviewRequest) -> PreviewResult:
-    """Worker body: the flow of one frame against the run's reference."""
+    """Worker body: the flow of one frame against the run's reference.
+
+    The speed map, its colour limit and the vector grid are computed here
+    too, so the main thread only assigns layer data.
+    """
     session = MotionSession(
         request.stack,
         reference=request.strategy,
@@ -66,7 +76,28 @@ def compute_preview(request: PreviewRequest) -> PreviewResult:
         session.read_frames(request.frame, request.frame + 1)
     )[0]
     flow = estimate_flow(reference, moving, request.params)
-    return PreviewResult(request, reference, flow)
+    frame_speed = speed(flow.w)
+    limit = nice_ceiling(
+        float(np.percentile(frame_speed[::2, ::2], 99.5)) * 1.25
+    )
+    return PreviewResult(
+        request,
+        reference,
+        flow,
+        frame_speed,
+        limit,
+        _vectors(flow, request.frame, request.style, reference),
+    )
+
+
+def _vectors(flow, frame, style, reference):
+    return frame_vectors(
+        flow.w,
+        frame,
+        style=style,
+        reliability=flow.reliability,
+        image=reference,
+    )
 
 
 def _reference_key(stack, strategy, params, session_kwargs):
@@ -112,6 +143,8 @@ class PreviewController:
         self._layers = {}
         self._style = None
         self._source = None
+        self._speed = None
+        self._speed_frame = None
         self.worker = None
         self.last_result = None
         self.request = qdebounced(self.request_now, timeout=DEBOUNCE_MS)
@@ -148,6 +181,7 @@ class PreviewController:
             strategy=strategy,
             params=params,
             session_kwargs=kwargs,
+            style=style,
             reference_key=key,
             reference=cached,
         )
@@ -182,62 +216,72 @@ class PreviewController:
     def restyle(self, style) -> None:
         """Redraw the last preview with new vector display options."""
         self._style = style
-        if self.last_result is not None and self._layers:
-            self._show(self.last_result)
+        result = self.last_result
+        if result is not None and self._layers:
+            self._show_vectors(
+                _vectors(
+                    result.flow, result.request.frame, style, result.reference
+                ),
+                result.limit,
+            )
 
     def _show(self, result: PreviewResult) -> None:
         source, frame = self._source, result.request.frame
-        flow = result.flow
-        frame_speed = speed(flow.w)[np.newaxis]
-        limit = nice_ceiling(float(np.percentile(frame_speed, 99.5)) * 1.25)
         geometry = layer_geometry(source)
-        # (1, Y, X) data shifted to the previewed frame covers only it
-        geometry['translate'] = (
-            geometry['translate'][0] + frame * geometry['scale'][0],
-            *geometry['translate'][1:],
-        )
+        shape = (source.data.shape[0], *result.speed.shape)
         heatmap = self._layers.get('speed')
-        if heatmap is None or heatmap not in self._viewer.layers:
-            self._layers['speed'] = self._viewer.add_image(
-                frame_speed,
+        if (
+            heatmap is None
+            or heatmap not in self._viewer.layers
+            or heatmap.data.shape != shape
+        ):
+            if heatmap is not None and heatmap in self._viewer.layers:
+                self._viewer.layers.remove(heatmap)
+            # (T, Y, X) like the source, so the preview shows on its own
+            # frame only; np.zeros pages cost memory only once written
+            self._speed = np.zeros(shape, np.float32)
+            self._speed_frame = None
+            heatmap = self._layers['speed'] = self._viewer.add_image(
+                self._speed,
                 name=f'{source.name} preview speed',
                 colormap=SPEED_COLORMAP,
-                contrast_limits=(0.0, limit),
+                contrast_limits=(0.0, result.limit),
                 auto_contrast=False,
                 blending='additive',
                 opacity=0.7,
                 **geometry,
             )
-        else:
-            heatmap.data = frame_speed
-            heatmap.translate = geometry['translate']
-            heatmap.contrast_limits = (0.0, limit)
-        data, lengths = frame_vectors(
-            flow.w,
-            frame,
-            style=self._style,
-            reliability=flow.reliability,
-            image=result.reference,
-        )
-        # The vectors sit at their frame index, so keep the source geometry.
+        if self._speed_frame not in (None, frame):
+            self._speed[self._speed_frame] = 0
+        self._speed[frame] = result.speed
+        self._speed_frame = frame
+        if tuple(heatmap.contrast_limits) != (0.0, result.limit):
+            heatmap.contrast_limits = (0.0, result.limit)
+        heatmap.refresh()
+        self._show_vectors(result.vectors, result.limit)
+
+    def _show_vectors(self, vectors_data, limit):
+        data, lengths = vectors_data
         vectors = self._layers.get('vectors')
         if vectors is None or vectors not in self._viewer.layers:
             self._layers['vectors'] = self._viewer.add_vectors(
                 data,
-                name=f'{source.name} preview vectors',
+                name=f'{self._source.name} preview vectors',
                 features={'speed': lengths},
                 edge_color='speed',
                 edge_colormap=SPEED_COLORMAP,
                 edge_contrast_limits=(0.0, limit),
                 vector_style='arrow',
                 length=self._style.length,
-                **layer_geometry(source),
+                **layer_geometry(self._source),
             )
-        else:
-            vectors.data = data
-            vectors.features = {'speed': lengths}
-            vectors.edge_color = 'speed'
+            return
+        vectors.data = data
+        vectors.features = {'speed': lengths}
+        vectors.edge_color = 'speed'
+        if tuple(vectors.edge_contrast_limits) != (0.0, limit):
             vectors.edge_contrast_limits = (0.0, limit)
+        if vectors.length != self._style.length:
             vectors.length = self._style.length
 
     def remove_layers(self) -> None:

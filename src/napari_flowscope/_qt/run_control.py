@@ -194,7 +194,7 @@ class RunControlPanel(Container):
         buttons.margins = (0, 0, 0, 0)
         self.batch_size = SpinBox(
             label='batch size',
-            value=16,
+            value=8,
             min=1,
             max=512,
             tooltip='Frames per batch: layers update once per batch.',
