@@ -143,6 +143,12 @@ def test_existing_results_need_overwrite(drifting_uint16, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_abort_after_completion_keeps_the_results(drifting_uint16, tmp_path):
+    sink = MotionSession(drifting_uint16[:3]).run(sink=DiskSink(tmp_path))
+    sink.abort()  # e.g. a late cancel from a GUI
+    assert _finished_looking(tmp_path) == sorted(FINAL_NAMES)
+
+
 def test_memory_sink_matches_batches(drifting_uint16):
     session = MotionSession(drifting_uint16, batch_size=5)
     sink = session.run(sink=MemorySink())

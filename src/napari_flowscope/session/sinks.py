@@ -239,7 +239,12 @@ class DiskSink:
         self.complete = True
 
     def abort(self):
-        """Remove everything this run wrote, partial or committed."""
+        """Remove everything this run wrote, partial or committed.
+
+        Does nothing once the sink is complete: finished results stay.
+        """
+        if self.complete:
+            return
         for writer in self._writers:
             writer.abort()
         self._writers = []
