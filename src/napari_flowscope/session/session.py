@@ -197,6 +197,7 @@ class MotionSession:
         self.interpolation = interpolation
         self._initial_reference = None
         self._reference = None
+        self._padded_cache = (0, ())
 
     # -- reading ----------------------------------------------------------
 
@@ -299,6 +300,7 @@ class MotionSession:
         """
         adaptive = isinstance(self.reference_strategy, AdaptiveReference)
         self._reference = self._build_reference()
+        self._padded_cache = (0, ())
         params = self.params
         self.params_history = [(0, params)]
         estimator = FlowEstimator(self._reference, params)
@@ -364,12 +366,29 @@ class MotionSession:
         # equals smoothing of the whole stack, whatever the batch size.
         first = max(start - self._halo, 0)
         last = min(stop + self._halo, self.n_frames)
-        padded = self.read_frames(first, last)
+        padded = self._read_padded(first, last)
         frames = padded[start - first : stop - first]
         padded_images = self.flow_images(padded)
         smoothed = smooth_temporal(padded_images, sigma_t=self._sigma_t())
         inner = slice(start - first, stop - first)
         return _BatchInputs(frames, smoothed[inner], padded_images[inner])
+
+    def _read_padded(self, first, last):
+        """Frames ``first:last``, reusing what the last batch read.
+
+        Consecutive padded ranges overlap by twice the halo; keeping the
+        previous one means every frame is read from the stack once.
+        """
+        cached_first, cached = self._padded_cache
+        cached_last = cached_first + len(cached)
+        if cached_first <= first < cached_last:
+            fresh = self.read_frames(max(cached_last, first), last)
+            padded = np.concatenate([cached[first - cached_first :], fresh])
+        else:
+            padded = self.read_frames(first, last)
+        padded = padded[: last - first]
+        self._padded_cache = (first, padded)
+        return padded
 
     def _sigma_t(self):
         if self.temporal_smoothing is True:
