@@ -10,10 +10,9 @@ Writes a 1 GB uint16 ``.npy`` input and about 7 GB of results per run under
 workers a fresh ``LocalCluster`` (processes, one thread each) corrects the
 whole stack from the file; the time runs from the call to
 :func:`~napari_flowscope.distributed.correct_distributed` until every output
-file is final.  Peak memory per worker is the worker process's
-``ru_maxrss`` (resident memory, file-backed pages included) at the end of
-the run; the baseline is the same figure after the worker imported
-napari-flowscope.
+file is final.  Peak memory per worker is the peak resident memory
+(Linux VmHWM, file-backed pages included) of each worker process during the
+run; the baseline is its resident memory after importing napari-flowscope.
 """
 
 from __future__ import annotations
@@ -63,15 +62,26 @@ def write_stack(path, n_frames, *, seed=0):
 
 
 def _worker_memory():
-    """(current RSS, peak RSS) of this worker process, in MB."""
-    import resource
+    """(current, peak) resident memory of this worker process, in MB.
 
-    import psutil
+    The peak is Linux's VmHWM, not ``ru_maxrss``: a spawned worker's
+    ``ru_maxrss`` includes the resident memory of the process that started
+    it (Linux keeps it across ``exec``), here this script after writing the
+    input stack.
+    """
+    values = {}
+    with open('/proc/self/status') as status:
+        for line in status:
+            key, _, value = line.partition(':')
+            if key in ('VmRSS', 'VmHWM'):
+                values[key] = int(value.split()[0]) / 1e3
+    return values['VmRSS'], values['VmHWM']
 
-    return (
-        psutil.Process().memory_info().rss / 1e6,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
-    )
+
+def _reset_peak_memory():
+    # Linux >= 4.0: VmHWM restarts from the current resident memory.
+    with open('/proc/self/clear_refs', 'w') as clear_refs:
+        clear_refs.write('5')
 
 
 def _import_package():
@@ -95,6 +105,7 @@ def run(path, output, n_workers, *, chunk_size, batch_size, preset):
         distributed.Client(cluster) as client,
     ):
         client.run(_import_package)
+        client.run(_reset_peak_memory)
         baseline = client.run(_worker_memory)
         computed = []
         start = time.perf_counter()
