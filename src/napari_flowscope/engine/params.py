@@ -199,6 +199,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         'levels': 5,
         'alpha': 0.5,
         'iterations': 15,
-        'warps': 3,
+        'warps': 2,
     },
 }
