@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
     FloatSlider,
     FloatSpinBox,
-    LogSlider,
+    Label,
     SpinBox,
 )
 from psygnal import Signal
@@ -24,8 +26,70 @@ METHOD_CHOICES = [
     ('Lucas-Kanade (fast)', 'lucas_kanade'),
     ('Variational (robust)', 'variational'),
 ]
+# The bottom of the log slider; 0 (keep every pixel) shows as this.
+LOWEST_RELIABILITY = 1e-6
 # Only these fields mean something to the variational solver.
 VARIATIONAL_ONLY = ('alpha', 'iterations')
+
+
+class LogSlider(Container):
+    """A slider over decades whose readout shows the value.
+
+    (magicgui's ``LogSlider`` reads out its internal linear position.)
+    Positions are 1/20 decade apart; ``value`` is the exact number set
+    until the slider is moved.
+    """
+
+    def __init__(self, *, label, low, high, tooltip=''):
+        self._slider = FloatSlider(
+            min=math.log10(low),
+            max=math.log10(high),
+            step=0.05,
+            readout=False,
+            tooltip=tooltip,
+        )
+        self._readout = Label()
+        self._readout.native.setMinimumWidth(48)
+        self._value = 10**self._slider.value
+        # before Container relays the slider's signal, so listeners of
+        # ``changed`` read the new value
+        self._slider.changed.connect(self._on_slide)
+        super().__init__(
+            layout='horizontal',
+            labels=False,
+            label=label,
+            widgets=[self._slider, self._readout],
+        )
+        self.margins = (0, 0, 0, 0)
+        self._show()
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        """Set a value (> 0); the range widens to include it."""
+        value = float(value)
+        position = math.log10(value)
+        # widen on the 1/20-decade grid (the slider rounds its bounds)
+        low, high = math.floor(position * 20), math.ceil(position * 20)
+        self._slider.min = min(self._slider.min, low / 20)
+        self._slider.max = max(self._slider.max, high / 20)
+        if value != self._value:
+            self._value = value
+            with self._slider.changed.blocked():
+                self._slider.value = position
+            self._show()
+            self.changed.emit(self)
+
+    def _on_slide(self, position):
+        # two significant digits keep parameter files readable
+        self._value = float(f'{10**position:.2g}')
+        self._show()
+
+    def _show(self):
+        self._readout.value = f'{self._value:.2g}'
 
 
 class ParametersPanel(Container):
@@ -68,9 +132,8 @@ class ParametersPanel(Container):
         )
         self.reliability_threshold = LogSlider(
             label='reliability ≥',
-            min=1e-6,
-            max=1e-1,
-            base=10,
+            low=LOWEST_RELIABILITY,
+            high=1e-1,
             tooltip='Pixels whose structure-tensor eigenvalue is below '
             'this are unreliable (masked in vectors, filled in flow).',
         )
@@ -82,9 +145,8 @@ class ParametersPanel(Container):
         )
         self.alpha = LogSlider(
             label='smoothness α',
-            min=0.01,
-            max=100.0,
-            base=10,
+            low=0.01,
+            high=100.0,
             tooltip='Variational only: weight of the smoothness term.',
         )
         self.iterations = SpinBox(
@@ -160,8 +222,8 @@ class ParametersPanel(Container):
             for name, value in params.to_dict().items():
                 widget = getattr(self, name)
                 if name == 'reliability_threshold':
-                    value = max(value, widget.min)
-                if name != 'method':
+                    value = max(value, LOWEST_RELIABILITY)
+                if name != 'method' and not isinstance(widget, LogSlider):
                     widget.min = min(widget.min, value)
                     widget.max = max(widget.max, value)
                 widget.value = value
@@ -176,13 +238,7 @@ class ParametersPanel(Container):
     def _value(self, name):
         value = getattr(self, name).value
         shown, exact = self._shown.get(name, (None, None))
-        if value == shown:
-            return exact
-        if isinstance(getattr(self, name), LogSlider):
-            # a dragged log slider lands on 10 ** (k / 20); keep two
-            # significant digits so parameter files stay readable
-            return float(f'{value:.2g}')
-        return value
+        return exact if value == shown else value
 
     def _param_widgets(self):
         return [getattr(self, name) for name in PRESETS['balanced']]

@@ -282,6 +282,8 @@ class ReferencePanel(Container):
             self.also_correct.value = [
                 layer for layer in extras if layer in self.also_correct.choices
             ]
+        # only worth the space when there is another channel to offer
+        self.also_correct.visible = bool(self.also_correct.choices)
         with self.reference_layer.changed.blocked():
             self.reference_layer.reset_choices()
             if reference in self.reference_layer.choices:

@@ -207,13 +207,14 @@ class RunControlPanel(Container):
         grid = Container(
             layout='vertical',
             labels=False,
+            label='outputs',
             widgets=[
                 Container(
                     layout='horizontal',
                     labels=False,
-                    widgets=output_boxes[i : i + 3],
+                    widgets=output_boxes[i : i + 2],
                 )
-                for i in range(0, len(output_boxes), 3)
+                for i in range(0, len(output_boxes), 2)
             ],
         )
         grid.margins = (0, 0, 0, 0)
@@ -255,13 +256,7 @@ class RunControlPanel(Container):
             ]
         )
         super().__init__(
-            widgets=[
-                self.batch_size,
-                Label(value='outputs:'),
-                grid,
-                buttons,
-                self.progress,
-            ]
+            widgets=[self.batch_size, grid, buttons, self.progress]
         )
         self.vectors_section = QCollapsible('Vector display')
         self.vectors_section.addWidget(self._vector_options.native)
