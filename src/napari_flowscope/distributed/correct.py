@@ -102,7 +102,7 @@ or int, optional
         Channel, or channel weights, the flow is estimated on.
     batch_size : int
         Frames a worker holds in memory at once (memory per worker is
-        about ``batch_size`` x 40 bytes x pixels per frame on top of
+        about ``batch_size`` x 50 bytes x pixels per frame on top of
         the worker's baseline).  Results do not depend on it.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
@@ -333,6 +333,9 @@ def _collect(
         for future in done:
             start, stop = chunk_of[future]
             stats[start] = future.result()
+            # The chunk's files hold its results: Dask must not recompute
+            # it if the worker holding these statistics is lost later.
+            future.release()
             done_frames += stop - start
             if progress_callback is not None:
                 progress_callback(done_frames, n_frames)
