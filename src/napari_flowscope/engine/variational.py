@@ -47,9 +47,9 @@ _SMOOTHNESS_EPSILON = 0.05
 _PRESMOOTHING_SIGMA = 0.8
 _NORMALISATION_SIGMA = 4.0
 _NORMALISATION_FLOOR = 0.2
-# Levels smaller than this (px) keep almost no texture, so their data term
-# is dominated by illumination; the flow is passed through unchanged.
-_MIN_SOLVED_SIZE = 24
+# Levels whose shorter side is below this (px) are too small for the
+# 5-tap derivatives and the 5 x 5 median; their flow is passed through.
+_MIN_SOLVED_SIZE = 8
 # Largest increment (px) per warp: beyond about a pixel the linearisation
 # says nothing, and weakly textured pixels would jump to a far minimum.
 _MAX_STEP = 1.0
@@ -82,8 +82,8 @@ def solve_level(reference, moving, w, *, params):
     Returns
     -------
     w : ndarray, shape (H, W, 2), float32
-        Refined flow.  Levels whose shorter side is below 24 px are too
-        coarse to carry texture and return ``w`` unchanged.
+        Refined flow.  Levels whose shorter side is below 8 px return
+        ``w`` unchanged.
     reliability : ndarray, shape (H, W), float32
         Smallest eigenvalue of the Gaussian-weighted structure tensor of
         ``reference``, exactly as Lucas-Kanade reports it.
