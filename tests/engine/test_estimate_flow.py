@@ -239,3 +239,13 @@ def test_levels_stop_before_images_get_smaller_than_8_px():
     assert level_count((7, 7), 5) == 1
     field = estimate_flow(np.eye(7), np.eye(7), FlowParams(levels=12))
     assert np.abs(field.w).max() < 1e-3
+
+
+def test_huge_and_tiny_intensity_scales_give_the_same_flow(blobs):
+    reference = blobs(SHAPE)
+    moving = blobs(SHAPE, (0.6, -0.9))
+    expected = estimate_flow(reference, moving).w
+    for scale in (1e30, 1e-20):
+        field = estimate_flow(reference * scale, moving * scale)
+        assert np.isfinite(field.w).all()
+        np.testing.assert_allclose(field.w, expected, atol=1e-3)

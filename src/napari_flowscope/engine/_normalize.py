@@ -17,6 +17,11 @@ _MAX_SAMPLES = 1 << 14
 # (2 ** depth px) and the variance floor (fraction of the mean deviation).
 _CONTRAST_DEPTH = 2
 _CONTRAST_FLOOR = 0.2
+_TINY = np.finfo(np.float32).tiny
+# Frames whose magnitude is outside this range are rescaled (by a power of
+# two, which is exact) so that squared intensities neither overflow nor
+# underflow in float32.
+_MAGNITUDE_RANGE = (1e-10, 1e15)
 # A frame whose standard deviation is below this fraction of its mean is
 # constant to float32 precision.
 _CONSTANT_RELATIVE_STD = 1e-6
@@ -152,7 +157,9 @@ def local_contrast(image, *, depth=_CONTRAST_DEPTH, floor=_CONTRAST_FLOOR):
     centred = image - _pyramid_blur(image, depth)
     variance = _pyramid_blur(centred * centred, depth)
     np.maximum(variance, 0, out=variance)
-    variance += np.float32(floor**2 * float(variance.mean()) + 1e-12)
+    # The floor is relative, so the result does not depend on the scale of
+    # the input; ``tiny`` only guards an all-zero variance.
+    variance += np.float32(floor**2 * float(variance.mean())) + _TINY
     centred /= np.sqrt(variance, out=variance)
     return centred
 
@@ -165,3 +172,26 @@ def _pyramid_blur(image, depth):
     for height, width in reversed(shapes):
         image = cv2.pyrUp(image, dstsize=(width, height))
     return image
+
+
+def as_float32(image):
+    """Contiguous float32 copy of a frame, and whether it is constant.
+
+    Frames whose magnitude is outside 1e-10 to 1e15 are rescaled by a
+    power of two, so that squared intensities stay finite and normal in
+    float32.
+
+    Returns
+    -------
+    image : ndarray, shape (H, W), float32
+    is_constant : bool
+    """
+    converted = np.ascontiguousarray(image, dtype=np.float32)
+    low, high = cv2.minMaxLoc(converted)[:2]
+    magnitude = max(abs(low), abs(high))
+    if magnitude > 0 and not (
+        _MAGNITUDE_RANGE[0] <= magnitude <= _MAGNITUDE_RANGE[1]
+    ):
+        scale = np.float32(2.0 ** -np.ceil(np.log2(magnitude)))
+        converted = converted * scale
+    return converted, not high > low

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from ._normalize import (
+    as_float32,
     check_frame,
     local_contrast,
     match_statistics,
@@ -124,8 +125,7 @@ class FlowEstimator:
         Parameters
         ----------
         moving : array_like, shape (H, W)
-            Any real dtype; matched to the mean and standard deviation of
-            the normalised reference, which cancels global bleaching.
+            Any real dtype.
         init : array_like, shape (H, W, 2), optional
             Warm start, e.g. the previous frame's flow.
 
@@ -148,9 +148,14 @@ class FlowEstimator:
                 )
             if not np.isfinite(init).all():
                 raise ValueError('init contains NaN or infinite values')
-        moving, moving_constant = match_statistics(
-            moving, self._mean, self._std
-        )
+        if self._lucas_kanade:
+            # Local contrast normalisation ignores gain and offset, so the
+            # moving frame needs no intensity matching.
+            moving, moving_constant = as_float32(moving)
+        else:
+            moving, moving_constant = match_statistics(
+                moving, self._mean, self._std
+            )
         if self._constant or moving_constant:
             return FlowField(
                 w=np.zeros((*self.shape, 2), np.float32),
@@ -212,9 +217,10 @@ def estimate_flow(reference, moving, params=None, *, init=None):
     reference, moving : array_like, shape (H, W)
         Frames of any real dtype (uint8, uint16, float, ...).  The reference
         is normalised by its robust intensity range (0.5 and 99.5
-        percentiles mapped to 0 and 1) and ``moving`` is matched to its
-        mean and standard deviation, so one ``reliability_threshold`` works
-        across dtypes and global bleaching cancels.
+        percentiles mapped to 0 and 1), so one ``reliability_threshold``
+        works across dtypes; global bleaching cancels (Lucas-Kanade
+        normalises contrast locally, the variational method matches the
+        moving frame's mean and deviation to the reference).
     params : FlowParams, optional
         Default ``FlowParams()`` (the ``'balanced'`` preset).
     init : array_like, shape (H, W, 2), optional
