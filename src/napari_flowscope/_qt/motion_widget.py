@@ -278,7 +278,9 @@ class MotionCorrectionWidget(QWidget):
             self._save_generator,
             _ignore_errors=True,
             _progress={
-                'total': self.session.n_frames,
+                'total': math.ceil(
+                    self.session.n_frames / self.session.batch_size
+                ),
                 'desc': f'Saving to {folder}',
             },
         )

@@ -1,0 +1,164 @@
+"""Widget tier: whole runs of the dock on a ViewerModel (no OpenGL).
+
+Channels, RGB, the adaptive reference, retuning mid-run and saving errors;
+the full-viewer tests in tests/viewer cover streaming and control.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+from napari.utils.notifications import notification_manager
+
+from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
+from napari_flowscope.engine import FlowParams, warp
+from napari_flowscope.session import AdaptiveReference, MotionSession
+
+TIMEOUT_MS = 30_000
+
+
+def _texture_stack(n_frames=8, shape=(48, 56)):
+    """A smooth texture drifting by (0.4 t, -0.3 t) px: known motion."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    frames = [
+        np.sin((x - 0.4 * t) / 3.0) * np.cos((y + 0.3 * t) / 4.0) + 1.5
+        for t in range(n_frames)
+    ]
+    return (np.stack(frames) * 1000).astype(np.uint16)
+
+
+@pytest.fixture
+def widget(qtbot):
+    viewer = ViewerModel()
+    widget = MotionCorrectionWidget(viewer)
+    qtbot.addWidget(widget)
+    yield widget
+    widget.close_run()
+
+
+def _run(qtbot, widget):
+    widget.start()
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def test_other_channels_get_the_same_flow(qtbot, widget):
+    viewer = widget.viewer
+    stack = _texture_stack()
+    viewer.add_image(stack, name='nuclei')
+    membrane = viewer.add_image(stack[..., ::-1].copy(), name='membrane')
+    widget.reference.also_correct.value = [membrane]
+    _run(qtbot, widget)
+
+    assert widget.complete
+    w = widget.results.sink.w
+    registered = viewer.layers['membrane registered'].data
+    assert registered.dtype == np.uint16
+    for t in (0, 3, 7):
+        expected = np.clip(np.rint(warp(membrane.data[t], w[t])), 0, 65535)
+        np.testing.assert_array_equal(registered[t], expected)
+    # the flow really follows the drift of the source
+    assert np.median(w[7, 10:-10, 10:-10, 0]) == pytest.approx(2.8, abs=0.1)
+
+
+def test_rgb_source(qtbot, widget):
+    viewer = widget.viewer
+    gray = _texture_stack()
+    rgb = np.stack([gray >> 8, gray >> 9, gray >> 10], axis=-1)
+    viewer.add_image(rgb.astype(np.uint8), name='colour', rgb=True)
+    widget.reference.rgb_channel.value = 1  # green drives the flow
+    _run(qtbot, widget)
+
+    session = MotionSession(
+        rgb.astype(np.uint8), channel_axis=3, channel=1, batch_size=8
+    )
+    expected = session.run()
+    layer = viewer.layers['colour registered']
+    assert layer.rgb
+    np.testing.assert_array_equal(layer.data, expected.registered)
+    np.testing.assert_array_equal(widget.results.sink.w, expected.w)
+
+
+def test_adaptive_reference_layer_follows_the_run(qtbot, widget):
+    viewer = widget.viewer
+    stack = _texture_stack(n_frames=12)
+    viewer.add_image(stack, name='drift')
+    widget.reference.mode.value = 'adaptive'
+    widget.reference.buffer_size.value = 3
+    widget.reference.update_interval.value = 2
+    widget.reference.update_weight.value = 0.5
+    widget.run_panel.batch_size.value = 4
+    _run(qtbot, widget)
+
+    session = MotionSession(
+        stack, reference=AdaptiveReference(3, 2, 0.5), batch_size=4
+    )
+    expected = session.run()
+    reference = viewer.layers['drift reference']
+    assert reference.ndim == 2  # no extra slider axis
+    np.testing.assert_array_equal(reference.data, expected.reference)
+    np.testing.assert_array_equal(widget.results.sink.w, expected.w)
+
+
+class _Gated(np.ndarray):
+    gate = threading.Event()
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and (key.start or 0) >= 4:
+            assert self.gate.wait(TIMEOUT_MS / 1000)
+        return super().__getitem__(key)
+
+
+def test_parameters_changed_mid_run_apply_from_the_next_batch(qtbot, widget):
+    _Gated.gate.clear()
+    widget.viewer.add_image(_texture_stack().view(_Gated), name='drift')
+    widget.run_panel.batch_size.value = 2
+    widget.start()
+    qtbot.waitUntil(
+        lambda: widget.outputs.frames_done == 4, timeout=TIMEOUT_MS
+    )
+    # the worker is inside the batch of frames 4-5
+    widget.parameters.warps.value = 3
+    _Gated.gate.set()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+    history = widget.session.params_history
+    assert history == [
+        (0, FlowParams()),
+        (6, FlowParams().replace(warps=3)),
+    ]
+
+
+def test_saving_into_a_used_folder_is_an_error_message(
+    qtbot, widget, tmp_path
+):
+    widget.viewer.add_image(_texture_stack(), name='drift')
+    _run(qtbot, widget)
+    messages = []
+    notification_manager.notification_ready.connect(messages.append)
+    widget.save(tmp_path)
+    qtbot.waitUntil(lambda: widget.save_worker is None, timeout=TIMEOUT_MS)
+    assert (tmp_path / 'registered.tif').exists()
+    (saved,) = messages
+    assert saved.message == f'Motion correction results saved in {tmp_path}'
+    widget.save(tmp_path)  # files are there: refused, not overwritten
+    qtbot.waitUntil(lambda: widget.save_worker is None, timeout=TIMEOUT_MS)
+    notification_manager.notification_ready.disconnect(messages.append)
+    _, message = messages
+    assert message.message.startswith(
+        'Motion correction results were not saved'
+    )
+    assert 'already holds results' in message.message
+    assert widget.run_panel.save_button.enabled
+
+
+def test_save_before_a_complete_run_is_refused(qtbot, widget, tmp_path):
+    widget.viewer.add_image(_texture_stack(), name='drift')
+    messages = []
+    notification_manager.notification_ready.connect(messages.append)
+    widget.save(tmp_path)
+    notification_manager.notification_ready.disconnect(messages.append)
+    assert widget.save_worker is None
+    assert 'run the whole stack' in messages[0].message
+    assert not list(tmp_path.iterdir())
