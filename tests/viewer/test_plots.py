@@ -251,3 +251,19 @@ def test_real_run_plots_the_session_stats_and_roi_motion(
             atol=1e-6,
         )
     motion.close_run()
+
+
+def test_removing_the_roi_layer_drops_its_curves(viewer_and_plots, qtbot):
+    viewer, widget = viewer_and_plots
+    layer = widget.new_roi_layer()
+    layer.add_rectangles(rectangle_rows_10_20_cols_5_15(layer.scale))
+    start_run(viewer)
+    stream(viewer, known_flow())
+    wait_drawn(widget, qtbot)
+    assert widget.series['roi_dx'].shape == (N_FRAMES, 1)
+
+    viewer.layers.remove(layer)
+    assert widget.roi_layer is None
+    assert widget._roi_layer_combo.currentText() == '(none)'
+    assert widget.roi_names == []
+    assert widget.series['roi_dx'].shape == (N_FRAMES, 0)

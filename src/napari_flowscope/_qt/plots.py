@@ -205,7 +205,9 @@ class MotionPlotWidget(QWidget):
         dict of str to ndarray
             ``frame`` and ``time`` (T,); ``mean_speed``, ``max_speed``,
             ``ncc_before``, ``ncc_after`` (T,); ``roi_dx``, ``roi_dy``,
-            ``roi_speed`` (T, R) in pixels. Frames not received yet are NaN.
+            ``roi_speed`` (T, R) in pixels. Frames not received yet are NaN;
+            ROI curves fill in as the drawing worker computes them (see
+            `drawing`).
         """
         series = {'frame': np.arange(self._n_frames), 'time': self._times()}
         for name in STAT_NAMES:
@@ -356,7 +358,7 @@ class MotionPlotWidget(QWidget):
         combo.clear()
         combo.addItem('(none)')
         combo.addItems(names)
-        combo.setCurrentIndex(combo.findText(current) if current else 0)
+        combo.setCurrentIndex(max(combo.findText(current or ''), 0))
         combo.blockSignals(False)
         if current is not None and current not in names:
             self._on_roi_layer_chosen()
