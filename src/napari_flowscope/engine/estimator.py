@@ -85,10 +85,11 @@ class FlowEstimator:
         self.params = params
         self.shape = reference.shape
         self.reference, self._constant = normalize(reference)
-        mean, std = cv2.meanStdDev(self.reference)
-        self._mean, self._std = float(mean[0, 0]), float(std[0, 0])
-        levels = level_count(self.shape, params.levels)
         self._lucas_kanade = params.method == 'lucas_kanade'
+        if not self._lucas_kanade:
+            mean, std = cv2.meanStdDev(self.reference)
+            self._mean, self._std = float(mean[0, 0]), float(std[0, 0])
+        levels = level_count(self.shape, params.levels)
         self._pyramid = build_pyramid(self._prepare(self.reference), levels)
         self._shapes = [level.shape for level in self._pyramid]
         self._lk_levels = None
@@ -186,7 +187,9 @@ class FlowEstimator:
             )
             if level == 0:
                 u, v = lk_level.average_reliable(u, v)
-            return cv2.merge((u, v)), lk_level.reliability.copy()
+            # Only the finest level's reliability is kept by the driver.
+            reliability = lk_level.reliability.copy() if level == 0 else None
+            return cv2.merge((u, v)), reliability
 
         return solve
 

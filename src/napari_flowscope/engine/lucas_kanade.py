@@ -84,9 +84,9 @@ class LucasKanadeLevel:
 
     Attributes
     ----------
-    reliability : ndarray, shape (H, W), float32
-        ``reliability`` if given, else the smallest eigenvalue of the
-        structure tensor.
+    reliability : ndarray, shape (H, W), float32, or None
+        ``reliability`` if given, else (with a threshold) the smallest
+        eigenvalue of the structure tensor, else None.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class LucasKanadeLevel:
         )
         self._ix, self._iy = gradients(reference)
         jxx, jxy, jyy = structure_tensor(self._ix, self._iy, self.sigma)
-        if reliability is None:
+        if reliability is None and reliability_threshold is not None:
             reliability = min_eigenvalue(jxx, jxy, jyy)
         self.reliability = reliability
         jxx += _TIKHONOV

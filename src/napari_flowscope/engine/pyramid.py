@@ -118,7 +118,8 @@ def coarse_to_fine(shapes, solve_level, *, init=None):
     solve_level : callable
         ``solve_level(level, w) -> (w, reliability)``: refines the float32
         ``(h, w, 2)`` flow ``w`` of level ``level`` (in that level's pixels)
-        and returns it with a float32 ``(h, w)`` reliability map.
+        and returns it with a float32 ``(h, w)`` reliability map (which may
+        be None except at level 0: only the finest one is kept).
     init : ndarray, shape (H, W, 2), optional
         Initial full-resolution flow (warm start); zero when omitted.
 
