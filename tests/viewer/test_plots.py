@@ -267,3 +267,34 @@ def test_removing_the_roi_layer_drops_its_curves(viewer_and_plots, qtbot):
     assert widget._roi_layer_combo.currentText() == '(none)'
     assert widget.roi_names == []
     assert widget.series['roi_dx'].shape == (N_FRAMES, 0)
+
+
+def test_frames_without_time_scale_and_theme_follows_viewer(
+    viewer_and_plots, qtbot
+):
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    viewer, widget = viewer_and_plots
+    info = RunInfo(
+        n_frames=N_FRAMES,
+        frame_shape=FRAME_SHAPE,
+        scale=(1.0, 1.0, 1.0),
+        units=('pixel',) * 3,
+        axis_labels=('t', 'y', 'x'),
+        source_name='movie',
+        params=FlowParams(),
+        batch_size=BATCH,
+    )
+    run_events(viewer).started.emit(info)
+    stream(viewer, known_flow(), n_batches=1)
+    wait_drawn(widget, qtbot)
+    dark = get_theme('dark').background.as_hex()
+    assert to_hex(widget.figure.get_facecolor()) == dark
+    viewer.theme = 'light'  # nothing else changes: the theme must redraw
+    wait_drawn(widget, qtbot)
+
+    np.testing.assert_array_equal(widget.series['time'], np.arange(N_FRAMES))
+    assert widget.figure.axes[-1].get_xlabel() == 'frame'
+    light = get_theme('light').background.as_hex()
+    assert to_hex(widget.figure.get_facecolor()) == light
