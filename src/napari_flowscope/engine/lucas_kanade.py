@@ -27,7 +27,12 @@ import numpy as np
 
 from ._fill import PushPullFill
 
-__all__ = ['LucasKanadeLevel', 'min_eigenvalue', 'structure_tensor']
+__all__ = [
+    'LucasKanadeLevel',
+    'gradients',
+    'min_eigenvalue',
+    'structure_tensor',
+]
 
 # Tikhonov weight, in (contrast-normalised intensity / px) ** 2, where
 # textured regions have eigenvalues of 1e-2 to 1: it only matters where

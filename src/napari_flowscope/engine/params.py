@@ -25,13 +25,15 @@ class FlowParams:
     Parameters
     ----------
     method : {'lucas_kanade', 'variational'}
-        ``'lucas_kanade'``: dense pyramidal Lucas-Kanade with warping (fast).
-        ``'variational'``: robust variational flow with a smoothness term
-        weighted by ``alpha`` (slower, survives bleaching and uneven
-        illumination, fills untextured regions smoothly).
+        ``'lucas_kanade'``: dense pyramidal Lucas-Kanade with warping on
+        locally contrast-normalised frames (fast; bleaching and smooth
+        illumination changes cancel).  ``'variational'``: robust
+        variational flow with a smoothness term weighted by ``alpha``
+        (slower; smooth fields, fills untextured regions, noisy data).
     sigma : float
         Lucas-Kanade: standard deviation (px, at each pyramid level) of the
-        Gaussian window of the structure tensor.  Variational: window of the
+        Gaussian window (truncated at 2 sigma) of the structure tensor and
+        of the final averaging of the flow.  Both methods: window of the
         reliability structure tensor.  Allowed: 0.3 to 50.
     reliability_threshold : float
         Pixels whose reliability (smallest eigenvalue of the structure
