@@ -39,13 +39,6 @@ RESULT_FILES = (
     'params.json',
 )
 
-pytestmark = [
-    # Workers and comms shut down while the module's cluster closes.
-    pytest.mark.filterwarnings(
-        'ignore:.*(unclosed|Event loop).*:ResourceWarning'
-    ),
-]
-
 
 @pytest.fixture(scope='module')
 def client():
