@@ -102,7 +102,7 @@ or int, optional
         Channel, or channel weights, the flow is estimated on.
     batch_size : int
         Frames a worker holds in memory at once (memory per worker is
-        about ``batch_size`` x 50 bytes x pixels per frame on top of
+        about ``batch_size`` x 55 bytes x pixels per frame on top of
         the worker's baseline).  Results do not depend on it.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
