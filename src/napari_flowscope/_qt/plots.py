@@ -2,12 +2,13 @@
 
 It only listens: :func:`napari_flowscope._qt.events.run_events` tells it
 when a run starts, each :class:`~napari_flowscope.session.FlowBatch` as it
-arrives (on the main thread) and when the run ends. The numbers are stored
-as they come on the main thread; the figure is drawn by matplotlib's Agg
-renderer in a worker thread, at most a few times per second, and shown as
-an image. A full Agg draw of the three axes takes 50-130 ms on a 2-core
-machine, too long for the event loop (budget: 50 ms per event), and blitting
-cannot avoid full draws as the axes limits grow during a run.
+arrives (on the main thread) and when the run ends. The main thread only
+stores each batch's statistics; a worker thread computes the ROI means and
+draws the figure with matplotlib's Agg renderer, at most a few times per
+second, and the dock shows the image. On a 2-core machine a full Agg draw of
+the three axes takes 50-130 ms and the ROI means of a whole 500 x 512² run
+0.3-1.4 s, too long for the event loop (budget: 50 ms per event); blitting
+would not help, as the axes limits grow during a run.
 
 Regions of interest are the area shapes (rectangles, polygons, ellipses)
 of a Shapes layer; their mean displacement and speed per frame are computed
@@ -591,8 +592,6 @@ class MotionPlotWidget(QWidget):
         image = QImage(
             rgba.data, width, height, 4 * width, QImage.Format.Format_RGBA8888
         )
-        if not self._alive:
-            return
         pixmap = QPixmap.fromImage(image)
         ratio = self._plot_label.devicePixelRatioF()
         target = self._plot_label.size() * ratio
