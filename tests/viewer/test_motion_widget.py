@@ -412,3 +412,28 @@ def test_worker_error_is_reported_and_ui_resets(docked, qtbot):
     )
     assert widget.run_panel.start_button.enabled
     _wait_threads_done(qtbot)
+
+
+def test_closing_the_dock_lets_go_of_the_viewer(docked, qtbot, tissue):
+    viewer, widget = docked
+    widget.parameters.live_preview.value = True
+    qtbot.waitUntil(
+        lambda: widget.preview.last_result is not None,
+        timeout=RUN_TIMEOUT_MS,
+    )
+    widget.start()
+    state = widget.__dict__  # outlives the Qt object
+    with qtbot.waitSignal(widget.destroyed, timeout=5000):
+        viewer.window.remove_dock_widget(widget)
+        widget.deleteLater()
+    # the teardown stopped the run and let go of the viewer's events
+    assert state['worker'] is None and state['_batches'] is None
+    assert '_viewer_callbacks' not in state
+    assert state['preview'].worker is None
+    _wait_threads_done(qtbot)
+    # the viewer goes on without errors from the dock's handlers
+    viewer.add_image(tissue.stack, name='another')
+    viewer.layers['another'].name = 'renamed'
+    viewer.dims.set_current_step(0, 3)
+    viewer.layers.remove('renamed')
+    qtbot.wait(100)

@@ -147,8 +147,13 @@ class MotionCorrectionWidget(QWidget):
         self.parameters.params_changed.connect(self._on_params)
         self.parameters.live_preview.changed.connect(self._on_live_preview)
         self.reference.reference_changed.connect(self._on_reference)
-        self.viewer.dims.events.current_step.connect(self._on_step)
-        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        # kept to disconnect on teardown: the viewer may outlive the dock
+        self._viewer_callbacks = [
+            (self.viewer.dims.events.current_step, self._on_step),
+            (self.viewer.layers.events.removed, self._on_layer_removed),
+        ]
+        for emitter, callback in self._viewer_callbacks:
+            emitter.connect(callback)
         self.destroyed.connect(_make_teardown(self))
 
     def _is_output(self, layer):
@@ -435,29 +440,35 @@ class MotionCorrectionWidget(QWidget):
 
 
 def _shutdown(state):
-    """Stop the workers recorded in a widget's ``__dict__``."""
-    for worker_key, done_key in (
-        ('worker', '_done'),
-        ('save_worker', '_save_done'),
+    """Stop the workers recorded in a widget's ``__dict__`` and let go of
+    the viewer's events."""
+    for emitter, callback in state.pop('_viewer_callbacks', []):
+        emitter.disconnect(callback)
+    reference = state.get('reference')
+    if reference is not None:
+        reference.disconnect_viewer()
+    for worker_key, done_key, generator_key in (
+        ('worker', '_done', '_batches'),
+        ('save_worker', '_save_done', '_save_generator'),
     ):
         worker, done = state.get(worker_key), state.get(done_key)
-        if worker is None:
-            continue
-        for name in (
-            'yielded',
-            'returned',
-            'errored',
-            'paused',
-            'resumed',
-            'finished',
-        ):
-            with contextlib.suppress(TypeError, RuntimeError):
-                getattr(worker, name).disconnect()  # raises if unconnected
-        stop_and_wait(worker, done)
-        state[worker_key] = None
-    for generator_key in ('_batches', '_save_generator'):
+        ended = True
+        if worker is not None:
+            for name in (
+                'yielded',
+                'returned',
+                'errored',
+                'paused',
+                'resumed',
+                'finished',
+            ):
+                with contextlib.suppress(TypeError, RuntimeError):
+                    getattr(worker, name).disconnect()  # raises if unconnected
+            ended = stop_and_wait(worker, done)
+            state[worker_key] = None
         generator = state.get(generator_key)
-        if generator is not None:
+        if generator is not None and ended:
+            # runs its clean-up: thread pool shut down, partial files gone
             generator.close()
             state[generator_key] = None
     preview = state.get('preview')

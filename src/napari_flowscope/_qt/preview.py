@@ -9,6 +9,7 @@ frame, so they never show on a frame they were not computed for.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from napari_flowscope.session import (
 )
 
 from .layers import SPEED_COLORMAP, frame_vectors, layer_geometry, nice_ceiling
+from .run_control import stop_and_wait, track
 
 __all__ = ['PreviewController', 'PreviewRequest', 'compute_preview']
 
@@ -146,6 +148,7 @@ class PreviewController:
         self._speed = None
         self._speed_frame = None
         self.worker = None
+        self._done = None
         self.last_result = None
         self.request = qdebounced(self.request_now, timeout=DEBOUNCE_MS)
 
@@ -192,6 +195,7 @@ class PreviewController:
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._done = track(worker)
         worker.start()
 
     def _on_result(self, result: PreviewResult) -> None:
@@ -209,6 +213,7 @@ class PreviewController:
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._done = None
         if self._pending:
             self._pending = False
             self.request_now()
@@ -291,16 +296,14 @@ class PreviewController:
         self._layers = {}
         self.last_result = None
 
-    def shutdown(self, timeout_ms: int = 5000) -> None:
+    def shutdown(self, timeout_s: float = 5.0) -> None:
         """Drop pending requests and wait for the computation in flight."""
         self.request.cancel()
         self._pending = False
-        worker = self.worker
+        worker, done = self.worker, self._done
         if worker is not None:
-            for signal in (worker.returned, worker.errored, worker.finished):
-                signal.disconnect()
-            worker.quit()
-            worker.await_workers(timeout_ms) if hasattr(
-                worker, 'await_workers'
-            ) else None
+            for name in ('returned', 'errored', 'finished'):
+                with contextlib.suppress(TypeError, RuntimeError):
+                    getattr(worker, name).disconnect()
+            stop_and_wait(worker, done, timeout_s)
             self.worker = None

@@ -192,6 +192,7 @@ class ReferencePanel(Container):
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
         layers.events.inserted.connect(self._watch_name)
+        layers.events.removed.connect(self._unwatch_name)
         self._on_layers_changed()
         self._on_mode(self.mode.value)
 
@@ -237,6 +238,26 @@ class ReferencePanel(Container):
 
     def _watch_name(self, event):
         event.value.events.name.connect(self._on_layers_changed)
+
+    def _unwatch_name(self, event):
+        event.value.events.name.disconnect(self._on_layers_changed)
+
+    def disconnect_viewer(self) -> None:
+        """Stop following the viewer's layers (the dock is going away)."""
+        layers = self._viewer.layers
+        for emitter in (
+            layers.events.inserted,
+            layers.events.removed,
+            layers.events.reordered,
+        ):
+            for callback in (
+                self._on_layers_changed,
+                self._watch_name,
+                self._unwatch_name,
+            ):
+                emitter.disconnect(callback)
+        for layer in layers:
+            layer.events.name.disconnect(self._on_layers_changed)
 
     def _on_layers_changed(self, _event=None):
         """Keep the layer lists in sync (added, removed, renamed).
