@@ -241,7 +241,7 @@ def estimate_flow(reference, moving, params=None, *, init=None):
     -----
     **Reliability** is the smaller eigenvalue of the structure tensor
     ``G_sigma * (grad I grad I^T)`` of the normalised reference ``I``
-    (Scharr gradients, Gaussian window ``sigma`` truncated at 2 sigma), in
+    (Scharr gradients, Gaussian window of standard deviation ``sigma``), in
     (normalised intensity / px) ** 2.  Gradients of random directions and
     rms magnitude ``g`` per px give about ``g ** 2 / 2``: textured
     fluorescence typically 1e-3 to 1e-2, camera noise on a flat background

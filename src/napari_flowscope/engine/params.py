@@ -32,7 +32,7 @@ class FlowParams:
         (slower; smooth fields, fills untextured regions, noisy data).
     sigma : float
         Lucas-Kanade: standard deviation (px, at each pyramid level) of the
-        Gaussian window (truncated at 2 sigma) of the structure tensor and
+        Gaussian window of the structure tensor and
         of the final averaging of the flow.  Both methods: window of the
         reliability structure tensor.  Allowed: 0.3 to 50.
     reliability_threshold : float
