@@ -13,43 +13,41 @@ run. Viewer tests skip cleanly only outside CI; with ``CI`` set they must run.
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 REAL_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'real'
-_xvfb_process = None
 
 
 def _start_xvfb():
-    global _xvfb_process
-    for display_number in range(99, 120):
-        lock = Path(f'/tmp/.X{display_number}-lock')
-        if lock.exists():
-            continue
-        _xvfb_process = subprocess.Popen(
-            [
-                'Xvfb',
-                f':{display_number}',
-                '-screen',
-                '0',
-                '1600x1000x24',
-                '-nolisten',
-                'tcp',
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        socket = Path(f'/tmp/.X11-unix/X{display_number}')
-        for _ in range(100):
-            if socket.exists():
-                os.environ['DISPLAY'] = f':{display_number}'
-                return True
-            if _xvfb_process.poll() is not None:
-                break
-            time.sleep(0.05)
-    return False
+    """Start Xvfb for this run; it is stopped after this process exits.
+
+    Stopping it from inside the run (e.g. at unconfigure) makes Qt abort the
+    interpreter with an X IO error, so a detached shell waits for this
+    process to end and only then stops the server. Xvfb picks a free display
+    itself (``-displayfd``), so parallel runs do not collide.
+    """
+    read_end, write_end = os.pipe()
+    watcher = (
+        f'(Xvfb -displayfd {write_end} -screen 0 1600x1000x24 -nolisten tcp'
+        ' >/dev/null 2>&1 & server=$!;'
+        f' while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.5; done;'
+        ' kill $server) &'
+    )
+    subprocess.run(
+        ['sh', '-c', watcher],
+        pass_fds=(write_end,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as announced:
+        number = announced.readline().strip()
+    if number:
+        os.environ['DISPLAY'] = f':{number}'
 
 
 def display_available():
@@ -66,12 +64,6 @@ def pytest_configure(config):
             'CI is set, so viewer tests must run, but no X display is '
             'available and Xvfb could not be started'
         )
-
-
-def pytest_unconfigure(config):
-    if _xvfb_process is not None:
-        _xvfb_process.terminate()
-        _xvfb_process.wait(timeout=10)
 
 
 def pytest_collection_modifyitems(config, items):
