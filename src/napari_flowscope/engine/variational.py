@@ -40,12 +40,15 @@ _GRADIENT_WEIGHT = np.float32(0.5)
 # image, flow gradients in px / px.
 _DATA_EPSILON = 0.05
 _SMOOTHNESS_EPSILON = 0.05
-# Gaussian pre-smoothing (px at the level) against noise, window (px) of
-# the local intensity normalisation, and the floor of the local standard
-# deviation as a fraction of the image's mean local standard deviation
-# (stops the noise of flat regions being blown up).
+# Gaussian pre-smoothing (px at the level) against noise; window (px) of
+# the local intensity normalisation, at most this share of the level's
+# shorter side (on coarse levels a fixed window would span the whole
+# illumination pattern, which then dominates the data term); floor of the
+# local standard deviation as a fraction of the image's mean local standard
+# deviation (stops the noise of flat regions being blown up).
 _PRESMOOTHING_SIGMA = 0.8
 _NORMALISATION_SIGMA = 4.0
+_NORMALISATION_SHARE = 1 / 8
 _NORMALISATION_FLOOR = 0.2
 # Levels whose shorter side is below this (px) are too small for the
 # 5-tap derivatives and the 5 x 5 median; their flow is passed through.
@@ -145,11 +148,10 @@ def solve_level(reference, moving, w, *, params):
 def _normalise_locally(image):
     """Zero mean, unit variance in a Gaussian window (bleaching-invariant)."""
     image = cv2.GaussianBlur(image, (0, 0), _PRESMOOTHING_SIGMA)
-    mean = cv2.GaussianBlur(image, (0, 0), _NORMALISATION_SIGMA)
+    sigma = min(_NORMALISATION_SIGMA, min(image.shape) * _NORMALISATION_SHARE)
+    mean = cv2.GaussianBlur(image, (0, 0), sigma)
     centred = image - mean
-    variance = cv2.GaussianBlur(
-        centred * centred, (0, 0), _NORMALISATION_SIGMA
-    )
+    variance = cv2.GaussianBlur(centred * centred, (0, 0), sigma)
     floor = _NORMALISATION_FLOOR**2 * float(variance.mean()) + 1e-12
     return centred / np.sqrt(variance + np.float32(floor))
 
