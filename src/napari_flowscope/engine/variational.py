@@ -59,7 +59,7 @@ _MAX_STEP = 1.0
 _MEDIAN_KSIZE = 5
 _SOR_OMEGA = np.float32(1.9)
 # The robust weights are lagged: recomputed every this many sweeps.
-_SWEEPS_PER_REWEIGHT = 5
+_SWEEPS_PER_REWEIGHT = 8
 # Five-point central difference (Sun et al. 2010).
 _DERIVATIVE = np.array([[1, -8, 0, 8, -1]], np.float32) / 12
 # Sum of the four neighbours; with replicated borders this is a reflecting
