@@ -461,9 +461,15 @@ class MotionSession:
         sink = MemorySink() if sink is None else sink
         sink.open(self)
         batches = self.iter_batches()
+        # One writer thread stores batch k while batch k + 1 is computed;
+        # writes stay in order because each waits for the previous one.
+        writer = ThreadPoolExecutor(1)
+        writing = None
         try:
             for batch in batches:
-                sink.write(batch)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(sink.write, batch)
                 if w_callback is not None:
                     w_callback(batch.w, batch.start, batch.stop)
                 if registered_callback is not None:
@@ -472,10 +478,16 @@ class MotionSession:
                     )
                 if progress_callback is not None:
                     progress_callback(batch.stop, self.n_frames)
+            if writing is not None:
+                writing.result()
         except BaseException:
             batches.close()
+            # No write may still be running when the sink removes files.
+            writer.shutdown(wait=True)
             sink.abort()
             raise
+        finally:
+            writer.shutdown(wait=True)
         sink.close(self)
         return sink
 
