@@ -4,6 +4,7 @@ Run by hand from the repository root::
 
     python benchmarks/bench_distributed.py            # 2,000 x 512 x 512
     python benchmarks/bench_distributed.py --frames 200 --workers 2
+    python benchmarks/bench_distributed.py --single   # + one process
 
 Writes a 1 GB uint16 ``.npy`` input and about 7 GB of results per run under
 ``/tmp`` (``--tmp``), and deletes them afterwards.  For each number of
@@ -90,18 +91,12 @@ def _import_package():
 
 def run(path, output, n_workers, *, chunk_size, batch_size, preset):
     import distributed
-    from napari_flowscope.distributed import correct_distributed
+    from napari_flowscope.distributed import correct_distributed, local_cluster
     from napari_flowscope.engine import FlowParams
 
     n_frames = np.load(path, mmap_mode='r').shape[0]
     with (
-        distributed.LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address='127.0.0.1:0',
-            silence_logs=40,
-        ) as cluster,
+        local_cluster(n_workers, silence_logs=40) as cluster,
         distributed.Client(cluster) as client,
     ):
         client.run(_import_package)
@@ -133,6 +128,25 @@ def run(path, output, n_workers, *, chunk_size, batch_size, preset):
     }
 
 
+def run_single_process(path, output, *, batch_size, preset):
+    """The same correction by one MotionSession (2 threads) into DiskSink."""
+    from napari_flowscope.engine import FlowParams
+    from napari_flowscope.session import DiskSink, MotionSession
+
+    stack = np.load(path, mmap_mode='r')
+    session = MotionSession(
+        stack,
+        params=FlowParams.preset(preset),
+        batch_size=batch_size,
+        n_threads=2,
+    )
+    start = time.perf_counter()
+    session.run(sink=DiskSink(output))
+    seconds = time.perf_counter() - start
+    shutil.rmtree(output)
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--frames', type=int, default=2000)
@@ -141,6 +155,11 @@ def main():
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--preset', default='balanced')
     parser.add_argument('--tmp', default='/tmp')
+    parser.add_argument(
+        '--single',
+        action='store_true',
+        help='also time the single-process session on the same stack',
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix='bench-distributed-', dir=args.tmp))
@@ -159,9 +178,9 @@ def main():
         )
         print(
             '| workers | total time | frames/s | last chunk done | '
-            'worker baseline | peak per worker |'
+            'worker baseline | peak per worker | load average |'
         )
-        print('| --- | --- | --- | --- | --- | --- |')
+        print('| --- | --- | --- | --- | --- | --- | --- |')
         for n_workers in args.workers:
             result = run(
                 path,
@@ -176,10 +195,24 @@ def main():
                 f'| {n_workers} | {result["seconds"]:.1f} s | '
                 f'{result["frames_per_s"]:.1f} | '
                 f'{result["last_chunk_s"]:.1f} s | '
-                f'{result["baseline_mb"]:.0f} MB | {peaks} MB |',
+                f'{result["baseline_mb"]:.0f} MB | {peaks} MB | '
+                f'{os.getloadavg()[1]:.1f} |',
                 flush=True,
             )
-        print(f'load average {os.getloadavg()[0]:.1f} at the end')
+        if args.single:
+            seconds = run_single_process(
+                path,
+                scratch / 'out',
+                batch_size=args.batch_size,
+                preset=args.preset,
+            )
+            print(
+                f'| single process (MotionSession, 2 threads) | '
+                f'{seconds:.1f} s | {args.frames / seconds:.1f} | | | | '
+                f'{os.getloadavg()[1]:.1f} |',
+                flush=True,
+            )
+        print('(load average: mean of the last 5 minutes of each run)')
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

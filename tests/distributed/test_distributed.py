@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 from napari_flowscope import formats, synthetic
-from napari_flowscope.distributed import correct_distributed
+from napari_flowscope.distributed import correct_distributed, local_cluster
 from napari_flowscope.engine import FlowParams
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -42,13 +42,7 @@ RESULT_FILES = (
 
 @pytest.fixture(scope='module')
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=MEMORY_LIMIT,
-        dashboard_address='127.0.0.1:0',
-    )
+    cluster = local_cluster(2, memory_limit=MEMORY_LIMIT)
     with cluster, distributed.Client(cluster) as dask_client:
         yield dask_client
 

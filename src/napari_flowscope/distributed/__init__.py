@@ -4,6 +4,6 @@ Install with ``pip install "napari-flowscope[distributed]"``.  Dask itself
 is imported only when a run starts.  See ``docs/distributed.md``.
 """
 
-from .correct import correct_distributed
+from .correct import correct_distributed, local_cluster
 
-__all__ = ['correct_distributed']
+__all__ = ['correct_distributed', 'local_cluster']
