@@ -82,7 +82,7 @@ def test_short_stacks_keep_constants_and_their_mean(length):
     stack = np.full((length, 2, 2), 5.0, np.float32)
     np.testing.assert_allclose(smooth_temporal(stack), 5.0, rtol=1e-6)
     stack[0] = 1
-    # reflection of a two-frame stack is a periodic signal: mean preserved
+    # a convex combination of frames stays within their range
     smoothed = smooth_temporal(stack)
     assert smoothed.shape == stack.shape
     assert smoothed.min() >= 1 - 1e-6 and smoothed.max() <= 5 + 1e-6
