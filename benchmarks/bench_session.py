@@ -69,7 +69,7 @@ def drifting_frames(n_frames, *, seed=0):
 # -- threads -----------------------------------------------------------------
 
 
-def bench_threads(n_frames=64, repeats=3):
+def bench_threads(n_frames=64, repeats=5):
     """Frames per second with 1 and 2 threads (best of ``repeats``)."""
     import cv2
 
