@@ -156,9 +156,8 @@ or int, optional
     source = stack_source(stack_or_path)
     data, axes, file_scale, file_units = source.open()
     if axes is not None:
-        channel_axis = (
-            _channel_axis(axes) if channel_axis is None else (channel_axis)
-        )
+        if channel_axis is None:
+            channel_axis = _channel_axis(axes)
         scale = _tyx(axes, file_scale) if scale is None else scale
         units = _tyx(axes, file_units) if units is None else units
     n_frames = int(data.shape[0])
