@@ -396,3 +396,23 @@ def test_cli_refuses_adaptive_on_a_cluster(
         'adaptive reference cannot be distributed' in capsys.readouterr().err
     )
     assert leftovers(tmp_path / 'out') == []
+
+
+def test_bad_inputs_fail_before_any_cluster_is_used(tmp_path, tiff_path):
+    # An address nobody listens on: reaching it would fail differently.
+    nowhere = 'tcp://127.0.0.1:9'
+    with pytest.raises(ValueError, match='cannot read'):
+        correct_distributed(tmp_path / 'movie.avi', tmp_path, client=nowhere)
+    with pytest.raises(FileNotFoundError):
+        correct_distributed(tmp_path / 'gone.tif', tmp_path, client=nowhere)
+    with pytest.raises(ValueError, match='chunk_size'):
+        correct_distributed(tiff_path, tmp_path, chunk_size=0, client=nowhere)
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'registered.tif').write_bytes(b'earlier run')
+    with pytest.raises(FileExistsError):
+        correct_distributed(
+            tiff_path, tmp_path / 'out', params=FAST, client=nowhere
+        )
+    assert (tmp_path / 'out' / 'registered.tif').read_bytes() == (
+        b'earlier run'
+    )
