@@ -452,7 +452,6 @@ def _shutdown(state):
         ('save_worker', '_save_done', '_save_generator'),
     ):
         worker, done = state.get(worker_key), state.get(done_key)
-        ended = True
         if worker is not None:
             for name in (
                 'yielded',
@@ -464,13 +463,16 @@ def _shutdown(state):
             ):
                 with contextlib.suppress(TypeError, RuntimeError):
                     getattr(worker, name).disconnect()  # raises if unconnected
-            ended = stop_and_wait(worker, done)
+            stop_and_wait(worker, done)
             state[worker_key] = None
-        generator = state.get(generator_key)
-        if generator is not None and ended:
-            # runs its clean-up: thread pool shut down, partial files gone
-            generator.close()
-            state[generator_key] = None
+        generator, state[generator_key] = state.get(generator_key), None
+        if generator is not None:
+            # runs its clean-up (thread pool shut down, partial files
+            # removed); a worker that has not started yet then stops at
+            # its first step.  Only a worker that outlived the wait is
+            # still inside it: it stops at its next batch.
+            with contextlib.suppress(ValueError):
+                generator.close()
     preview = state.get('preview')
     if preview is not None:
         preview.shutdown()
