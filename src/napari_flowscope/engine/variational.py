@@ -18,8 +18,8 @@ B-splines) and linearises the data term.  The flow increment is then
 solved with lagged robust weights by red-black successive over-relaxation
 (one 2 x 2 system per pixel; whole-array numpy / OpenCV operations),
 median filtered, and added.  The increment is first initialised with the
-least-squares translation, the mode that relaxation sweeps are slowest to
-find.
+least-squares affine increment: translation, rotation and scaling are the
+smoothest modes, which relaxation sweeps are slowest to find.
 """
 
 from __future__ import annotations
@@ -198,9 +198,9 @@ def _solve_increment(terms, u, v, alpha, iterations):
     each half-sweep solves them on one colour of the checkerboard.
     """
     height, width = u.shape
-    du_global, dv_global = _global_increment(terms)
-    du = np.full((height, width), du_global, np.float32)
-    dv = np.full((height, width), dv_global, np.float32)
+    du = np.empty((height, width), np.float32)
+    dv = np.empty((height, width), np.float32)
+    du[...], dv[...] = _affine_increment(terms, (height, width))
     red = (np.indices((height, width)).sum(axis=0) % 2).astype(np.float32)
     # Over-relaxation factor on one colour, zero on the other.
     relax = (_SOR_OMEGA * red, _SOR_OMEGA * (1 - red))
@@ -242,25 +242,48 @@ def _solve_increment(terms, u, v, alpha, iterations):
     return du, dv
 
 
-def _global_increment(terms):
-    """Least-squares translation of the linearised data term (px)."""
-    a11 = a12 = a22 = b1 = b2 = 0.0
+def _affine_increment(terms, shape):
+    """Least-squares affine increment ``(du, dv)`` of the linearised data.
+
+    ``du = a0 + a1 x + a2 y`` and ``dv = b0 + b1 x + b2 y`` with centred,
+    scaled coordinates, fitted on every second pixel in each direction;
+    clipped to the largest step.  Zero when the fit is ill-posed.
+    """
+    height, width = shape
+    scale = np.float32(max(height, width) / 2)
+    x = (np.arange(0, width, 2, dtype=np.float32) - (width - 1) / 2) / scale
+    y = (np.arange(0, height, 2, dtype=np.float32) - (height - 1) / 2) / scale
+    x = x[None, :]
+    y = y[:, None]
+    normal = np.zeros((6, 6))
+    rhs = np.zeros(6)
     for gamma, ix, iy, it in terms:
-        gix = gamma * ix
-        giy = gamma * iy
-        a11 += float(np.vdot(gix, ix))
-        a12 += float(np.vdot(gix, iy))
-        a22 += float(np.vdot(giy, iy))
-        b1 -= float(np.vdot(gix, it))
-        b2 -= float(np.vdot(giy, it))
-    det = a11 * a22 - a12 * a12
-    if not det > 1e-6 * (a11 + a22) ** 2:
-        return 0.0, 0.0
-    du = (a22 * b1 - a12 * b2) / det
-    dv = (a11 * b2 - a12 * b1) / det
+        gamma, ix, iy, it = (a[::2, ::2] for a in (gamma, ix, iy, it))
+        basis = (ix, ix * x, ix * y, iy, iy * x, iy * y)
+        for i, first in enumerate(basis):
+            weighted = gamma * first
+            rhs[i] -= float(np.vdot(weighted, it))
+            for j in range(i, 6):
+                normal[i, j] += float(np.vdot(weighted, basis[j]))
+    normal = np.triu(normal) + np.triu(normal, 1).T
+    trace = np.trace(normal)
+    if not trace > 0:
+        return 0, 0
+    try:
+        a = np.linalg.solve(normal + 1e-9 * trace * np.eye(6), rhs)
+    except np.linalg.LinAlgError:
+        return 0, 0
+    if not np.isfinite(a).all():
+        return 0, 0
+    x = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / scale
+    y = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / scale
+    du = np.float32(a[0]) + np.float32(a[1]) * x[None, :]
+    du = du + np.float32(a[2]) * y[:, None]
+    dv = np.float32(a[3]) + np.float32(a[4]) * x[None, :]
+    dv = dv + np.float32(a[5]) * y[:, None]
     return (
-        float(np.clip(du, -_MAX_STEP, _MAX_STEP)),
-        float(np.clip(dv, -_MAX_STEP, _MAX_STEP)),
+        np.clip(du, -_MAX_STEP, _MAX_STEP),
+        np.clip(dv, -_MAX_STEP, _MAX_STEP),
     )
 
 
