@@ -28,9 +28,11 @@ def viewer_and_widget(make_napari_viewer_proxy):
 
 def run(widget, qtbot):
     widget.start()
-    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+    worker = widget.worker
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
-    assert not widget.worker.is_running
+    assert not worker.is_running
+    assert widget.worker is None
 
 
 def test_docked_widget_streams_the_headless_tracks(viewer_and_widget, qtbot):
@@ -138,7 +140,7 @@ def test_cancel_mid_run_leaves_no_running_worker(
             pass
         widget.cancel()
 
-    assert not worker.is_running
+    assert not worker.is_running and widget.worker is None
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     done = widget.tracks_layer.data[:, 1].max() + 1
     assert 1 <= done < n_frames

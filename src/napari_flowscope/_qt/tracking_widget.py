@@ -83,7 +83,8 @@ class FeatureTrackingWidget(Container):
     Attributes
     ----------
     worker : GeneratorWorker or None
-        The running (or last) worker; tests wait on its ``finished``.
+        The running worker, None when idle (as in the motion dock); tests
+        take it right after :meth:`start` and wait on its ``finished``.
     tracks : Tracks or None
         The result of the last run (partial while running or if cancelled).
     tracks_layer, points_layer : napari.layers.Tracks, napari.layers.Points
@@ -97,7 +98,6 @@ class FeatureTrackingWidget(Container):
         self.tracks_layer = None
         self.points_layer = None
         self._steps = []
-        self._busy = False
         self._geometry = {}
         self._source_name = ''
 
@@ -378,7 +378,7 @@ class FeatureTrackingWidget(Container):
     # ----------------------------------------------------------- running
     def start(self) -> None:
         """Start tracking with the current settings (the Run button)."""
-        if self._busy:
+        if self.worker is not None:
             return
         try:
             inputs = self._inputs()
@@ -412,7 +412,7 @@ class FeatureTrackingWidget(Container):
 
     def cancel(self) -> None:
         """Stop the running worker after its current frame."""
-        if self._busy:
+        if self.worker is not None:
             # Also works before the worker's thread has started.
             self.worker.quit()
             self.status.value = 'cancelling…'
@@ -431,13 +431,13 @@ class FeatureTrackingWidget(Container):
     def _on_finished(self) -> None:
         self._redraw.cancel()
         self._draw()
+        self.worker = None
         self._set_running(False)
         if not self.status.value.startswith('failed'):
             n = 0 if self.tracks is None else len(self.tracks.track_ids)
             self.status.value = f'ready ({n} tracks)'
 
     def _set_running(self, running: bool) -> None:
-        self._busy = running
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
         self.export_button.enabled = not running and bool(self._steps)
