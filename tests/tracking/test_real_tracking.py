@@ -22,9 +22,7 @@ def test_nuclei_stay_within_two_pixels_of_their_annotation(real_data):
     for index, track_id in enumerate(first[:, 0]):
         truth = annotated[annotated[:, 0] == track_id]
         mine = tracks.data[tracks.data[:, 0] == index]
-        _, i, j = np.intersect1d(
-            truth[:, 1], mine[:, 1], return_indices=True
-        )
+        _, i, j = np.intersect1d(truth[:, 1], mine[:, 1], return_indices=True)
         errors.append(np.hypot(*(truth[i, 2:] - mine[j, 2:]).T))
     errors = np.concatenate(errors)
     # Not tracking at all leaves the seeds a median 11 px away.
