@@ -89,7 +89,15 @@ def _import_package():
     import napari_flowscope.distributed  # noqa: F401
 
 
-def run(path, output, n_workers, *, chunk_size, batch_size, preset):
+def _set_opencv_threads(n_threads):
+    import cv2
+
+    cv2.setNumThreads(n_threads)
+
+
+def run(
+    path, output, n_workers, *, chunk_size, batch_size, preset, cv2_threads
+):
     import distributed
     from napari_flowscope.distributed import correct_distributed, local_cluster
     from napari_flowscope.engine import FlowParams
@@ -100,6 +108,8 @@ def run(path, output, n_workers, *, chunk_size, batch_size, preset):
         distributed.Client(cluster) as client,
     ):
         client.run(_import_package)
+        if cv2_threads is not None:
+            client.run(_set_opencv_threads, cv2_threads)
         client.run(_reset_peak_memory)
         baseline = client.run(_worker_memory)
         computed = []
@@ -156,6 +166,12 @@ def main():
     parser.add_argument('--preset', default='balanced')
     parser.add_argument('--tmp', default='/tmp')
     parser.add_argument(
+        '--cv2-threads',
+        type=int,
+        default=None,
+        help='OpenCV threads per worker (default: cores / workers)',
+    )
+    parser.add_argument(
         '--single',
         action='store_true',
         help='also time the single-process session on the same stack',
@@ -174,7 +190,9 @@ def main():
         print(
             f'{args.frames} x {FRAME_SHAPE[0]} x {FRAME_SHAPE[1]} uint16 '
             f'({size:.2f} GB .npy), preset {args.preset!r}, chunk '
-            f'{args.chunk_size} frames, batch {args.batch_size}'
+            f'{args.chunk_size} frames, batch {args.batch_size}, OpenCV '
+            'threads per worker '
+            f'{args.cv2_threads or "cores / workers (local_cluster)"}'
         )
         print(
             '| workers | total time | frames/s | last chunk done | '
@@ -189,6 +207,7 @@ def main():
                 chunk_size=args.chunk_size,
                 batch_size=args.batch_size,
                 preset=args.preset,
+                cv2_threads=args.cv2_threads,
             )
             peaks = ', '.join(f'{peak:.0f}' for peak in result['peak_mb'])
             print(

@@ -424,12 +424,16 @@ def local_cluster(n_workers: int = 2, **cluster_kwargs):
     """A :class:`distributed.LocalCluster` suited to flow estimation.
 
     Worker processes with one thread each, the dashboard on any free local
-    port (8787 may belong to another cluster), and without Dask's default
-    ``MALLOC_TRIM_THRESHOLD_=65536`` for workers: setting it turns off
-    glibc's adaptive mmap threshold, so every frame-sized temporary array
-    becomes a fresh ``mmap`` that is zero-filled on first touch, which
-    makes the per-frame numerics about 4 times slower.  Memory stays
-    bounded by the batch size either way.
+    port (8787 may belong to another cluster), and:
+
+    - OpenCV's thread pool in each worker sized to its share of the cores
+      (``OPENCV_FOR_THREADS_NUM``), so that workers do not oversubscribe
+      the machine (on 2 cores, 2 workers: 91 instead of 69 frames/s);
+    - without Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` for workers:
+      setting it turns off glibc's adaptive mmap threshold, so every
+      frame-sized temporary array becomes a fresh ``mmap`` that is
+      zero-filled on first touch, which makes the per-frame numerics about
+      4 times slower.  Memory stays bounded by the batch size either way.
 
     Parameters
     ----------
@@ -446,14 +450,20 @@ def local_cluster(n_workers: int = 2, **cluster_kwargs):
 
     from distributed import LocalCluster
 
+    n_workers = int(n_workers)
+    cores_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
     options = {
         'threads_per_worker': 1,
         'processes': True,
         'dashboard_address': '127.0.0.1:0',
         **cluster_kwargs,
     }
+    options['env'] = {
+        'OPENCV_FOR_THREADS_NUM': str(cores_per_worker),
+        **options.get('env', {}),
+    }
     with dask.config.set({_MALLOC_TRIM_CONFIG: None}):
-        return LocalCluster(n_workers=int(n_workers), **options)
+        return LocalCluster(n_workers=n_workers, **options)
 
 
 def _channel_axis(axes):
