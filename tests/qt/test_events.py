@@ -29,6 +29,7 @@ def test_signals_reach_listeners_of_another_proxy():
 def test_events_die_with_the_viewer():
     from napari_flowscope._qt import events as module
 
+    gc.collect()  # viewers of earlier tests
     viewer = ViewerModel()
     run_events(PublicOnlyProxy(viewer))
     before = len(module._EVENTS)
