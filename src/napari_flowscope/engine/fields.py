@@ -78,7 +78,10 @@ def speed(w):
     ndarray, shape (..., H, W), float32
     """
     w = _check_flow(w)
-    return np.hypot(w[..., 0], w[..., 1])
+    u, v = w[..., 0], w[..., 1]
+    # np.hypot guards against overflow that pixel displacements never reach,
+    # at five times the cost in float32
+    return np.sqrt(u * u + v * v)
 
 
 def divergence(w):

@@ -34,7 +34,7 @@ from .references import (
     FrameReference,
     as_reference_strategy,
 )
-from .stats import FrameStats, normalized_cross_correlation
+from .stats import FrameStats, ReferenceCorrelation
 
 __all__ = ['FlowBatch', 'MotionSession', 'compensate', 'output_dtype']
 
@@ -197,6 +197,7 @@ class MotionSession:
         self.interpolation = interpolation
         self._initial_reference = None
         self._reference = None
+        self._correlation = None
         self._padded_cache = (0, ())
 
     # -- reading ----------------------------------------------------------
@@ -258,7 +259,7 @@ class MotionSession:
     def reference_image(self) -> np.ndarray:
         """The current reference, float32 ``(Y, X)`` (read-only)."""
         if self._reference is None:
-            self._reference = self._build_reference()
+            self._set_reference(self._build_reference())
         return self._reference
 
     def _build_reference(self):
@@ -299,7 +300,7 @@ class MotionSession:
             Batches in frame order, covering every frame exactly once.
         """
         adaptive = isinstance(self.reference_strategy, AdaptiveReference)
-        self._reference = self._build_reference()
+        self._set_reference(self._build_reference())
         self._padded_cache = (0, ())
         params = self.params
         self.params_history = [(0, params)]
@@ -350,8 +351,10 @@ class MotionSession:
             )
             previous_w = out.w[i]
             if strategy.update_due(start + i):
-                self._reference = _read_only(
-                    strategy.blend(self._reference, registered_image)
+                self._set_reference(
+                    _read_only(
+                        strategy.blend(self._reference, registered_image)
+                    )
                 )
                 estimator = FlowEstimator(self._reference, estimator.params)
         return estimator, previous_w
@@ -395,13 +398,17 @@ class MotionSession:
             return None
         return float(self.temporal_smoothing)
 
+    def _set_reference(self, reference):
+        self._reference = reference
+        self._correlation = ReferenceCorrelation(reference)
+
     def _register_frame(self, estimator, inputs, out, i, *, init=None):
         """Register frame ``i`` of a batch into row ``i`` of ``out``.
 
         Returns the registered flow image (float32 ``(Y, X)``), which the
         adaptive reference blends in.
         """
-        reference = self._reference
+        correlation = self._correlation
         field = estimator.estimate(inputs.moving[i], init=init)
         registered = warp(
             inputs.frames[i], field.w, interpolation=self.interpolation
@@ -417,12 +424,8 @@ class MotionSession:
         frame_speed = speed(field.w)
         out.mean_speed[i] = frame_speed.mean()
         out.max_speed[i] = frame_speed.max()
-        out.ncc_before[i] = normalized_cross_correlation(
-            inputs.plain[i], reference
-        )
-        out.ncc_after[i] = normalized_cross_correlation(
-            registered_image, reference
-        )
+        out.ncc_before[i] = correlation(inputs.plain[i])
+        out.ncc_after[i] = correlation(registered_image)
         return registered_image
 
     def run(

@@ -60,6 +60,40 @@ class FrameStats:
         return {name: getattr(self, name) for name in STAT_NAMES}
 
 
+class ReferenceCorrelation:
+    """Normalised cross-correlation of images with one fixed reference.
+
+    The reference's centring and norm are computed once, since every frame
+    of a run is compared with the same reference (twice: before and after
+    correction).
+
+    Parameters
+    ----------
+    reference : ndarray, shape (Y, X)
+        Any real dtype.
+    """
+
+    def __init__(self, reference: np.ndarray):
+        # float32 with numpy's pairwise summation: accurate to ~1e-6 here,
+        # ten times faster than float64 copies, and deterministic (unlike
+        # BLAS dot products, whose rounding can depend on memory alignment).
+        centred = np.asarray(reference, dtype=np.float32)
+        self._centred = centred - centred.mean(dtype=np.float32)
+        self._norm = float(np.square(self._centred).sum())
+
+    def __call__(self, image: np.ndarray) -> float:
+        """Pearson correlation with the reference, -1 to 1.
+
+        0 when either image is constant.
+        """
+        centred = np.asarray(image, dtype=np.float32)
+        centred = centred - centred.mean(dtype=np.float32)
+        denominator = np.sqrt(float(np.square(centred).sum()) * self._norm)
+        if denominator == 0:
+            return 0.0
+        return float((centred * self._centred).sum()) / denominator
+
+
 def normalized_cross_correlation(
     image: np.ndarray, reference: np.ndarray
 ) -> float:
@@ -76,16 +110,4 @@ def normalized_cross_correlation(
         Pearson correlation of the pixel values, -1 to 1; 0 when either
         image is constant.
     """
-    # float32 with numpy's pairwise summation: accurate to ~1e-6 here, ten
-    # times faster than float64 copies, and deterministic (unlike BLAS dot
-    # products, whose rounding can depend on memory alignment).
-    a = np.asarray(image, dtype=np.float32)
-    b = np.asarray(reference, dtype=np.float32)
-    a = a - a.mean(dtype=np.float32)
-    b = b - b.mean(dtype=np.float32)
-    denominator = np.sqrt(
-        float(np.square(a).sum()) * float(np.square(b).sum())
-    )
-    if denominator == 0:
-        return 0.0
-    return float((a * b).sum()) / denominator
+    return ReferenceCorrelation(reference)(image)
