@@ -7,10 +7,12 @@ them in place as batches arrive.  Nothing here runs in a worker.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 from napari_flowscope.engine import curl, decimate_flow, divergence, speed
 
@@ -301,6 +303,8 @@ class OutputLayers:
         self._n_frames = 0
         self._done = None
         self._reference = None
+        self._pending = []
+        self._generation = 0
 
     def __getitem__(self, role):
         """The live layer of ``role`` (KeyError when absent)."""
@@ -329,7 +333,7 @@ class OutputLayers:
         ]
         return [self[role] for role in self._layers if role in self] + (extras)
 
-    def prepare(self, source, results, roles, extras=()):
+    def prepare(self, source, results, roles, extras=(), *, deferred=False):
         """Create or reset the layers of a new run.
 
         Parameters
@@ -343,8 +347,15 @@ class OutputLayers:
         extras : sequence of napari.layers.Image
             Further layers corrected with the same flow (their registered
             stacks are ``results.extras``).
+        deferred : bool
+            Create (or reset) one layer per event-loop iteration instead of
+            all at once: adding a layer costs napari about 100 ms, so the
+            event loop never waits for all of them.  Batches arriving
+            meanwhile are already in ``results``, so a layer created late
+            shows them.  :meth:`flush` finishes at once.
         """
         roles = [role for role in OUTPUTS if role in set(roles)]
+        self.cancel_pending()
         for role in list(self._layers):
             if role not in roles and role != 'reference':
                 self._remove(self._layers.pop(role))
@@ -356,6 +367,7 @@ class OutputLayers:
         self._n_frames = results.n_frames
         self._done = np.zeros(self._n_frames, bool)
         self._limits_set = False
+        self._reference = None
         sink = results.sink
         self._arrays = {
             'vx': sink.w[..., 0],
@@ -364,53 +376,99 @@ class OutputLayers:
             'registered': sink.registered,
             **results.maps,
         }
+        # bottom to top: reference, registered stack, heatmaps, vectors
+        self._pending = [functools.partial(self._prepare_reference, source)]
+        self._pending += [
+            functools.partial(self._prepare_role, role, source)
+            for role in sorted(roles, key=STACKING.index)
+        ]
+        self._pending += [
+            functools.partial(self._prepare_extra, layer, registered)
+            for layer, registered in zip(extras, results.extras, strict=True)
+        ]
+        if deferred:
+            self._schedule(self._generation)
+        else:
+            self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Whether layers of the current run are still to be created."""
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Create every layer still pending, now."""
+        while self._pending:
+            self._pending.pop(0)()
+
+    def cancel_pending(self) -> None:
+        """Forget layers not created yet (a new run, or teardown)."""
+        self._pending = []
+        self._generation += 1
+
+    def _schedule(self, generation):
+        QTimer.singleShot(0, functools.partial(self._step, generation))
+
+    def _step(self, generation):
+        if generation != self._generation or not self._pending:
+            return
+        self._pending.pop(0)()
+        if self._pending:
+            self._schedule(generation)
+
+    def _prepare_role(self, role, source):
+        name = f'{source.name} {OUTPUTS[role]}'
         geometry = layer_geometry(source)
-        self._prepare_reference(source)
-        # bottom to top: the registered stack, heatmaps, vectors
-        for role in sorted(roles, key=STACKING.index):
-            name = f'{source.name} {OUTPUTS[role]}'
-            if role == 'vectors':
-                self._prepare_vectors(name, geometry)
-            elif role == 'registered':
-                self._layers[role] = self._image(
-                    role,
-                    sink.registered,
-                    name,
-                    geometry,
-                    colormap=source.colormap.name,
-                    contrast_limits=source.contrast_limits,
-                    rgb=source.rgb,
-                )
-            else:
-                colormap, _signed = HEATMAPS[role]
-                self._layers[role] = self._image(
-                    role,
-                    self._arrays[role],
-                    name,
-                    geometry,
-                    colormap=colormap,
-                    contrast_limits=(0.0, 1.0),
-                    auto_contrast=False,
-                    blending='additive' if role == 'speed' else 'translucent',
-                    opacity=0.7,
-                    visible=role == 'speed',
-                )
-        for layer, registered in zip(extras, results.extras, strict=True):
-            self._extra_layers.append(
-                self._viewer.add_image(
-                    registered,
-                    name=f'{layer.name} registered',
-                    colormap=layer.colormap.name,
-                    contrast_limits=layer.contrast_limits,
-                    blending=layer.blending,
-                    **layer_geometry(layer),
-                )
+        if role == 'vectors':
+            self._prepare_vectors(name, geometry)
+        elif role == 'registered':
+            self._layers[role] = self._image(
+                role,
+                self._arrays['registered'],
+                name,
+                geometry,
+                colormap=source.colormap.name,
+                contrast_limits=source.contrast_limits,
+                rgb=source.rgb,
             )
+        else:
+            colormap, _signed = HEATMAPS[role]
+            self._layers[role] = self._image(
+                role,
+                self._arrays[role],
+                name,
+                geometry,
+                colormap=colormap,
+                contrast_limits=(0.0, 1.0),
+                auto_contrast=False,
+                blending='additive' if role == 'speed' else 'translucent',
+                opacity=0.7,
+                visible=role == 'speed',
+            )
+        # batches may have arrived before this layer existed
+        if self.results.limits is not None:
+            self._set_limits(self.results.limits, roles=(role,))
+        if role == 'vectors':
+            self.show_current_vectors()
+
+    def _prepare_extra(self, layer, registered):
+        self._extra_layers.append(
+            self._viewer.add_image(
+                registered,
+                name=f'{layer.name} registered',
+                colormap=layer.colormap.name,
+                contrast_limits=layer.contrast_limits,
+                blending=layer.blending,
+                **layer_geometry(layer),
+            )
+        )
 
     def _prepare_reference(self, source):
         # A 2D layer broadcasts over time, so it adds no slider axis.
-        frame = np.zeros(self._arrays['reliability'].shape[1:], np.float32)
-        self._layers['reference'] = self._image(
+        frame = self._reference  # when batches came before the layer
+        if frame is None:
+            frame = np.zeros(self._arrays['reliability'].shape[1:], 'f4')
+        layer = self._layers['reference'] = self._image(
             'reference',
             frame,
             f'{source.name} reference',
@@ -418,7 +476,8 @@ class OutputLayers:
             colormap=source.colormap.name,
             visible=False,
         )
-        self._reference = None
+        if self._reference is not None:
+            layer.reset_contrast_limits()
 
     def _image(self, role, data, name, geometry, **kwargs):
         old = self._layers.get(role)
@@ -499,13 +558,17 @@ class OutputLayers:
         limits = None if self.results is None else self.results.limits
         return None if limits is None else limits['speed'][1]
 
-    def _set_limits(self, limits):
-        self._limits_set = True
-        for role, value in limits.items():
-            if role in self:
-                self[role].contrast_limits = value
-        if 'vectors' in self:
-            self['vectors'].edge_contrast_limits = limits['speed']
+    def _set_limits(self, limits, roles=None):
+        if roles is None:
+            self._limits_set = True
+            roles = (*limits, 'vectors')
+        for role in roles:
+            if role not in self:
+                continue
+            if role == 'vectors':
+                self[role].edge_contrast_limits = limits['speed']
+            elif role in limits:
+                self[role].contrast_limits = limits[role]
 
     def set_style(self, style: VectorStyle) -> None:
         """Change how vectors are drawn and redraw the current frame."""

@@ -20,9 +20,10 @@ Scripts drive exactly what the buttons drive::
 import contextlib
 import math
 
+import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QGroupBox,
@@ -101,6 +102,9 @@ class MotionCorrectionWidget(QWidget):
         self._build_layout()
         self._connect()
         self._update_enabled()
+        # napari's first Vectors layer costs ~0.4 s of imports: pay it
+        # when the dock opens rather than when a run starts
+        QTimer.singleShot(0, _warm_up_vectors)
 
     # -- layout and wiring ------------------------------------------------
 
@@ -203,7 +207,9 @@ class MotionCorrectionWidget(QWidget):
                 for layer in extra_layers
             ],
         )
-        self.outputs.prepare(source, results, roles, extras=extra_layers)
+        self.outputs.prepare(
+            source, results, roles, extras=extra_layers, deferred=True
+        )
         self.outputs.set_style(self._vector_style())
         self.session, self.results, self.complete = session, results, False
         self._run_source = source
@@ -333,6 +339,7 @@ class MotionCorrectionWidget(QWidget):
             batches.close()
         self.worker = None
         self._done = None
+        self.outputs.flush()  # a short run can end before its layers exist
         self.run_panel.set_running(False)
         n_frames = self.session.n_frames
         if self.complete:
@@ -473,6 +480,9 @@ def _shutdown(state):
             # still inside it: it stops at its next batch.
             with contextlib.suppress(ValueError):
                 generator.close()
+    outputs = state.get('outputs')
+    if outputs is not None:
+        outputs.cancel_pending()  # no layers for a closing dock
     preview = state.get('preview')
     if preview is not None:
         preview.shutdown()
@@ -487,6 +497,16 @@ def _make_teardown(widget):
         _shutdown(state)
 
     return teardown
+
+
+def _warm_up_vectors():
+    from napari.layers import Vectors
+
+    Vectors(
+        np.zeros((1, 2, 3), np.float32),
+        features={'speed': np.zeros(1, np.float32)},
+        edge_color='speed',
+    )
 
 
 def _run_info(source, session, params, flow):
