@@ -477,3 +477,45 @@ def test_start_needs_a_source(qtbot):
     assert widget.run_panel.start_button.enabled
     assert not widget.run_panel.save_button.enabled
     assert widget.worker is None
+
+
+def test_deferred_layers_show_batches_that_came_first(qtbot):
+    viewer = ViewerModel()
+    source = viewer.add_image(_shifted_stack(), name='cells')
+    outputs = OutputLayers(viewer)
+    session = MotionSession(np.asarray(source.data), batch_size=2)
+    roles = ['vectors', 'speed']
+    results = RunResults(session, roles)
+    outputs.prepare(source, results, roles, deferred=True)
+    assert outputs.pending
+    assert [layer.name for layer in viewer.layers] == ['cells']
+    for batch, _ in stream_batches(session.iter_batches(), results=results):
+        outputs.update(batch)  # before any layer exists
+    qtbot.waitUntil(lambda: not outputs.pending, timeout=5000)
+
+    assert [layer.name for layer in viewer.layers] == [
+        'cells',
+        'cells reference',
+        'cells speed',
+        'cells flow vectors',
+    ]
+    w = results.sink.w
+    np.testing.assert_array_equal(viewer.layers['cells speed'].data, speed(w))
+    assert viewer.layers['cells speed'].contrast_limits == list(
+        results.limits['speed']
+    )
+    np.testing.assert_array_equal(
+        viewer.layers['cells reference'].data, session.reference_image
+    )
+    t = viewer.dims.current_step[0]
+    data, _ = frame_vectors(
+        w[t],
+        t,
+        style=outputs.style,
+        reliability=results.sink.reliability[t],
+        image=results.sink.registered[t],
+    )
+    assert len(data)
+    np.testing.assert_array_equal(
+        viewer.layers['cells flow vectors'].data, data
+    )

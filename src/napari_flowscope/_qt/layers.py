@@ -531,13 +531,14 @@ class OutputLayers:
         frame on screen) and the vectors of one frame.
         """
         self._done[batch.start : batch.stop] = True
-        if batch.reference is not self._reference and 'reference' in self:
+        if batch.reference is not self._reference:
             # new only at the start and after adaptive updates
             first = self._reference is None
             self._reference = batch.reference
-            self['reference'].data = batch.reference
-            if first:
-                self['reference'].reset_contrast_limits()
+            if 'reference' in self:
+                self['reference'].data = batch.reference
+                if first:
+                    self['reference'].reset_contrast_limits()
         if not self._limits_set and self.results.limits is not None:
             self._set_limits(self.results.limits)
         for role in (*HEATMAPS, 'registered'):
