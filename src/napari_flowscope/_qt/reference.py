@@ -113,6 +113,9 @@ class ReferencePanel(Container):
         self.frame_range = RangeSlider(
             label='frames', min=0, max=1, value=(0, 1)
         )
+        # the handles show the range; edge labels would show 47 as 5e+01
+        range_slider = self.frame_range.native
+        range_slider.setEdgeLabelMode(range_slider.EdgeLabelMode.NoLabel)
         self.statistic = ComboBox(
             label='statistic', choices=['mean', 'median']
         )
