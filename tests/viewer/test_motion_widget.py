@@ -437,3 +437,22 @@ def test_closing_the_dock_lets_go_of_the_viewer(docked, qtbot, tissue):
     viewer.dims.set_current_step(0, 3)
     viewer.layers.remove('renamed')
     qtbot.wait(100)
+
+
+def test_preview_of_another_source_gets_its_own_layers(docked, qtbot, tissue):
+    viewer, widget = docked
+    preview = widget.preview
+    widget.parameters.live_preview.value = True
+    qtbot.waitUntil(
+        lambda: preview.last_result is not None, timeout=RUN_TIMEOUT_MS
+    )
+    other = viewer.add_image(tissue.stack[:, ::-1].copy(), name='mirrored')
+    widget.reference.source.value = other
+    qtbot.waitUntil(
+        lambda: 'mirrored preview speed' in viewer.layers,
+        timeout=RUN_TIMEOUT_MS,
+    )
+    qtbot.waitUntil(lambda: preview.worker is None, timeout=RUN_TIMEOUT_MS)
+    names = [layer.name for layer in viewer.layers]
+    assert 'tissue preview speed' not in names
+    assert 'mirrored preview vectors' in names

@@ -147,6 +147,7 @@ class PreviewController:
         self._source = None
         self._speed = None
         self._speed_frame = None
+        self._shown_source = None
         self.worker = None
         self._done = None
         self.last_result = None
@@ -232,6 +233,12 @@ class PreviewController:
 
     def _show(self, result: PreviewResult) -> None:
         source, frame = self._source, result.request.frame
+        if self._shown_source is not None and self._shown_source != source:
+            # another source: its preview gets its own (named) layers
+            for layer in self.layers:
+                self._viewer.layers.remove(layer)
+            self._layers = {}
+        self._shown_source = source
         geometry = layer_geometry(source)
         shape = (source.data.shape[0], *result.speed.shape)
         heatmap = self._layers.get('speed')
@@ -294,6 +301,7 @@ class PreviewController:
         for layer in self.layers:
             self._viewer.layers.remove(layer)
         self._layers = {}
+        self._shown_source = None
         self.last_result = None
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
