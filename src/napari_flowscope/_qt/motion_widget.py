@@ -199,14 +199,22 @@ class MotionCorrectionWidget(QWidget):
             return
         extra_layers = self.reference.extra_layers
         roles = self.run_panel.roles
-        results = RunResults(
-            session,
-            roles,
-            [
-                (layer.data.shape, output_dtype(layer.data.dtype))
-                for layer in extra_layers
-            ],
-        )
+        try:
+            results = RunResults(
+                session,
+                roles,
+                [
+                    (layer.data.shape, output_dtype(layer.data.dtype))
+                    for layer in extra_layers
+                ],
+            )
+        except MemoryError:
+            show_error(
+                'Motion correction cannot start: not enough memory to hold '
+                "this run's results; correct it from the command line "
+                '(napari-flowscope correct), which streams them to disk.'
+            )
+            return
         self.outputs.prepare(
             source, results, roles, extras=extra_layers, deferred=True
         )
