@@ -1,8 +1,10 @@
-"""Run results -> napari layers, on the main thread.
+"""Run results -> napari layers.
 
-Pure helpers build layer data (vector arrays, contrast limits, geometry);
-:class:`OutputLayers` creates the output layers of a run once and updates
-them in place as batches arrive.  Nothing here runs in a worker.
+Pure helpers build layer data (vector arrays, contrast limits, geometry).
+:class:`RunResults` holds a run's arrays; the worker writes each batch into
+them (plain numpy, no napari object).  :class:`OutputLayers`, on the main
+thread only, creates the output layers of a run once, backed by those
+arrays, and refreshes them as batches arrive.
 """
 
 from __future__ import annotations
