@@ -90,6 +90,8 @@ class MotionCorrectionWidget(QWidget):
         self._done = None
         self._save_done = None
         self._save_generator = None
+        self._worker_slots = {}
+        self._save_slots = {}
         self._run_source = None
 
         self.outputs = OutputLayers(napari_viewer)
@@ -237,12 +239,16 @@ class MotionCorrectionWidget(QWidget):
                 'desc': f'Motion correction: {source.name}',
             },
         )
-        worker.yielded.connect(self._on_batch)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.paused.connect(self._on_paused)
-        worker.resumed.connect(self._on_resumed)
-        worker.finished.connect(self._on_finished)
+        self._worker_slots = {
+            'yielded': self._on_batch,
+            'returned': self._on_returned,
+            'errored': self._on_error,
+            'paused': self._on_paused,
+            'resumed': self._on_resumed,
+            'finished': self._on_finished,
+        }
+        for name, slot in self._worker_slots.items():
+            getattr(worker, name).connect(slot)
         self.worker = worker
         self._done = track(worker)
         self.run_panel.set_running(True)
@@ -303,9 +309,13 @@ class MotionCorrectionWidget(QWidget):
                 'desc': f'Saving to {folder}',
             },
         )
-        worker.returned.connect(self._on_saved)
-        worker.errored.connect(self._on_save_error)
-        worker.finished.connect(self._on_save_finished)
+        self._save_slots = {
+            'returned': self._on_saved,
+            'errored': self._on_save_error,
+            'finished': self._on_save_finished,
+        }
+        for name, slot in self._save_slots.items():
+            getattr(worker, name).connect(slot)
         self.save_worker = worker
         self._save_done = track(worker)
         self._update_enabled()
@@ -462,22 +472,17 @@ def _shutdown(state):
     reference = state.get('reference')
     if reference is not None:
         reference.disconnect_viewer()
-    for worker_key, done_key, generator_key in (
-        ('worker', '_done', '_batches'),
-        ('save_worker', '_save_done', '_save_generator'),
+    for worker_key, done_key, slots_key, generator_key in (
+        ('worker', '_done', '_worker_slots', '_batches'),
+        ('save_worker', '_save_done', '_save_slots', '_save_generator'),
     ):
         worker, done = state.get(worker_key), state.get(done_key)
         if worker is not None:
-            for name in (
-                'yielded',
-                'returned',
-                'errored',
-                'paused',
-                'resumed',
-                'finished',
-            ):
+            # only this widget's slots: napari's progress bar and the
+            # end-of-thread event must still hear ``finished``
+            for name, slot in state.get(slots_key, {}).items():
                 with contextlib.suppress(TypeError, RuntimeError):
-                    getattr(worker, name).disconnect()  # raises if unconnected
+                    getattr(worker, name).disconnect(slot)
             stop_and_wait(worker, done)
             state[worker_key] = None
         generator, state[generator_key] = state.get(generator_key), None

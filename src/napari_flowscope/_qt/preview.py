@@ -310,8 +310,12 @@ class PreviewController:
         self._pending = False
         worker, done = self.worker, self._done
         if worker is not None:
-            for name in ('returned', 'errored', 'finished'):
+            for signal, slot in (
+                (worker.returned, self._on_result),
+                (worker.errored, self._on_error),
+                (worker.finished, self._on_finished),
+            ):
                 with contextlib.suppress(TypeError, RuntimeError):
-                    getattr(worker, name).disconnect()
+                    signal.disconnect(slot)
             stop_and_wait(worker, done, timeout_s)
             self.worker = None
