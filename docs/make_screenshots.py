@@ -323,8 +323,13 @@ class Session:
         return name
 
     def widget_shot(self, widget, name):
+        """The whole dock, including what its scroll area hides."""
+        from qtpy.QtWidgets import QScrollArea
+
         self.wait(0.3)
-        widget.grab().save(str(SCREENSHOTS / name))
+        area = widget.findChild(QScrollArea)
+        content = area.widget() if area is not None else widget
+        content.grab().save(str(SCREENSHOTS / name))
         print(f'wrote screenshots/{name}', flush=True)
         return name
 
