@@ -173,6 +173,27 @@ def test_bad_inputs_raise_clear_errors(reference, moving, message):
         estimate_flow(reference, moving)
 
 
+def test_one_bad_pixel_is_found_and_huge_finite_frames_pass(blobs):
+    # The NaN screen sums the frame: a single bad pixel must trip it, and
+    # a sum that overflows float32 must not be mistaken for a bad pixel.
+    reference = blobs((32, 32))
+    moving = blobs((32, 32), (0.5, 0.0))
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = moving.copy()
+        broken[17, 3] = bad
+        with pytest.raises(ValueError, match='NaN or infinite'):
+            estimate_flow(reference, broken)
+    scale = np.float32(3e38) / moving.max()
+    huge_reference = (reference * scale).astype(np.float32)
+    huge_moving = (moving * scale).astype(np.float32)
+    with np.errstate(over='ignore'):
+        assert np.isinf(huge_moving.sum())
+    assert np.isfinite(huge_moving).all()
+    huge = estimate_flow(huge_reference, huge_moving)
+    plain = estimate_flow(reference, moving)
+    np.testing.assert_allclose(huge.w, plain.w, atol=1e-3)
+
+
 def test_bad_init_and_params_raise(blobs):
     reference = blobs((32, 32))
     with pytest.raises(

@@ -16,27 +16,36 @@ def blurred(mask, sigma=2.0):
 def test_without_holes_the_fill_is_the_normalised_average():
     rng = np.random.default_rng(0)
     weights = rng.uniform(0.5, 1.0, (40, 30)).astype(np.float32)
-    field = rng.normal(size=(40, 30)).astype(np.float32)
+    field = rng.normal(size=(40, 30, 2)).astype(np.float32)
     support = blurred(weights)
-    numerator = blurred(weights * field)
-    filled = PushPullFill(support, 0.05)(numerator)
-    np.testing.assert_allclose(filled, numerator / support, rtol=1e-6)
+    numerator = blurred(weights[..., np.newaxis] * field)
+    filled = PushPullFill(support, 0.05, channels=2)(numerator)
+    assert filled.shape == (40, 30, 2)
+    np.testing.assert_allclose(
+        filled, numerator / support[..., np.newaxis], rtol=1e-6
+    )
 
 
 def test_a_wide_hole_takes_the_value_around_it():
     y, x = np.mgrid[0:64, 0:64]
     reliable = np.hypot(x - 32, y - 32) > 20  # a 40 px hole in the middle
-    field = np.float32(0.5) * x.astype(np.float32) + 3  # a linear ramp
+    # linear ramps along x and along y, one per channel
+    field = np.dstack([0.5 * x + 3, -0.25 * y]).astype(np.float32)
     support = blurred(reliable)
     assert support.min() < 0.05  # part of the hole has no support at all
-    filled = PushPullFill(support, 0.05)(blurred(reliable * field))
+    filled = PushPullFill(support, 0.05, channels=2)(
+        blurred(reliable[..., np.newaxis] * field)
+    )
     assert np.isfinite(filled).all()
     # reliable pixels keep their (averaged) value
-    np.testing.assert_allclose(filled[0:3, 8:56], field[0:3, 8:56], atol=1e-3)
-    # the centre of the hole gets the mean of its surroundings (19 here)
-    assert abs(filled[32, 32] - field[32, 32]) < 1.0
-    # and the hole interpolates smoothly between its two sides
-    assert filled[32, 20] < filled[32, 32] < filled[32, 44]
+    np.testing.assert_allclose(
+        filled[0:3, 8:56, 0], field[0:3, 8:56, 0], atol=1e-3
+    )
+    # the centre of the hole gets the mean of its surroundings (19 and -8)
+    np.testing.assert_allclose(filled[32, 32], field[32, 32], atol=1.0)
+    # and the hole interpolates smoothly between its two sides, per channel
+    assert filled[32, 20, 0] < filled[32, 32, 0] < filled[32, 44, 0]
+    assert filled[20, 32, 1] > filled[32, 32, 1] > filled[44, 32, 1]
 
 
 def test_one_estimator_can_serve_several_threads(blobs):
@@ -55,8 +64,11 @@ def test_holes_beyond_remap_size_limits_are_filled():
     # more hole pixels than cv2.remap accepts along one side (32767)
     reliable = np.zeros((300, 300), bool)
     reliable[:, :20] = True
-    field = np.full((300, 300), 2.5, np.float32)
+    field = np.dstack([np.full((300, 300), 2.5), np.full((300, 300), -1.0)])
+    field = field.astype(np.float32)
     support = blurred(reliable)
-    filled = PushPullFill(support, 0.05)(blurred(reliable * field))
+    filled = PushPullFill(support, 0.05, channels=2)(
+        blurred(reliable[..., np.newaxis] * field)
+    )
     assert (support < 0.05).sum() > 40000
-    np.testing.assert_allclose(filled, 2.5, rtol=1e-4)
+    np.testing.assert_allclose(filled, field, rtol=1e-4)

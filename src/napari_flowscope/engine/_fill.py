@@ -25,17 +25,26 @@ class PushPullFill:
         zero.
     min_support : float
         Least support of a pixel averaged at its own level.
+    channels : int
+        Number of channels ``C`` of the fields to fill.
     """
 
-    def __init__(self, support, min_support):
+    def __init__(self, support, min_support, *, channels):
         min_support = np.float32(min_support)
         supports = [support]
         while supports[-1].min() < min_support and min(supports[-1].shape) > 1:
             supports.append(cv2.pyrDown(supports[-1]))
         self._supports = supports
-        self._inverse = [_inverse(level, min_support) for level in supports]
-        self._enough = [level >= min_support for level in supports]
-        self._holes = np.flatnonzero(~self._enough[0])
+        # Repeated over the channels: numpy broadcasts slowly over a short
+        # last axis.
+        self._inverse = [
+            _repeat(_inverse(level, min_support), channels)
+            for level in supports
+        ]
+        self._enough = [
+            _repeat(level >= min_support, channels) for level in supports
+        ]
+        self._holes = np.flatnonzero(supports[0] < min_support)
         # Where the holes sit on the next coarser level (pyrDown puts fine
         # pixel p at coarse position p / 2), to interpolate just there.
         rows, cols = np.divmod(self._holes, support.shape[1])
@@ -47,12 +56,13 @@ class PushPullFill:
 
         Parameters
         ----------
-        numerator : ndarray, shape (H, W), float32
-            Blurred weighted field (the same blur as ``support``).
+        numerator : ndarray, shape (H, W, C), float32
+            Blurred weighted field (the same blur as ``support``), e.g. the
+            two flow components.
 
         Returns
         -------
-        ndarray, shape (H, W), float32
+        ndarray, shape (H, W, C), float32
         """
         result = numerator * self._inverse[0]
         if not self._holes.size:
@@ -69,15 +79,23 @@ class PushPullFill:
                 numerators[level] * self._inverse[level],
                 upsampled,
             )
-        # Only the holes of the finest level need the coarse value.
-        result.ravel()[self._holes] = cv2.remap(
-            filled,
-            self._hole_x,
-            self._hole_y,
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        ).ravel()[: self._holes.size]
+        # Only the holes of the finest level need the coarse value.  One
+        # channel at a time: OpenCV's multi-channel remap rounds positions
+        # to 1/32 px.
+        holes = result.reshape(-1, result.shape[-1])
+        for channel in range(result.shape[-1]):
+            holes[self._holes, channel] = cv2.remap(
+                np.ascontiguousarray(filled[..., channel]),
+                self._hole_x,
+                self._hole_y,
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            ).ravel()[: self._holes.size]
         return result
+
+
+def _repeat(image, channels):
+    return np.repeat(image[..., np.newaxis], channels, axis=-1)
 
 
 def _inverse(support, min_support):

@@ -52,14 +52,18 @@ def check_frame(image, name):
         raise ValueError(
             f'{name} must have an integer or floating dtype; got {image.dtype}'
         )
-    # The float64 sum is a cheap screen; only then look for the culprit.
-    if (
-        np.issubdtype(image.dtype, np.floating)
-        and not np.isfinite(image.sum(dtype=np.float64))
-        and not np.isfinite(image).all()
-    ):
+    if np.issubdtype(image.dtype, np.floating) and not _all_finite(image):
         raise ValueError(f'{name} contains NaN or infinite values')
     return image
+
+
+def _all_finite(image):
+    # Any NaN or infinity makes the sum non-finite: a cheap screen, which
+    # overflow can trip; only then look for the culprit.
+    with np.errstate(over='ignore', invalid='ignore'):
+        if np.isfinite(image.sum()):
+            return True
+    return bool(np.isfinite(image).all())
 
 
 def intensity_range(image):

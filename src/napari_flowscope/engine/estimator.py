@@ -43,7 +43,9 @@ class FlowField:
     reliability : ndarray, shape (H, W), float32
         Smallest eigenvalue of the Gaussian-weighted structure tensor of the
         normalised reference (see :func:`estimate_flow`); 0 where nothing
-        can be measured.
+        can be measured.  For Lucas-Kanade it depends on the reference
+        only, so all estimates of one :class:`FlowEstimator` share one
+        read-only array.
     """
 
     w: np.ndarray
@@ -176,20 +178,17 @@ class FlowEstimator:
         warps = self.params.warps
 
         def solve(level, w):
-            u = np.ascontiguousarray(w[..., 0])
-            v = np.ascontiguousarray(w[..., 1])
             lk_level = self._lk_levels[level]
             lk_level.solve(
                 moving_pyramid[level],
-                u,
-                v,
+                w,
                 warps=warps if level < 2 else warps + COARSE_EXTRA_WARPS,
             )
             if level == 0:
-                u, v = lk_level.average_reliable(u, v)
-            # Only the finest level's reliability is kept by the driver.
-            reliability = lk_level.reliability.copy() if level == 0 else None
-            return cv2.merge((u, v)), reliability
+                w = lk_level.average_reliable(w)
+            # Only the finest level's reliability is kept by the driver; it
+            # depends on the reference alone, so every estimate shares it.
+            return w, lk_level.reliability if level == 0 else None
 
         return solve
 

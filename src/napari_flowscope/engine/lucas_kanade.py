@@ -10,8 +10,8 @@ with ``It = moving(x + w(x)) - reference(x)``: the linearisation of
 of the window, which stays correct when neighbours have a different flow.
 The gradients are those of the *reference* (inverse-compositional style,
 Baker & Matthews 2004), so ``J`` and its inverse depend on the reference
-only and are computed once.  Each warp then costs one remap, two Gaussian
-blurs and a few multiplications.
+only and are computed once.  Each warp then costs one remap, one Gaussian
+blur of the two-channel ``[Ix r, Iy r]`` and a few multiplications.
 
 ``J`` is regularised as ``J + LAMBDA I`` (Tikhonov) so that flat regions
 get a small update instead of an exploding one.
@@ -93,7 +93,7 @@ class LucasKanadeLevel:
     ----------
     reliability : ndarray, shape (H, W), float32, or None
         ``reliability`` if given, else (with a threshold) the smallest
-        eigenvalue of the structure tensor, else None.
+        eigenvalue of the structure tensor, else None (read-only).
     """
 
     def __init__(
@@ -107,24 +107,26 @@ class LucasKanadeLevel:
         self.reference = reference
         self.sigma = float(sigma)
         self._thread_local = threading.local()
-        height, width = reference.shape
-        self._grid_x = np.broadcast_to(
-            np.arange(width, dtype=np.float32), (height, width)
-        )
-        self._grid_y = np.broadcast_to(
-            np.arange(height, dtype=np.float32)[:, None], (height, width)
-        )
-        self._ix, self._iy = gradients(reference)
-        jxx, jxy, jyy = structure_tensor(self._ix, self._iy, self.sigma)
+        ix, iy = gradients(reference)
+        jxx, jxy, jyy = structure_tensor(ix, iy, self.sigma)
         if reliability is None and reliability_threshold is not None:
             reliability = min_eigenvalue(jxx, jxy, jyy)
+        if reliability is not None:
+            reliability = np.array(reliability, dtype=np.float32)
+            reliability.flags.writeable = False
         self.reliability = reliability
         jxx += _TIKHONOV
         jyy += _TIKHONOV
         inverse_det = np.float32(1) / (jxx * jyy - jxy * jxy)
-        self._inv_xx = jyy * inverse_det
-        self._inv_xy = -jxy * inverse_det
-        self._inv_yy = jxx * inverse_det
+        # Pixel-interleaved pairs, like the flow itself: OpenCV blurs a
+        # two-channel image three times faster than two one-channel ones,
+        # and each operation is one call, not two.
+        self._gradient = cv2.merge((ix, iy))
+        self._inverse_diagonal = cv2.merge(
+            (jyy * inverse_det, jxx * inverse_det)
+        )
+        off_diagonal = -jxy * inverse_det
+        self._inverse_off_diagonal = cv2.merge((off_diagonal, off_diagonal))
         # Flat indices of unreliable pixels (None: all reliable) and the
         # filler that averages the reliable pixels' flow.  The averaging
         # runs at half resolution: the window is wide, the flow smooth.
@@ -144,71 +146,72 @@ class LucasKanadeLevel:
                 _half_resolution_sigma(self.sigma),
             ),
             _MIN_SUPPORT,
+            channels=2,
         )
 
-    def solve(self, moving, u, v, *, warps):
-        """Refine the flow ``(u, v)`` in place.
+    def solve(self, moving, w, *, warps):
+        """Refine the flow ``w`` in place.
 
         Parameters
         ----------
         moving : ndarray, shape (H, W), float32
             Normalised moving image of this level.
-        u, v : ndarray, shape (H, W), float32
-            x and y flow components (C-contiguous), updated in place.
+        w : ndarray, shape (H, W, 2), float32
+            ``[x, y]`` flow (C-contiguous), updated in place.
         warps : int
             Number of warp-and-solve iterations.
         """
         work = self._workspace()
-        map_x, map_y, temporal = work.map_x, work.map_y, work.temporal
-        residual, product, bx, by = (
+        temporal, residual, pair, b = (
+            work.temporal,
             work.residual,
-            work.product,
-            work.bx,
-            work.by,
+            work.pair,
+            work.b,
         )
+        flat_w = w.reshape(-1, 2)
         if self._unreliable is not None:
-            kept_u = u.ravel().take(self._unreliable)
-            kept_v = v.ravel().take(self._unreliable)
+            kept = flat_w[self._unreliable]
         for _ in range(warps):
-            np.add(self._grid_x, u, out=map_x)
-            np.add(self._grid_y, v, out=map_y)
+            # Where x + w falls outside the frame the warped value would be
+            # made up: sample NaN there and zero the temporal difference
+            # (trust the current flow).  A zero flow samples nothing
+            # outside, but would read NaN on the last row and column, whose
+            # bilinear neighbours lie outside with weight 0.
+            moved = cv2.norm(w, cv2.NORM_INF) > 0
             cv2.remap(
                 moving,
-                map_x,
-                map_y,
+                w,
+                None,
                 # Bilinear: exact in OpenCV for one channel, whereas its
                 # INTER_CUBIC is biased by up to 0.05 px (a linear ramp is
                 # not reproduced), which would bias the flow as much.
-                cv2.INTER_LINEAR,
+                cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
                 dst=temporal,
-                borderMode=cv2.BORDER_REPLICATE,
+                borderMode=cv2.BORDER_CONSTANT
+                if moved
+                else cv2.BORDER_REPLICATE,
+                borderValue=np.nan,
             )
             # Linearised residual of the whole flow at each window pixel,
             # moving(x + w_new) ~ warped(x) + grad(x) . (w_new - w(x)),
             # so that neighbours with a different flow are used correctly.
             temporal -= self.reference
-            # Where x + w falls outside the frame the warped value is made
-            # up (replicated border): trust the current flow there instead.
-            reach = max(u.max(), -u.min(), v.max(), -v.min())
-            if reach > 0:
-                _zero_outside(temporal, map_x, map_y, reach)
-            np.multiply(self._ix, u, out=residual)
-            np.multiply(self._iy, v, out=product)
-            residual += product
+            cv2.patchNaNs(temporal, 0)
+            np.multiply(self._gradient, w, out=pair)
+            np.add(pair[..., 0], pair[..., 1], out=residual)
             residual -= temporal
-            np.multiply(self._ix, residual, out=product)
-            _blur(product, self.sigma, dst=bx)
-            np.multiply(self._iy, residual, out=product)
-            _blur(product, self.sigma, dst=by)
-            np.multiply(self._inv_xx, bx, out=u)
-            np.multiply(self._inv_xy, by, out=product)
-            u += product
-            np.multiply(self._inv_xy, bx, out=v)
-            np.multiply(self._inv_yy, by, out=product)
-            v += product
+            # numpy is slow at broadcasting over a last axis of length 2,
+            # so the residual is duplicated into both channels first.
+            cv2.merge((residual, residual), dst=pair)
+            np.multiply(self._gradient, pair, out=pair)
+            _blur(pair, self.sigma, dst=b)
+            # w = J^-1 b, with J^-1 = [[d_x, o], [o, d_y]].
+            np.multiply(self._inverse_diagonal, b, out=w)
+            np.multiply(self._inverse_off_diagonal, b, out=pair)
+            w[..., 0] += pair[..., 1]
+            w[..., 1] += pair[..., 0]
         if self._unreliable is not None:
-            u.ravel()[self._unreliable] = kept_u
-            v.ravel()[self._unreliable] = kept_v
+            flat_w[self._unreliable] = kept
 
     def _workspace(self):
         # Per-thread scratch arrays: one estimator serves several threads,
@@ -216,24 +219,17 @@ class LucasKanadeLevel:
         # page faults.
         work = getattr(self._thread_local, 'work', None)
         if work is None:
+            shape = self.reference.shape
             work = types.SimpleNamespace(
-                **{
-                    name: np.empty(self.reference.shape, np.float32)
-                    for name in (
-                        'map_x',
-                        'map_y',
-                        'temporal',
-                        'residual',
-                        'product',
-                        'bx',
-                        'by',
-                    )
-                }
+                temporal=np.empty(shape, np.float32),
+                residual=np.empty(shape, np.float32),
+                pair=np.empty((*shape, 2), np.float32),
+                b=np.empty((*shape, 2), np.float32),
             )
             self._thread_local.work = work
         return work
 
-    def average_reliable(self, u, v):
+    def average_reliable(self, w):
         """Gaussian average of the reliable pixels' flow (normalised).
 
         The per-pixel solutions are noisy; averaging them over the window
@@ -244,50 +240,21 @@ class LucasKanadeLevel:
 
         Parameters
         ----------
-        u, v : ndarray, shape (H, W), float32
+        w : ndarray, shape (H, W, 2), float32
 
         Returns
         -------
-        u, v : ndarray, shape (H, W), float32
-            New arrays.
+        ndarray, shape (H, W, 2), float32
+            A new array.
         """
-        averaged = []
-        for component in (u, v):
-            if self._unreliable is not None:
-                component = component.copy()
-                component.ravel()[self._unreliable] = 0
-            # At half resolution, like the wide windows of _blur.
-            half = _gaussian(
-                cv2.pyrDown(component), _half_resolution_sigma(self.sigma)
-            )
-            if self._fill is not None:
-                half = self._fill(half)
-            averaged.append(cv2.pyrUp(half, dstsize=component.shape[::-1]))
-        return averaged[0], averaged[1]
-
-
-def _zero_outside(temporal, map_x, map_y, reach):
-    """Zero ``temporal`` where the sampling position left the frame.
-
-    Only pixels within ``reach`` (the largest flow component) of the border
-    can sample outside, so only those strips are tested.
-    """
-    height, width = temporal.shape
-    strip = int(np.ceil(reach)) + 1
-    if strip >= min(height, width) // 2:
-        outside = (map_x < 0) | (map_x > width - 1)
-        outside |= (map_y < 0) | (map_y > height - 1)
-        temporal[outside] = 0
-        return
-    for view, positions, limit in (
-        (np.s_[:, :strip], map_x, None),
-        (np.s_[:, -strip:], map_x, width - 1),
-        (np.s_[:strip, :], map_y, None),
-        (np.s_[-strip:, :], map_y, height - 1),
-    ):
-        part = positions[view]
-        outside = part < 0 if limit is None else part > limit
-        temporal[view][outside] = 0
+        if self._unreliable is not None:
+            w = w.copy()
+            w.reshape(-1, 2)[self._unreliable] = 0
+        # At half resolution, like the wide windows of _blur.
+        half = _gaussian(cv2.pyrDown(w), _half_resolution_sigma(self.sigma))
+        if self._fill is not None:
+            half = self._fill(half)
+        return cv2.pyrUp(half, dstsize=w.shape[1::-1])
 
 
 def _blur(image, sigma, dst=None):
@@ -299,7 +266,7 @@ def _blur(image, sigma, dst=None):
     same width for a third of the work (measured: equal or lower endpoint
     errors on the synthetic sequences).
     """
-    height, width = image.shape
+    height, width = image.shape[:2]
     if sigma < _HALF_RESOLUTION_SIGMA or min(height, width) < 32:
         return _gaussian(image, sigma, dst)
     return cv2.pyrUp(

@@ -63,24 +63,28 @@ def warp(image, w, *, interpolation='linear'):
             f'w must have shape {(height, width, 2)} for an image of shape '
             f'{image.shape}; got {w.shape}'
         )
-    if not np.isfinite(w).all():
+    if not cv2.checkRange(w)[0]:
         raise ValueError('w contains NaN or infinite values')
-    map_x = w[..., 0] + np.arange(width, dtype=np.float32)
-    map_y = w[..., 1] + np.arange(height, dtype=np.float32)[:, None]
     image = image.astype(np.float32, copy=False)
     if interpolation == 'linear':
+        w = np.ascontiguousarray(w)
 
         def sample(plane):
             return cv2.remap(
                 np.ascontiguousarray(plane),
-                map_x,
-                map_y,
-                cv2.INTER_LINEAR,
+                w,
+                None,
+                cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
                 borderMode=cv2.BORDER_REPLICATE,
             )
 
     else:
-        coordinates = np.stack([map_y, map_x])
+        coordinates = np.stack(
+            [
+                w[..., 1] + np.arange(height, dtype=np.float32)[:, None],
+                w[..., 0] + np.arange(width, dtype=np.float32),
+            ]
+        )
 
         def sample(plane):
             return ndi.map_coordinates(
