@@ -507,6 +507,15 @@ def _header(*titles):
     return [_row(*titles), _row(*(['---'] * len(titles)))]
 
 
+def _load_caveat(load):
+    if load < 1.5:
+        return ''
+    return (
+        ' (other work shared the cores, so every rate is a lower bound and '
+        'only rates from this same run are comparable)'
+    )
+
+
 def report(
     ours, anchors, cases, table, rates, real, elapsed, load_start, load_end
 ):
@@ -519,9 +528,8 @@ def report(
         (
             f'`python benchmarks/bench_engine.py` — {today}, {machine()}. '
             f'Whole run {elapsed / 60:.1f} min; 1-min load average '
-            f'{load_start:.1f} at the start and {load_end:.1f} at the end '
-            '(other rooms shared the two cores, so every rate is a lower '
-            'bound and only rates from this same run are comparable).'
+            f'{load_start:.1f} at the start and {load_end:.1f} at the end'
+            f'{_load_caveat(max(load_start, load_end))}.'
         ),
         '',
         '### Accuracy on synthetic sequences with exact ground truth',

@@ -59,13 +59,38 @@ class MemorySink:
         self.stats = FrameStats.empty(n_frames)
         self.complete = False
 
+    def views(self, start, stop):
+        """Writable views of frames ``start:stop``.
+
+        :meth:`MotionSession.run` registers into these, so that
+        :meth:`write` has nothing left to copy.
+
+        Returns
+        -------
+        w, reliability, registered : ndarray
+        stats : FrameStats
+        """
+        frames = slice(start, stop)
+        return (
+            self.w[frames],
+            self.reliability[frames],
+            self.registered[frames],
+            FrameStats(
+                *(
+                    values[frames]
+                    for values in self.stats.as_columns().values()
+                )
+            ),
+        )
+
     def write(self, batch):
-        frames = slice(batch.start, batch.stop)
-        self.registered[frames] = batch.registered
-        self.w[frames] = batch.w
-        self.reliability[frames] = batch.reliability
-        for name, values in batch.stats.as_columns().items():
-            getattr(self.stats, name)[frames] = values
+        if not np.may_share_memory(batch.w, self.w):
+            frames = slice(batch.start, batch.stop)
+            self.registered[frames] = batch.registered
+            self.w[frames] = batch.w
+            self.reliability[frames] = batch.reliability
+            for name, values in batch.stats.as_columns().items():
+                getattr(self.stats, name)[frames] = values
         self.reference = batch.reference
 
     def close(self, session):
