@@ -202,6 +202,34 @@ def test_layers_hold_first_batches_while_running(docked, qtbot, tissue):
     _wait_threads_done(qtbot)
 
 
+def test_layers_show_current_values_on_and_off_screen(docked, qtbot, tissue):
+    # Only batches holding the frame on screen refresh the layers; others
+    # must show up when the slider gets there.  get_value reads napari's
+    # slice of the data; the thumbnail is redrawn from it only by a
+    # refresh, so an up-to-date thumbnail means the drawing is current too.
+    viewer, widget = docked
+    widget.run_panel.batch_size.value = 4
+    viewer.dims.set_current_step(0, 13)  # in the fourth batch
+    widget.start()
+    _wait_idle(qtbot, widget)
+    _, expected = _headless(tissue.stack, FlowParams(), 4)
+    layers = [
+        (viewer.layers['tissue speed'], speed(expected.w)),
+        (viewer.layers['tissue registered'], expected.registered),
+    ]
+    pixels = [(10, 20), (48, 48), (90, 7)]
+    for t in (13, 2, 19):
+        viewer.dims.set_current_step(0, t)
+        for layer, values in layers:
+            for y, x in pixels:
+                shown = layer.get_value((t, y, x))
+                assert shown == pytest.approx(values[t, y, x], abs=1e-6)
+                assert values[t, y, x] != 0
+            shown = layer.thumbnail.copy()
+            layer.refresh()
+            np.testing.assert_array_equal(layer.thumbnail, shown)
+
+
 def test_cancel_mid_run_stops_and_resets(docked, qtbot, tissue):
     viewer, widget = docked
     GATE.clear()

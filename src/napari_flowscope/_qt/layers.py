@@ -26,6 +26,7 @@ __all__ = [
     'VectorStyle',
     'current_frame',
     'frame_vectors',
+    'frames_on_screen',
     'layer_geometry',
     'nice_ceiling',
     'vector_step',
@@ -124,6 +125,16 @@ def current_frame(viewer, layer, n_frames: int) -> int:
     position = layer.world_to_data(viewer.dims.point)
     index = int(np.round(position[-layer.ndim]))
     return min(max(index, 0), n_frames - 1)
+
+
+def frames_on_screen(viewer, layer, start: int, stop: int) -> bool:
+    """Whether any of the frames ``start:stop`` of ``layer`` (axis 0) is
+    shown: the one under the time slider, or all when time is a displayed
+    axis (e.g. a kymograph view)."""
+    time_axis = viewer.dims.ndim - layer.ndim
+    if time_axis in viewer.dims.displayed:
+        return True
+    return start <= current_frame(viewer, layer, layer.data.shape[0]) < stop
 
 
 def vector_step(frame_shape, step: int, max_vectors=MAX_VECTORS) -> int:
@@ -306,6 +317,7 @@ class OutputLayers:
         self._done = None
         self._reference = None
         self._pending = []
+        self._on_ready = None
         self._generation = 0
 
     def __getitem__(self, role):
@@ -335,7 +347,16 @@ class OutputLayers:
         ]
         return [self[role] for role in self._layers if role in self] + (extras)
 
-    def prepare(self, source, results, roles, extras=(), *, deferred=False):
+    def prepare(
+        self,
+        source,
+        results,
+        roles,
+        extras=(),
+        *,
+        deferred=False,
+        on_ready=None,
+    ):
         """Create or reset the layers of a new run.
 
         Parameters
@@ -355,6 +376,9 @@ class OutputLayers:
             event loop never waits for all of them.  Batches arriving
             meanwhile are already in ``results``, so a layer created late
             shows them.  :meth:`flush` finishes at once.
+        on_ready : callable, optional
+            Called once every layer exists (not after
+            :meth:`cancel_pending`).
         """
         roles = [role for role in OUTPUTS if role in set(roles)]
         self.cancel_pending()
@@ -388,6 +412,7 @@ class OutputLayers:
             functools.partial(self._prepare_extra, layer, registered)
             for layer, registered in zip(extras, results.extras, strict=True)
         ]
+        self._on_ready = on_ready
         if deferred:
             self._schedule(self._generation)
         else:
@@ -402,21 +427,31 @@ class OutputLayers:
         """Create every layer still pending, now."""
         while self._pending:
             self._pending.pop(0)()
+        self._ready()
 
     def cancel_pending(self) -> None:
         """Forget layers not created yet (a new run, or teardown)."""
         self._pending = []
+        self._on_ready = None
         self._generation += 1
 
     def _schedule(self, generation):
         QTimer.singleShot(0, functools.partial(self._step, generation))
 
     def _step(self, generation):
-        if generation != self._generation or not self._pending:
+        if generation != self._generation:
             return
-        self._pending.pop(0)()
+        if self._pending:
+            self._pending.pop(0)()
         if self._pending:
             self._schedule(generation)
+        else:
+            self._ready()
+
+    def _ready(self):
+        on_ready, self._on_ready = self._on_ready, None
+        if on_ready is not None:
+            on_ready()
 
     def _prepare_role(self, role, source):
         name = f'{source.name} {OUTPUTS[role]}'
@@ -529,8 +564,9 @@ class OutputLayers:
     def update(self, batch):
         """Show a batch the worker has written into the results.
 
-        Main thread; costs a refresh of each layer (napari re-reads the
-        frame on screen) and the vectors of one frame.
+        Main thread; when a frame of the batch is on screen, costs a
+        refresh of each layer (napari re-reads that frame) and the vectors
+        of one frame, otherwise nothing.
         """
         self._done[batch.start : batch.stop] = True
         if batch.reference is not self._reference:
@@ -543,6 +579,12 @@ class OutputLayers:
                     self['reference'].reset_contrast_limits()
         if not self._limits_set and self.results.limits is not None:
             self._set_limits(self.results.limits)
+        if not frames_on_screen(
+            self._viewer, self._source, batch.start, batch.stop
+        ):
+            # napari slices the arrays afresh when the slider moves there;
+            # a refresh now would only redraw what is already on screen.
+            return
         for role in (*HEATMAPS, 'registered'):
             if role in self:
                 self[role].refresh()
@@ -552,7 +594,19 @@ class OutputLayers:
         if 'vectors' in self:
             t = current_frame(self._viewer, self._source, self._n_frames)
             if batch.start <= t < batch.stop:
-                self.show_vectors(t)
+                # In an event-loop turn of its own: napari redraws the
+                # Vectors thumbnail in a Python loop (about 30 ms), on top
+                # of the refreshes above.
+                QTimer.singleShot(
+                    0,
+                    functools.partial(
+                        self._show_vectors_of_run, self._generation, t
+                    ),
+                )
+
+    def _show_vectors_of_run(self, generation, t):
+        if generation == self._generation and 'vectors' in self:
+            self.show_vectors(t)
 
     @property
     def speed_limit(self):
@@ -614,9 +668,11 @@ class OutputLayers:
 
     @staticmethod
     def _set_vectors(layer, data, lengths):
+        # Colours follow the new features (colormap mode); assigning
+        # edge_color again would redraw napari's thumbnail, a Python loop
+        # over up to 1024 vectors (about 30 ms).
         layer.data = data
         layer.features = {'speed': lengths}
-        layer.edge_color = 'speed'
 
 
 def _restore(layer, name, geometry):
