@@ -153,17 +153,23 @@ class StallSampler:
                 self.samples.append((len(ticks), _signature(stack)))
 
     def blame(self, gaps, budget_ms=STALL_BUDGET_MS):
-        """The most frequent stack signature of each stall > budget."""
+        """The most frequent stack signature of each stall > budget.
+
+        Returns
+        -------
+        dict
+            Index of the gap (into ``gaps``) -> signature.
+        """
         from collections import Counter
 
         by_stall = {}
         for index, signature in self.samples:
             by_stall.setdefault(index, Counter())[signature] += 1
-        causes = Counter()
+        causes = {}
         for index, counter in by_stall.items():
             # ticks[index] ends gap index - 1
             if index - 1 < len(gaps) and gaps[index - 1] > budget_ms:
-                causes[counter.most_common(1)[0][0]] += 1
+                causes[index - 1] = counter.most_common(1)[0][0]
         return causes
 
 
@@ -187,12 +193,12 @@ def _signature(stack):
 
 
 def measure(size, n_frames, *, batch_size, plots=True, profile_path=None):
-    """One run; return a dict of timings in ms (and the run's frame rate)."""
-    import napari
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
+    """Two runs in one viewer; a dict of timings (ms) per run.
 
-    from napari_flowscope._qt.events import run_events
+    The first run creates the output layers, the second reuses them.
+    """
+    import napari
+    from qtpy.QtWidgets import QApplication
 
     stack = drifting_stack(n_frames, size)
     viewer = napari.Viewer(show=True)
@@ -214,30 +220,57 @@ def measure(size, n_frames, *, batch_size, plots=True, profile_path=None):
     for _ in range(50):  # let the window settle before measuring
         app.processEvents()
         time.sleep(0.01)
+    results = []
+    for run in ('first', 'repeat'):
+        result = _measure_run(
+            viewer,
+            motion,
+            profile_path=profile_path if run == 'first' else None,
+        )
+        result.update(
+            run=run,
+            size=size,
+            frames=n_frames,
+            batch_size=batch_size,
+            plot_images=plot_dock.render_count if plots else None,
+        )
+        results.append(result)
+    viewer.close()
+    return results
+
+
+def _measure_run(viewer, motion, *, profile_path=None):
+    """Time one run of the dock: start() to the end of the run."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_flowscope._qt.events import run_events
 
     marks = {}
     events = run_events(viewer)
 
     def on_batch(batch):
-        if 'first_batch' not in marks:
-            marks['first_batch'] = time.perf_counter()
-            vectors = [
-                layer
-                for layer in viewer.layers
-                if layer.name.endswith('flow vectors')
-            ]
-            marks['first_vectors'] = bool(vectors) and len(vectors[0].data) > 0
+        marks.setdefault('first_batch', time.perf_counter())
+
+    def on_vectors(event):
+        if len(event.source.data):
+            marks.setdefault('first_vectors', time.perf_counter())
+
+    def on_computing():
+        marks.setdefault('computing', time.perf_counter())
+        # every output layer exists by now
+        for layer in viewer.layers:
+            if layer.name.endswith('flow vectors'):
+                layer.events.data.connect(on_vectors)
 
     def on_finished():
         marks['finished'] = time.perf_counter()
-
-    events.batch.connect(on_batch)
-    events.finished.connect(on_finished)
 
     def start():
         marks['start'] = time.perf_counter()
         motion.start()
         marks['start_returned'] = time.perf_counter()
+        # The worker starts once the output layers exist.
+        motion.worker.started.connect(on_computing)
 
     profiler = None
     if profile_path is not None:
@@ -247,55 +280,87 @@ def measure(size, n_frames, *, batch_size, plots=True, profile_path=None):
         profiler.start()
     probe = TickProbe()
     sampler = StallSampler(probe)
-    probe.start()
-    sampler.start()
     # napari's own event loop runs the run; it ends 0.5 s after the run
     # (the last throttled plot redraw lands within that).
     loop = QEventLoop()
-    events.finished.connect(lambda: QTimer.singleShot(500, loop.quit))
+    events.batch.connect(on_batch)
+    events.finished.connect(on_finished)
+
+    def end_soon():
+        QTimer.singleShot(500, loop.quit)
+
+    events.finished.connect(end_soon)
+    probe.start()
+    sampler.start()
     QTimer.singleShot(200, start)
     QTimer.singleShot(3_600_000, loop.quit)
     loop.exec()
     gaps = probe.stop()
     sampler.stop()
+    events.batch.disconnect(on_batch)
+    events.finished.disconnect(on_finished)
+    events.finished.disconnect(end_soon)
+    for layer in viewer.layers:
+        layer.events.data.disconnect(on_vectors)
     if profiler is not None:
         profiler.stop()
         Path(profile_path).write_text(
             profiler.output_text(unicode=True, show_all=True)
         )
 
-    # only the gaps between start() and the end of the run
+    # only the gaps between start() and the end of the run; a gap belongs
+    # to the phase in which it ended
     ticks = np.array(probe.ticks[1:])
     during = gaps[(ticks >= marks['start']) & (ticks <= marks['finished'])]
+    layers_phase = gaps[
+        (ticks >= marks['start']) & (ticks <= marks['computing'])
+    ]
+    computing = gaps[
+        (ticks > marks['computing']) & (ticks <= marks['finished'])
+    ]
     run_s = marks['finished'] - marks['start']
-    result = {
-        'size': size,
-        'frames': n_frames,
-        'batch_size': batch_size,
+    return {
         'start_call_ms': (marks['start_returned'] - marks['start']) * 1e3,
+        'layers_ready_ms': (marks['computing'] - marks['start']) * 1e3,
         'first_batch_ms': (marks['first_batch'] - marks['start']) * 1e3,
-        'first_vectors_shown': marks['first_vectors'],
+        'first_vectors_ms': (marks['first_vectors'] - marks['start']) * 1e3,
         'run_s': run_s,
-        'frames_per_s': n_frames / run_s,
+        'frames_per_s': motion.session.n_frames / run_s,
         'max_gap_ms': float(during.max()),
+        'max_gap_layers_ms': float(layers_phase.max(initial=0)),
+        'max_gap_computing_ms': float(computing.max()),
         'p99_gap_ms': float(np.percentile(during, 99)),
         'median_gap_ms': float(np.median(during)),
         'gaps_over_budget': int((during > STALL_BUDGET_MS).sum()),
+        'gaps_over_budget_computing': int((computing > STALL_BUDGET_MS).sum()),
         'ticks': int(during.size),
-        'plot_images': plot_dock.render_count if plots else None,
         'complete': motion.complete,
-        'stall_causes': sampler.blame(gaps).most_common(8),
+        'stalls': [
+            # (ms after start() at which the stall began, its length, cause)
+            (
+                round(
+                    (ticks[index] - gaps[index] / 1e3 - marks['start']) * 1e3
+                ),
+                round(float(gaps[index])),
+                cause,
+            )
+            for index, cause in sorted(sampler.blame(gaps).items())
+            if marks['start'] <= ticks[index] <= marks['finished']
+        ],
     }
-    viewer.close()
-    return result
 
 
 def markdown_row(result):
     return (
         f'| {result["size"]}² × {result["frames"]} '
-        f'(batch {result["batch_size"]}) '
+        f'(batch {result["batch_size"]}), {result["run"]} run '
         f'| {result["start_call_ms"]:.0f} ms '
+        f'| {result["layers_ready_ms"]:.0f} ms '
+        f'(max stall {result["max_gap_layers_ms"]:.0f} ms) '
         f'| {result["first_batch_ms"]:.0f} ms '
+        f'| {result["first_vectors_ms"]:.0f} ms '
+        f'| {result["max_gap_computing_ms"]:.0f} ms '
+        f'({result["gaps_over_budget_computing"]} > 50 ms) '
         f'| {result["max_gap_ms"]:.0f} ms '
         f'| {result["p99_gap_ms"]:.0f} ms '
         f'| {result["median_gap_ms"]:.1f} ms '
@@ -305,9 +370,11 @@ def markdown_row(result):
 
 
 HEADER = (
-    '| stack | start() blocks | start → first batch shown | max stall '
-    '| p99 gap | median gap | gaps > 50 ms | run |\n'
-    '| --- | --- | --- | --- | --- | --- | --- | --- |'
+    '| stack | start() blocks | start → layers ready, computation starts '
+    '| start → first batch shown | start → first vectors '
+    '| max stall while computing '
+    '| max stall from start() | p99 gap | median gap | gaps > 50 ms | run |\n'
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |'
 )
 
 
@@ -340,7 +407,7 @@ def main(argv=None):
     print(f'load average before: {os.getloadavg()}')
     # The first run of a process pays one-off costs (imports, napari's
     # first Vectors layer, ...): a user's first Start, reported apart.
-    cold = measure(128, 32, batch_size=args.batch_size)
+    cold = measure(128, 32, batch_size=args.batch_size)[0]
     print(
         f'first run of the process: start() blocked '
         f'{cold["start_call_ms"]:.0f} ms, first batch shown after '
@@ -351,17 +418,17 @@ def main(argv=None):
     print(HEADER)
     for size in args.size:
         profile = f'event_loop_profile_{size}.txt' if args.profile else None
-        result = measure(
+        for result in measure(
             size,
             args.frames,
             batch_size=args.batch_size,
             plots=not args.without_plots,
             profile_path=profile,
-        )
-        print(markdown_row(result), flush=True)
-        for cause, count in result.pop('stall_causes'):
-            print(f'    {count:3d} stalls > {STALL_BUDGET_MS} ms in {cause}')
-        print(f'<!-- {result} -->', flush=True)
+        ):
+            print(markdown_row(result), flush=True)
+            for began, length, cause in result.pop('stalls'):
+                print(f'    {length:4d} ms stall at +{began} ms in {cause}')
+            print(f'<!-- {result} -->', flush=True)
     print(f'load average after: {os.getloadavg()}')
 
 
