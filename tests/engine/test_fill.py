@@ -58,6 +58,10 @@ def test_one_estimator_can_serve_several_threads(blobs):
         parallel = list(pool.map(lambda m: estimator.estimate(m).w, movings))
     for expected, got in zip(sequential, parallel, strict=True):
         np.testing.assert_array_equal(got, expected)
+    # the reliability depends on the reference only: shared, read-only
+    first, second = (estimator.estimate(m) for m in movings[:2])
+    assert first.reliability is second.reliability
+    assert not first.reliability.flags.writeable
 
 
 def test_holes_beyond_remap_size_limits_are_filled():
