@@ -158,3 +158,27 @@ def test_memory_sink_matches_batches(drifting_uint16):
     )
     np.testing.assert_array_equal(sink.reference, batches[-1].reference)
     assert sink.complete
+
+
+def test_batches_registered_into_a_memory_sink(drifting_uint16):
+    """iter_batches(into=sink): batch arrays are views of the sink, and the
+    sink ends up equal to one fed copies of plain batches."""
+    session = MotionSession(drifting_uint16, batch_size=7)
+    direct = MemorySink()
+    direct.open(session)
+    for batch in session.iter_batches(into=direct):
+        assert np.shares_memory(batch.w, direct.w)
+        assert np.shares_memory(batch.stats.ncc_after, direct.stats.ncc_after)
+        direct.write(batch)
+    copied = MemorySink()
+    copied.open(session)
+    for batch in MotionSession(drifting_uint16, batch_size=7).iter_batches():
+        assert not np.shares_memory(batch.w, copied.w)
+        copied.write(batch)
+    for name in ('w', 'reliability', 'registered'):
+        np.testing.assert_array_equal(
+            getattr(direct, name), getattr(copied, name)
+        )
+    for name, values in copied.stats.as_columns().items():
+        np.testing.assert_array_equal(getattr(direct.stats, name), values)
+    np.testing.assert_array_equal(direct.reference, copied.reference)

@@ -206,10 +206,11 @@ def _robust_max(values) -> float:
 class RunResults:
     """The arrays of one run, filled batch by batch by the worker.
 
-    They back the output layers (no copies): the worker writes a batch
-    here, yields it, and the main thread's ``layer.refresh()`` makes napari
-    re-read them.  So the event loop only pays for the refresh, however
-    large the batch.
+    They back the output layers (no copies): the session registers each
+    batch straight into :attr:`sink` (``iter_batches(into=sink)``), the
+    worker adds the derived maps, yields it, and the main thread's
+    ``layer.refresh()`` makes napari re-read them.  So the event loop only
+    pays for the refresh, however large the batch.
 
     Parameters
     ----------

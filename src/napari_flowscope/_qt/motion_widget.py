@@ -221,7 +221,7 @@ class MotionCorrectionWidget(QWidget):
             return
         self.session, self.results, self.complete = session, results, False
         self._run_source = source
-        self._batches = session.iter_batches()
+        self._batches = session.iter_batches(into=results.sink)
         n_batches = math.ceil(session.n_frames / session.batch_size)
         worker = create_worker(
             relay,

@@ -286,7 +286,9 @@ class MotionSession:
 
     # -- streaming --------------------------------------------------------
 
-    def iter_batches(self) -> Generator[FlowBatch, FlowParams | None, None]:
+    def iter_batches(
+        self, *, into=None
+    ) -> Generator[FlowBatch, FlowParams | None, None]:
         """Register the stack, yielding one :class:`FlowBatch` per batch.
 
         ``generator.send(params)`` with a :class:`FlowParams` retunes the
@@ -294,25 +296,18 @@ class MotionSession:
         is kept).  ``generator.close()`` cancels: no further frame is read
         or registered.
 
+        Parameters
+        ----------
+        into : MemorySink, optional
+            An open sink that receives the results directly: each batch's
+            arrays are views of its arrays, so ``into.write(batch)`` has
+            nothing to copy.  Default: new arrays per batch.
+
         Yields
         ------
         FlowBatch
             Batches in frame order, covering every frame exactly once.
         """
-        return self._batches(self._new_batch_arrays)
-
-    def _new_batch_arrays(self, start, stop):
-        channels = () if self.n_channels is None else (self.n_channels,)
-        return _BatchArrays.empty(
-            stop - start,
-            self.frame_shape,
-            (stop - start, *self.frame_shape, *channels),
-            self.dtype,
-        )
-
-    def _batches(self, batch_arrays):
-        """:meth:`iter_batches`, results written into
-        ``batch_arrays(start, stop)``."""
         adaptive = isinstance(self.reference_strategy, AdaptiveReference)
         self._set_reference(self._build_reference())
         self._padded_cache = (0, ())
@@ -326,7 +321,11 @@ class MotionSession:
             for start in range(0, self.n_frames, self.batch_size):
                 stop = min(start + self.batch_size, self.n_frames)
                 inputs = self._read_batch(start, stop)
-                out = batch_arrays(start, stop)
+                out = (
+                    self._new_batch_arrays(start, stop)
+                    if into is None
+                    else _BatchArrays(*into.views(start, stop))
+                )
                 if adaptive:
                     estimator, previous_w = self._register_adaptive(
                         estimator, inputs, out, start, previous_w
@@ -350,6 +349,15 @@ class MotionSession:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+    def _new_batch_arrays(self, start, stop):
+        channels = () if self.n_channels is None else (self.n_channels,)
+        return _BatchArrays.empty(
+            stop - start,
+            self.frame_shape,
+            (stop - start, *self.frame_shape, *channels),
+            self.dtype,
+        )
 
     def _register_adaptive(self, estimator, inputs, out, start, previous_w):
         """Register a batch frame by frame, updating the reference."""
@@ -472,14 +480,11 @@ class MotionSession:
 
         sink = MemorySink() if sink is None else sink
         sink.open(self)
-        if isinstance(sink, MemorySink):
-            # Results go straight into the sink's arrays: copying them
-            # there afterwards took a sixth of the run's CPU time.
-            batches = self._batches(
-                lambda start, stop: _BatchArrays(*sink.views(start, stop))
-            )
-        else:
-            batches = self.iter_batches()
+        # Results go straight into a MemorySink's arrays: copying them
+        # there afterwards took a sixth of the run's CPU time.
+        batches = self.iter_batches(
+            into=sink if isinstance(sink, MemorySink) else None
+        )
         # One writer thread stores batch k while batch k + 1 is computed;
         # writes stay in order because each waits for the previous one.
         writer = ThreadPoolExecutor(1)
