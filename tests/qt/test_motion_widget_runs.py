@@ -101,6 +101,31 @@ def test_adaptive_reference_layer_follows_the_run(qtbot, widget):
     np.testing.assert_array_equal(widget.results.sink.w, expected.w)
 
 
+def test_vectors_are_redrawn_only_when_their_style_changes(qtbot, widget):
+    viewer = widget.viewer
+    viewer.add_image(_texture_stack(), name='drift')
+    viewer.dims.set_current_step(0, 3)
+    _run(qtbot, widget)
+    vectors = viewer.layers['drift flow vectors']
+    shown = vectors.data.copy()
+    assert len(shown) > 0
+    redraws = []
+    vectors.events.data.connect(redraws.append)
+    vectors.events.length.connect(redraws.append)
+
+    # Every parameter change passes the style again: napari would redraw
+    # the layer's thumbnail each time.
+    threshold = widget.parameters.params.reliability_threshold
+    widget.outputs.set_style(widget.run_panel.vector_style(threshold))
+    widget.parameters.warps.value += 1
+    assert redraws == []
+
+    widget.run_panel.vector_length.value = 2.5
+    assert vectors.length == 2.5
+    assert redraws  # the current frame's vectors were drawn again
+    np.testing.assert_array_equal(vectors.data, shown)
+
+
 class _Gated(np.ndarray):
     gate = threading.Event()
 

@@ -259,6 +259,7 @@ class MotionCorrectionWidget(QWidget):
         # one layer per event-loop turn, and the computation starts only
         # once they exist, so that it does not compete with them for the
         # GIL (which made each take two to three times longer).
+        self.outputs.set_style(self._vector_style())
         self.outputs.prepare(
             source,
             results,
@@ -267,7 +268,6 @@ class MotionCorrectionWidget(QWidget):
             deferred=True,
             on_ready=worker.start,
         )
-        self.outputs.set_style(self._vector_style())
 
     def pause(self) -> None:
         """Pause the run after the batch in progress."""
