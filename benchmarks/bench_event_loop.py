@@ -119,18 +119,23 @@ class StallSampler:
     """Samples the main thread's stack while its QTimer tick is overdue.
 
     A thread looks every 5 ms; when the probe has not ticked for 40 ms it
-    records which functions the main thread is in.  Each stall is then
-    named after the frames seen most often during it, so the report says
-    which call blocks the event loop.
+    records which functions the main thread is in, and what the other
+    busy threads are in.  Each stall is then named after the frames seen
+    most often during it, so the report says which call blocks the event
+    loop.  On Linux it also reads the main thread's scheduler statistics,
+    which split each stall into time on a core (work), time runnable but
+    waiting for a core, and the rest: blocked (waiting for the GIL, a
+    lock, or the X server).
     """
 
     def __init__(self, probe):
         import threading
 
         self._probe = probe
-        self._main = threading.main_thread().ident
+        self._main = threading.main_thread()
         self._stop = threading.Event()
-        self.samples = []  # (tick index the stall ends at, stack)
+        self.samples = []  # (tick index the stall ends at, stack, others)
+        self.schedule = []  # (time, ns on a core, ns runnable and waiting)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self):
@@ -141,16 +146,32 @@ class StallSampler:
         self._thread.join()
 
     def _run(self):
+        import threading
         import traceback
 
+        schedstat = Path(f'/proc/self/task/{self._main.native_id}/schedstat')
+        if not schedstat.exists():
+            schedstat = None
         while not self._stop.wait(0.005):
+            if schedstat is not None:
+                on_core, waiting, _ = schedstat.read_text().split()
+                self.schedule.append(
+                    (time.perf_counter(), int(on_core), int(waiting))
+                )
             ticks = self._probe.ticks
             if not ticks or time.perf_counter() - ticks[-1] < 0.04:
                 continue
-            frame = sys._current_frames().get(self._main)
+            frames = sys._current_frames()
+            frame = frames.pop(self._main.ident, None)
+            frames.pop(threading.get_ident(), None)
             if frame is not None:
                 stack = traceback.extract_stack(frame)
-                self.samples.append((len(ticks), _signature(stack)))
+                others = {
+                    _innermost(traceback.extract_stack(other))
+                    for other in frames.values()
+                }
+                others.discard(None)
+                self.samples.append((len(ticks), _signature(stack), others))
 
     def blame(self, gaps, budget_ms=STALL_BUDGET_MS):
         """The most frequent stack signature of each stall > budget.
@@ -158,19 +179,45 @@ class StallSampler:
         Returns
         -------
         dict
-            Index of the gap (into ``gaps``) -> signature.
+            Index of the gap (into ``gaps``) -> (signature, innermost
+            frames of the other threads busy during it).
         """
         from collections import Counter
 
         by_stall = {}
-        for index, signature in self.samples:
-            by_stall.setdefault(index, Counter())[signature] += 1
+        for index, signature, others in self.samples:
+            counter, busy = by_stall.setdefault(index, (Counter(), set()))
+            counter[signature] += 1
+            busy |= others
         causes = {}
-        for index, counter in by_stall.items():
+        for index, (counter, busy) in by_stall.items():
             # ticks[index] ends gap index - 1
             if index - 1 < len(gaps) and gaps[index - 1] > budget_ms:
-                causes[index - 1] = counter.most_common(1)[0][0]
+                causes[index - 1] = (counter.most_common(1)[0][0], busy)
         return causes
+
+    def main_thread_split(self, began, ended):
+        """(on a core, runnable waiting, blocked) ms between two times,
+        or None without scheduler statistics."""
+        if len(self.schedule) < 2:
+            return None
+        times, on_core, waiting = np.array(self.schedule, float).T
+        on_core_ms = np.diff(np.interp([began, ended], times, on_core))[0]
+        waiting_ms = np.diff(np.interp([began, ended], times, waiting))[0]
+        on_core_ms, waiting_ms = on_core_ms / 1e6, waiting_ms / 1e6
+        blocked_ms = (ended - began) * 1e3 - on_core_ms - waiting_ms
+        return on_core_ms, waiting_ms, max(blocked_ms, 0.0)
+
+
+def _innermost(stack):
+    """``module.function`` a busy thread is in; None for an idle one."""
+    if not stack:
+        return None
+    entry = stack[-1]
+    module = Path(entry.filename).stem
+    if module in ('threading', 'queue', 'selectors'):
+        return None  # waiting for work
+    return f'{module}.{entry.name}'
 
 
 def _signature(stack):
@@ -336,18 +383,31 @@ def _measure_run(viewer, motion, *, profile_path=None):
         'ticks': int(during.size),
         'complete': motion.complete,
         'stalls': [
-            # (ms after start() at which the stall began, its length, cause)
-            (
-                round(
-                    (ticks[index] - gaps[index] / 1e3 - marks['start']) * 1e3
-                ),
-                round(float(gaps[index])),
-                cause,
-            )
+            _describe_stall(sampler, ticks[index], gaps[index], cause, marks)
             for index, cause in sorted(sampler.blame(gaps).items())
             if marks['start'] <= ticks[index] <= marks['finished']
         ],
     }
+
+
+def _describe_stall(sampler, ended, gap_ms, cause, marks):
+    """One line: when, how long, in which call, and how the main thread
+    spent it."""
+    signature, busy = cause
+    began = ended - gap_ms / 1e3
+    line = (
+        f'{gap_ms:4.0f} ms stall at +{(began - marks["start"]) * 1e3:.0f} ms '
+        f'in {signature}'
+    )
+    split = sampler.main_thread_split(began, ended)
+    if split is not None:
+        line += (
+            '; main thread on a core {:.0f} ms, waiting for a core {:.0f} ms,'
+            ' blocked {:.0f} ms'.format(*split)
+        )
+    if busy:
+        line += f'; also busy: {", ".join(sorted(busy))}'
+    return line
 
 
 def markdown_row(result):
@@ -426,8 +486,8 @@ def main(argv=None):
             profile_path=profile,
         ):
             print(markdown_row(result), flush=True)
-            for began, length, cause in result.pop('stalls'):
-                print(f'    {length:4d} ms stall at +{began} ms in {cause}')
+            for stall in result.pop('stalls'):
+                print(f'    {stall}')
             print(f'<!-- {result} -->', flush=True)
     print(f'load average after: {os.getloadavg()}')
 
