@@ -10,8 +10,11 @@ headless when there is no display.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +24,14 @@ __all__ = ['main']
 
 PROG = 'napari-flowscope'
 DEFAULT_DEMO_OUTPUT = 'flowscope-demo-output'
-# Exit status of a run stopped with Ctrl+C (128 + SIGINT), as shells use.
+# Exit status of a run stopped with Ctrl+C (128 + SIGINT) or SIGTERM
+# (128 + 15), as shells report them.
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl+C so that every clean-up path runs."""
 
 
 class ProgressLine:
@@ -209,7 +218,11 @@ def build_parser():
     correct.add_argument(
         '--overwrite',
         action='store_true',
-        help='replace the results of an earlier run in OUTDIR',
+        help=(
+            'replace the results of an earlier run in OUTDIR, once the '
+            'new run is complete (an interrupted or failed run leaves '
+            'them as they were)'
+        ),
     )
     correct.add_argument(
         '--scheduler',
@@ -267,14 +280,57 @@ def main(argv=None):
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    output = getattr(args, 'output', None)
+    untouched = (
+        f'; nothing in {output} was written or replaced'
+        if output is not None
+        else ''
+    )
     try:
-        return args.func(args)
+        with _interrupts_as_exceptions():
+            return args.func(args)
+    except Terminated:
+        print(f'{PROG}: terminated{untouched}', file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print(f'{PROG}: cancelled; no results were written', file=sys.stderr)
+        print(f'{PROG}: cancelled{untouched}', file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError) as error:
         print(f'{PROG}: error: {error}', file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _interrupts_as_exceptions():
+    """SIGINT and SIGTERM raise (KeyboardInterrupt, :class:`Terminated`).
+
+    So a terminated run cleans up like a cancelled one: partial files are
+    removed and an earlier run's results stay.  An interrupt that arrives
+    while a finished run's files are being renamed waits for the renames
+    (:func:`napari_flowscope.formats.defer_interrupt`).  Signal handlers
+    can only be set from the main thread; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from napari_flowscope import formats
+
+    def handler(signum, _frame):
+        error = (
+            Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        )
+        if not formats.defer_interrupt(error):
+            raise error
+
+    previous = {
+        number: signal.signal(number, handler)
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for number, old_handler in previous.items():
+            signal.signal(number, old_handler)
 
 
 # -- correct ----------------------------------------------------------------

@@ -17,16 +17,21 @@ aligned with ``'TYX'``.
 
 Every writer works on ``<path>.partial`` and renames to ``<path>`` only when
 the file is complete, so a cancelled or crashed run never leaves a file that
-looks finished.
+looks finished. Frames are written with plain (positioned) writes, never
+through memory maps, so a full disk is an :class:`NotEnoughSpaceError`
+rather than a SIGBUS that kills the process.
 """
 
+import atexit
 import contextlib
+import errno
 import importlib.util
 import json
 import math
-import mmap
 import os
 import re
+import shutil
+import threading
 import warnings
 import weakref
 import xml.etree.ElementTree as ElementTree
@@ -41,9 +46,14 @@ __all__ = [
     'FLOW_FORMAT',
     'FlowWriter',
     'ImageJStackWriter',
+    'NotEnoughSpaceError',
     'NpyStackWriter',
     'StackMetadata',
+    'check_free_space',
+    'defer_interrupt',
     'flow_metadata',
+    'format_size',
+    'free_bytes',
     'image_sequence_files',
     'imagej_dtype',
     'lazy_threshold_bytes',
@@ -51,6 +61,7 @@ __all__ = [
     'normalise_unit',
     'open_image_sequence',
     'open_stack',
+    'publishing',
     'read_flow',
     'read_flow_metadata',
     'read_image',
@@ -172,7 +183,81 @@ def _cast_exactly(frame, dtype):
 
 
 # --------------------------------------------------------------------------
-# atomic files
+# atomic files, full disks and interrupts
+
+# errno values that mean "the file system is full" (or the quota is).
+_NO_SPACE = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, 'EDQUOT', None)) if code
+)
+# Kept free beyond what the outputs need: file system metadata, the small
+# files (stats, parameters) and whatever else writes there meanwhile.
+_FREE_SPACE_MARGIN = 16 << 20
+
+
+class NotEnoughSpaceError(OSError):
+    """A file system has too little free space for the files being written.
+
+    ``errno`` is :data:`errno.ENOSPC`; ``str(error)`` is a sentence for the
+    user (no ``[Errno 28]`` prefix).
+    """
+
+    def __init__(self, message):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self):
+        return self.strerror
+
+
+def format_size(nbytes):
+    """``'1.2 GB'``, ``'340 MB'``, ``'12 kB'`` (decimal, as ``df -H``)."""
+    nbytes = float(nbytes)
+    for unit, size in (('TB', 1e12), ('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if nbytes >= size:
+            return f'{nbytes / size:.3g} {unit}'
+    return f'{int(nbytes)} bytes'
+
+
+def free_bytes(directory):
+    """Free bytes (for this user) on the file system that holds `directory`.
+
+    `directory` need not exist yet: its nearest existing parent is asked.
+    """
+    probe = Path(directory).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_free_space(directory, nbytes, *, what='the results'):
+    """Raise :class:`NotEnoughSpaceError` unless `nbytes` fit in `directory`.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Where the files will be written (need not exist yet).
+    nbytes : int
+        Bytes the files will take.
+    what : str
+        What needs the space, for the message.
+    """
+    free = free_bytes(directory)
+    if nbytes + _FREE_SPACE_MARGIN > free:
+        raise NotEnoughSpaceError(
+            f'not enough free space in {directory}: {what} need '
+            f'{format_size(nbytes)}, but only {format_size(free)} are free '
+            'there; free some space or choose a folder on another disk'
+        )
+
+
+def _no_space_error(error, path, detail):
+    """An OSError from a write, reworded when the disk is full."""
+    if error.errno not in _NO_SPACE or isinstance(error, NotEnoughSpaceError):
+        return error
+    return NotEnoughSpaceError(
+        f'the disk holding {Path(path).parent} is full: {Path(path).name} '
+        f'could not be written ({detail}); nothing was saved. Free some '
+        'space or choose a folder on another disk'
+    )
 
 
 def _partial_path(path):
@@ -183,6 +268,78 @@ def _partial_path(path):
 def _remove(path):
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def _pwrite_all(fd, data, offset):
+    """Write all of `data` (C-contiguous) at `offset` of file `fd`."""
+    view = memoryview(data).cast('B')
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class _Publishing:
+    """Counts renames in progress that turn partial files into results.
+
+    The command line's SIGINT / SIGTERM handlers ask :func:`defer_interrupt`
+    first: an interrupt arriving while the files of a run are renamed one by
+    one is raised once they all are, so a folder never holds half the files
+    of one run and half of another.
+    """
+
+    lock = threading.Lock()
+    depth = 0
+    deferred = []
+
+
+@contextlib.contextmanager
+def publishing():
+    """Context of the renames that publish a set of result files."""
+    with _Publishing.lock:
+        _Publishing.depth += 1
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        with _Publishing.lock:
+            _Publishing.depth -= 1
+            deferred = _Publishing.deferred if not _Publishing.depth else []
+            if not _Publishing.depth:
+                _Publishing.deferred = []
+        if deferred and not failed:
+            raise deferred[0]
+
+
+def defer_interrupt(exception):
+    """Keep `exception` (an interrupt) until the files being published are.
+
+    Returns
+    -------
+    bool
+        True when it was kept (results are being renamed; it is raised
+        when they are done), False when the caller should raise it now.
+    """
+    with _Publishing.lock:
+        if _Publishing.depth:
+            _Publishing.deferred.append(exception)
+            return True
+    return False
+
+
+# Writers with a partial file on disk; whatever is still open when the
+# interpreter exits (an uncaught error, a closed window) is removed.
+_OPEN_WRITERS = weakref.WeakSet()
+
+
+@atexit.register
+def _abort_open_writers():
+    for writer in list(_OPEN_WRITERS):
+        with contextlib.suppress(Exception):
+            writer.abort()
 
 
 class _AtomicWriter:
@@ -208,7 +365,21 @@ class _AtomicWriter:
 
 
 class _FrameWriter(_AtomicWriter):
-    """Streams frames into a memory-mapped array at a `.partial` path."""
+    """Streams frames into a `.partial` file with plain positioned writes.
+
+    Subclasses create the file (header, then the data region at its full
+    size, sparse where the file system allows) and call :meth:`_attach`.
+    Frames go to disk with ``os.pwrite``, never through a memory map: a
+    write to a full disk through a map kills the process with SIGBUS,
+    a plain write raises ``OSError(ENOSPC)``, reported as
+    :class:`NotEnoughSpaceError`.  Written data sit in the page cache, not
+    in the process's memory.
+
+    :meth:`commit` is :meth:`finish` (everything on disk, companion files
+    written, nothing renamed yet) then :meth:`publish` (the renames), so a
+    caller writing several files can finish all of them before the first
+    one replaces an older file.
+    """
 
     def __init__(self, path, *, n_frames, frame_shape):
         self.path = Path(path)
@@ -218,7 +389,38 @@ class _FrameWriter(_AtomicWriter):
         if self.n_frames < 1:
             raise ValueError(f'n_frames must be >= 1, got {n_frames}')
         self.frames_written = 0
-        self._array = None
+        self.finished = False
+        self._fd = None
+        self._data_offset = 0
+        self._stored_frame_bytes = 0
+
+    @property
+    def nbytes(self):
+        """Size of the finished file, in bytes."""
+        return self._data_offset + self.n_frames * self._stored_frame_bytes
+
+    def _attach(self, data_offset, stored_frame_shape, dtype):
+        """Open the created partial file for writing frames."""
+        self._data_offset = int(data_offset)
+        self._stored_frame_bytes = math.prod(stored_frame_shape) * (
+            np.dtype(dtype).itemsize
+        )
+        self._fd = os.open(self.partial_path, os.O_RDWR)
+        _OPEN_WRITERS.add(self)
+
+    def _create(self, create):
+        """Run `create()` (it writes the partial file); clean up on error."""
+        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            create()
+        except OSError as error:
+            _remove(self.partial_path)
+            raise _no_space_error(
+                error, self.path, 'while creating it'
+            ) from error
+        except BaseException:
+            _remove(self.partial_path)
+            raise
 
     def write(self, frames):
         """Append one frame ``frame_shape`` or a batch ``(n, *frame_shape)``.
@@ -227,8 +429,16 @@ class _FrameWriter(_AtomicWriter):
         -------
         int
             The number of frames written so far.
+
+        Raises
+        ------
+        NotEnoughSpaceError
+            When the disk is full (the caller aborts, which removes the
+            partial file).
         """
         self._check_open()
+        if self.finished:
+            raise ValueError(f'writer for {self.path} is already finished')
         frames = np.asarray(frames)
         if frames.shape == self.frame_shape:
             frames = frames[np.newaxis]
@@ -243,34 +453,87 @@ class _FrameWriter(_AtomicWriter):
                 f'{self.path.name}: writing frames {start}..{stop - 1} '
                 f'exceeds n_frames={self.n_frames}'
             )
-        self._store(start, frames)
-        self._release_pages()
+        stored = np.ascontiguousarray(self._stored(frames))
+        try:
+            _pwrite_all(
+                self._fd,
+                stored,
+                self._data_offset + start * self._stored_frame_bytes,
+            )
+        except OSError as error:
+            raise _no_space_error(
+                error,
+                self.path,
+                f'frames {start}-{stop - 1} of {self.n_frames}, '
+                f'{format_size(self.nbytes)} in all',
+            ) from error
         self.frames_written = stop
         return stop
 
-    def _release_pages(self):
-        # Written pages of a shared file mapping stay resident (and count in
-        # the process's RSS) until the map closes: 7 GB for a 2000-frame
-        # 512 x 512 run.  Flushed and unmapped, they live on in the file.
-        self._array.flush()
-        mapping = getattr(self._array, '_mmap', None)  # numpy.memmap's mmap
-        if mapping is not None and hasattr(mmap, 'MADV_DONTNEED'):
-            mapping.madvise(mmap.MADV_DONTNEED)
+    def _stored(self, frames):
+        """`frames` as stored in the file (layout and dtype)."""
+        return frames
 
-    def _store(self, start, frames):
-        self._array[start : start + len(frames)] = frames
-
-    def _close_array(self):
-        if self._array is not None:
-            self._array.flush()
-            # The mmap closes once its last reference goes.
-            self._array = None
+    def _close_file(self):
+        fd, self._fd = self._fd, None
+        _OPEN_WRITERS.discard(self)
+        if fd is not None:
+            os.close(fd)
 
     def _finish(self):
-        """Write companion files (sidecars) before the final rename."""
+        """Write companion files (sidecars, as partial files)."""
+
+    def _publish_companions(self):
+        """Rename the companion files (before the main file)."""
+
+    def _remove_companions(self):
+        """Remove partial companion files."""
+
+    def finish(self):
+        """Put every byte on disk and write companion files; rename nothing.
+
+        Raises
+        ------
+        ValueError
+            If fewer than ``n_frames`` frames were written (the partial file
+            is removed: an incomplete file must never look finished).
+        NotEnoughSpaceError
+            If the file system reports a full disk only now (network file
+            systems do).
+        """
+        self._check_open()
+        if self.finished:
+            return
+        if self.frames_written != self.n_frames:
+            self.abort()
+            raise ValueError(
+                f'{self.path.name}: only {self.frames_written} of '
+                f'{self.n_frames} frames were written; nothing was saved'
+            )
+        try:
+            os.fsync(self._fd)
+            self._close_file()
+            self._finish()
+        except OSError as error:
+            self.abort()
+            raise _no_space_error(
+                error, self.path, 'while flushing it to disk'
+            ) from error
+        self.finished = True
+
+    def publish(self):
+        """Give the finished file (and its companions) their final names."""
+        if not self.finished:
+            raise ValueError(f'writer for {self.path} is not finished')
+        if self.committed:
+            return self.path
+        self._publish_companions()
+        os.replace(self.partial_path, self.path)
+        self.committed = True
+        return self.path
 
     def commit(self):
-        """Flush, then rename the `.partial` file to its final name.
+        """:meth:`finish`, then :meth:`publish`.
 
         Raises
         ------
@@ -278,26 +541,18 @@ class _FrameWriter(_AtomicWriter):
             If fewer than ``n_frames`` frames were written (the partial file
             is removed: an incomplete file must never look finished).
         """
-        self._check_open()
-        if self.frames_written != self.n_frames:
-            self.abort()
-            raise ValueError(
-                f'{self.path.name}: only {self.frames_written} of '
-                f'{self.n_frames} frames were written; nothing was saved'
-            )
-        self._close_array()
-        self._finish()
-        os.replace(self.partial_path, self.path)
-        self.committed = True
-        return self.path
+        self.finish()
+        return self.publish()
 
     def abort(self):
         """Discard everything written; no file is left behind."""
         if self.committed or self.aborted:
             return
         self.aborted = True
-        self._array = None
+        with contextlib.suppress(OSError):
+            self._close_file()
         _remove(self.partial_path)
+        self._remove_companions()
 
 
 # --------------------------------------------------------------------------
@@ -421,8 +676,9 @@ class ImageJStackWriter(_FrameWriter):
             self.frame_shape[i] for i in self._frame_order
         )
         kwargs = _imagej_kwargs(self.axes, scale, units)
-        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        stored_frame_shape = stored_shape[1:]
+
+        def create():
             with warnings.catch_warnings():
                 # Above 4 GB tifffile writes what ImageJ itself writes: IFDs
                 # for the first pages only, the pixel data contiguous and the
@@ -431,20 +687,24 @@ class ImageJStackWriter(_FrameWriter):
                 warnings.filterwarnings(
                     'ignore', '.*truncating ImageJ file', UserWarning
                 )
-                self._array = tifffile.memmap(
+                # No data: tifffile writes the header and leaves the data
+                # region empty (sparse), in native byte order.
+                offset, _ = tifffile.imwrite(
                     self.partial_path,
+                    data=None,
                     shape=stored_shape,
                     dtype=self.dtype,
+                    returnoffset=True,
                     **kwargs,
                 )
-        except BaseException:
-            _remove(self.partial_path)
-            raise
+            self._attach(offset, stored_frame_shape, self.dtype)
 
-    def _store(self, start, frames):
+        self._create(create)
+
+    def _stored(self, frames):
         frames = _cast_exactly(frames, self.dtype)
         order = (0,) + tuple(i + 1 for i in self._frame_order)
-        self._array[start : start + len(frames)] = frames.transpose(order)
+        return frames.transpose(order)
 
 
 def write_imagej_stack(path, data, *, axes=None, scale=None, units=None):
@@ -502,20 +762,34 @@ def write_imagej_stack(path, data, *, axes=None, scale=None, units=None):
 class NpyStackWriter(_FrameWriter):
     """Stream a ``(n_frames, *frame_shape)`` array into a `.npy` file.
 
-    Backed by :func:`numpy.lib.format.open_memmap` at ``<path>.partial``;
-    renamed on :meth:`commit`, removed on :meth:`abort`.
+    Written at ``<path>.partial`` (header, then the data with positioned
+    writes); renamed on :meth:`commit`, removed on :meth:`abort`.
     """
 
     def __init__(self, path, *, n_frames, frame_shape, dtype='float32'):
         super().__init__(path, n_frames=n_frames, frame_shape=frame_shape)
         self.dtype = np.dtype(dtype)
-        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-        self._array = np.lib.format.open_memmap(
-            self.partial_path,
-            mode='w+',
-            dtype=self.dtype,
-            shape=(self.n_frames, *self.frame_shape),
-        )
+        shape = (self.n_frames, *self.frame_shape)
+
+        def create():
+            with open(self.partial_path, 'wb') as file:
+                np.lib.format.write_array_header_1_0(
+                    file,
+                    {
+                        'descr': np.lib.format.dtype_to_descr(self.dtype),
+                        'fortran_order': False,
+                        'shape': shape,
+                    },
+                )
+                offset = file.tell()
+                # full size now (sparse): the file can be read while written
+                file.truncate(offset + math.prod(shape) * self.dtype.itemsize)
+            self._attach(offset, self.frame_shape, self.dtype)
+
+        self._create(create)
+
+    def _stored(self, frames):
+        return frames.astype(self.dtype, copy=False)
 
 
 def flow_metadata(shape, *, scale=None, units=None):
@@ -551,9 +825,24 @@ def _sidecar_path(path):
 
 
 def _write_json_atomically(path, content):
+    with _partial_file(path) as partial:
+        partial.write_text(json.dumps(content, indent=2) + '\n')
+
+
+@contextlib.contextmanager
+def _partial_file(path):
+    """Yield ``<path>.partial`` to write; renamed to `path` on success,
+    removed on any error (a full disk reported as such)."""
     partial = _partial_path(path)
-    partial.write_text(json.dumps(content, indent=2) + '\n')
-    os.replace(partial, path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as error:
+        _remove(partial)
+        raise _no_space_error(error, path, 'while writing it') from error
+    except BaseException:
+        _remove(partial)
+        raise
 
 
 def _check_flow_shape(shape):
@@ -585,13 +874,16 @@ class FlowWriter(NpyStackWriter):
         )
         self.sidecar_path = _sidecar_path(self.path)
 
-    def _store(self, start, frames):
-        self._array[start : start + len(frames)] = frames.astype(
-            np.float32, copy=False
+    def _finish(self):
+        _partial_path(self.sidecar_path).write_text(
+            json.dumps(self.metadata, indent=2) + '\n'
         )
 
-    def _finish(self):
-        _write_json_atomically(self.sidecar_path, self.metadata)
+    def _publish_companions(self):
+        os.replace(_partial_path(self.sidecar_path), self.sidecar_path)
+
+    def _remove_companions(self):
+        _remove(_partial_path(self.sidecar_path))
 
 
 def write_flow(path, w, *, scale=None, units=None):
@@ -624,15 +916,10 @@ def write_flow(path, w, *, scale=None, units=None):
     suffix = path.suffix.lower()
     if suffix == '.npy' and len(shape) == 3:
         metadata = flow_metadata(shape, scale=scale, units=units)
-        partial = _partial_path(path)
-        try:
+        with _partial_file(path) as partial:
             with open(partial, 'wb') as file:
                 np.save(file, np.asarray(w, np.float32))
             _write_json_atomically(_sidecar_path(path), metadata)
-            os.replace(partial, path)
-        except BaseException:
-            _remove(partial)
-            raise
         return path
     if suffix == '.npy':
         with FlowWriter(
@@ -648,8 +935,7 @@ def write_flow(path, w, *, scale=None, units=None):
     if suffix in ('.tif', '.tiff'):
         metadata = flow_metadata(shape, scale=scale, units=units)
         components_first = np.moveaxis(np.asarray(w, np.float32), -1, -3)
-        partial = _partial_path(path)
-        try:
+        with _partial_file(path) as partial:
             tifffile.imwrite(
                 partial,
                 components_first,
@@ -659,10 +945,6 @@ def write_flow(path, w, *, scale=None, units=None):
                     'flowscope': metadata,
                 },
             )
-            os.replace(partial, path)
-        except BaseException:
-            _remove(partial)
-            raise
         return path
     raise ValueError(
         f'flow files must end in .npy, .tif or .tiff, got {path.name!r}'

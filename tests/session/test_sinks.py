@@ -1,6 +1,7 @@
 """Disk sink: the files of architecture.md, atomic on cancel and crash."""
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -125,22 +126,61 @@ def test_crash_leaves_only_partial_files(drifting_uint16, tmp_path):
     sink.abort()
 
 
+def _checksums(directory):
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.iterdir())
+    }
+
+
 def test_existing_results_need_overwrite(drifting_uint16, tmp_path):
     stack = drifting_uint16[:4]
     MotionSession(stack).run(sink=DiskSink(tmp_path))
     with pytest.raises(FileExistsError, match='already holds results'):
         MotionSession(stack).run(sink=DiskSink(tmp_path))
 
-    # With overwrite, an interrupted rerun removes the old results too,
-    # so they cannot be mistaken for the new run's.
-    def stop(current, total):
-        raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        MotionSession(stack, batch_size=2).run(
+@pytest.mark.parametrize(
+    'failure', [KeyboardInterrupt, RuntimeError, formats.NotEnoughSpaceError]
+)
+def test_failed_overwrite_keeps_the_old_results(
+    drifting_uint16, tmp_path, failure
+):
+    """Ctrl-C, an error or a full disk during a rerun with overwrite leave
+    the earlier results byte for byte (write beside, then swap)."""
+    MotionSession(drifting_uint16[:4]).run(sink=DiskSink(tmp_path))
+    before = _checksums(tmp_path)
+    assert set(before) == FINAL_NAMES
+
+    def stop(current, total):
+        raise failure('stopped by the test')
+
+    with pytest.raises(failure):
+        MotionSession(drifting_uint16[4:10], batch_size=2).run(
             sink=DiskSink(tmp_path, overwrite=True), progress_callback=stop
         )
-    assert list(tmp_path.iterdir()) == []
+    assert _checksums(tmp_path) == before
+
+    # A complete rerun replaces them, every file.
+    MotionSession(drifting_uint16[4:10]).run(
+        sink=DiskSink(tmp_path, overwrite=True)
+    )
+    after = _checksums(tmp_path)
+    assert set(after) == FINAL_NAMES
+    assert all(after[name] != before[name] for name in FINAL_NAMES)
+    assert len(np.load(tmp_path / 'reliability.npy')) == 6
+
+
+def test_a_killed_run_leaves_partials_the_next_run_removes(
+    drifting_uint16, tmp_path
+):
+    session = MotionSession(drifting_uint16[:4])
+    killed = DiskSink(tmp_path)
+    killed.open(session)  # SIGKILL now: neither close() nor abort() runs
+    assert all(p.name.endswith('.partial') for p in tmp_path.iterdir())
+    MotionSession(drifting_uint16[:4]).run(sink=DiskSink(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FINAL_NAMES)
+    killed.abort()
 
 
 def test_abort_after_completion_keeps_the_results(drifting_uint16, tmp_path):

@@ -194,8 +194,14 @@ or int, optional
         source=source.path,
         overwrite=overwrite,
     )
-    # Opened before any cluster starts: an occupied output folder fails
-    # at once.
+    # Chunk files wait in the output folder until they are copied in frame
+    # order: room for a chunk per worker and one more, as a rule.
+    chunks_in_flight = min(len(chunks), n_workers + 1) * chunk_size
+    sink.scratch_bytes = (
+        sink.required_bytes(session) * min(chunks_in_flight, n_frames)
+    ) // n_frames
+    # Opened before any cluster starts: an occupied output folder or a
+    # disk without room for the results fails at once.
     sink.open(session)
     futures = []
     try:

@@ -9,7 +9,9 @@ failed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 from pathlib import Path
 
@@ -112,7 +114,13 @@ class DiskSink:
     Every file is written as ``<name>.partial`` and renamed only when the
     whole run is complete (``params.json`` last), so a cancelled or crashed
     run leaves no file that looks finished.  Memory stays bounded by one
-    batch: the large files are written through memory maps.
+    batch: frames go to disk with plain writes as they come.
+
+    :meth:`open` checks that the folder's disk has room for every file and
+    refuses the run otherwise (:class:`~napari_flowscope.formats.
+    NotEnoughSpaceError`, saying how much is needed); a disk that fills up
+    anyway (another program writing) stops the run with the same error,
+    and everything it wrote is removed.
 
     Parameters
     ----------
@@ -128,14 +136,21 @@ class DiskSink:
         More JSON-serialisable entries for ``params.json``.
     overwrite : bool
         Whether the files of an earlier run in ``directory`` may be
-        replaced.  They are removed when the new run starts, so a cancelled
-        run never leaves older results that look like its own.
+        replaced.  They are replaced only once the new run is complete:
+        a run that fails, is cancelled or interrupted leaves them as they
+        were.
+    scratch_bytes : int
+        Bytes the run needs in ``directory`` besides its results while it
+        runs (a distributed run's chunk files), for the free-space check.
 
     Raises
     ------
     FileExistsError
         From :meth:`open`, when ``directory`` holds results and
         ``overwrite`` is False.
+    NotEnoughSpaceError
+        From :meth:`open` when the files will not fit, from :meth:`write`
+        or :meth:`close` when the disk fills up.
 
     Attributes
     ----------
@@ -164,6 +179,7 @@ class DiskSink:
         source=None,
         extra=None,
         overwrite=False,
+        scratch_bytes=0,
     ):
         self.directory = Path(directory)
         self.scale = None if scale is None else tuple(map(float, scale))
@@ -179,10 +195,27 @@ class DiskSink:
             key: self.directory / name for key, name in self.FILE_NAMES.items()
         }
         self.overwrite = overwrite
+        self.scratch_bytes = int(scratch_bytes)
         self.complete = False
         self._writers = []
         self._committed = []
         self._stats = None
+
+    def required_bytes(self, session):
+        """Bytes the files of a run of ``session`` take on disk.
+
+        Headers, ``stats.csv`` and ``params.json`` included (rounded up).
+        """
+        pixels = session.n_frames * math.prod(session.frame_shape)
+        channels = session.n_channels or 1
+        bytes_per_pixel = {
+            'registered': channels
+            * formats.imagej_dtype(session.dtype).itemsize,
+            'flow': 2 * np.dtype(np.float32).itemsize,
+            'reliability': np.dtype(np.float32).itemsize,
+        }
+        small_files = (1 << 20) + 128 * session.n_frames
+        return pixels * sum(bytes_per_pixel.values()) + small_files
 
     def open(self, session):
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -193,14 +226,22 @@ class DiskSink:
                 f'({", ".join(path.name for path in existing)}); choose '
                 'another folder or allow overwriting'
             )
-        for path in existing:
-            _remove(path)
+        # Left by a run that was killed (SIGKILL, power cut): never
+        # finished, and nothing else writes these names.
+        for path in self.paths.values():
+            _remove(_partial(path))
+        formats.check_free_space(
+            self.directory,
+            self.required_bytes(session) + self.scratch_bytes,
+            what='the results of this run',
+        )
         n_frames, frame_shape = session.n_frames, session.frame_shape
         channels = session.n_channels
         stack_axes = 'TYX' if channels is None else 'TYXC'
         extra_axis = () if channels is None else (1.0,)
         extra_unit = () if channels is None else ('pixel',)
         self.complete = False
+        self._committed = []
         self._stats = FrameStats.empty(n_frames)
         try:
             self._registered = formats.ImageJStackWriter(
@@ -245,19 +286,33 @@ class DiskSink:
             getattr(self._stats, name)[frames] = values
 
     def close(self, session):
-        """Commit every file (``params.json`` last)."""
+        """Finish every file, then give them their final names.
+
+        The files of an earlier run (``overwrite``) are replaced only here,
+        once every new file is complete on disk: its ``params.json`` (the
+        mark of a finished run) goes first, the new one comes last.
+        """
         try:
             for writer in self._writers:
-                writer.commit()
-                self._committed.append(writer.path)
-                if writer is self._flow:
-                    self._committed.append(self.paths['flow_metadata'])
-            _write_atomically(self.paths['stats'], self._stats_csv())
-            self._committed.append(self.paths['stats'])
-            _write_atomically(
-                self.paths['params'],
-                json.dumps(self._params_record(session), indent=2) + '\n',
-            )
+                writer.finish()
+            small_files = {
+                'stats': self._stats_csv(),
+                'params': json.dumps(self._params_record(session), indent=2)
+                + '\n',
+            }
+            for key, text in small_files.items():
+                _write_partial(self.paths[key], text)
+            # An interrupt arriving now waits until the folder holds one
+            # run's files, old or new, never a mixture.
+            with formats.publishing():
+                _remove(self.paths['params'])
+                for writer in self._writers:
+                    self._committed.append(writer.publish())
+                    if writer is self._flow:
+                        self._committed.append(self.paths['flow_metadata'])
+                for key in small_files:
+                    os.replace(_partial(self.paths[key]), self.paths[key])
+                    self._committed.append(self.paths[key])
         except BaseException:
             self.abort()
             raise
@@ -267,6 +322,8 @@ class DiskSink:
         """Remove everything this run wrote, partial or committed.
 
         Does nothing once the sink is complete: finished results stay.
+        Files of an earlier run stay too (until :meth:`close` replaces
+        them).
         """
         if self.complete:
             return
@@ -275,7 +332,7 @@ class DiskSink:
         self._writers = []
         for path in self.paths.values():
             _remove(_partial(path))
-        # Files committed before a failure in close() go too: a folder with
+        # Files published before a failure in close() go too: a folder with
         # some final files would look like a finished run.
         for path in self._committed:
             _remove(path)
@@ -317,11 +374,19 @@ def _remove(path):
         os.remove(path)
 
 
-def _write_atomically(path, text):
+def _write_partial(path, text):
+    """Write ``<path>.partial`` (removed again if that fails)."""
     partial = _partial(path)
     try:
         partial.write_text(text)
-        os.replace(partial, path)
+    except OSError as error:
+        _remove(partial)
+        if error.errno == errno.ENOSPC:
+            raise formats.NotEnoughSpaceError(
+                f'the disk holding {path.parent} is full: {path.name} could '
+                'not be written; nothing was saved'
+            ) from error
+        raise
     except BaseException:
         _remove(partial)
         raise

@@ -1,0 +1,73 @@
+"""Save in the dock on a full disk: an error message, no file left."""
+
+import collections
+import errno
+import os
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+from napari.utils.notifications import notification_manager
+
+from napari_flowscope import formats
+from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
+
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def finished_run(qtbot):
+    viewer = ViewerModel()
+    widget = MotionCorrectionWidget(viewer)
+    qtbot.addWidget(widget)
+    y, x = np.mgrid[0:40, 0:48].astype(np.float32)
+    stack = np.stack(
+        [np.sin((x - 0.5 * t) / 3) * np.cos(y / 4) + 1.5 for t in range(6)]
+    )
+    viewer.add_image((stack * 1000).astype(np.uint16), name='drift')
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert widget.complete
+    yield widget
+    widget.close_run()
+
+
+def _save_and_collect_messages(qtbot, widget, folder):
+    messages = []
+    notification_manager.notification_ready.connect(messages.append)
+    try:
+        widget.save(folder)
+        qtbot.waitUntil(lambda: widget.save_worker is None, timeout=TIMEOUT_MS)
+    finally:
+        notification_manager.notification_ready.disconnect(messages.append)
+    return [message.message for message in messages]
+
+
+def test_save_without_room_says_how_much_is_needed(
+    qtbot, finished_run, tmp_path, monkeypatch
+):
+    usage = collections.namedtuple('usage', 'total used free')
+    monkeypatch.setattr(
+        formats.shutil, 'disk_usage', lambda path: usage(1, 0, 1000)
+    )
+    (message,) = _save_and_collect_messages(qtbot, finished_run, tmp_path)
+    assert message.startswith('Motion correction results were not saved')
+    # 6 frames of 40 x 48 px x 14 bytes (uint16, flow, reliability) + 1 MB
+    needed = 6 * 40 * 48 * 14 + (1 << 20) + 6 * 128
+    assert f'need {formats.format_size(needed)}' in message
+    assert 'only 1 kB are free' in message
+    assert list(tmp_path.iterdir()) == []
+    assert finished_run.run_panel.save_button.enabled
+
+
+def test_disk_filling_up_during_save_is_an_error_message(
+    qtbot, finished_run, tmp_path, monkeypatch
+):
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, 'pwrite', pwrite)
+    (message,) = _save_and_collect_messages(qtbot, finished_run, tmp_path)
+    assert message.startswith('Motion correction results were not saved')
+    assert 'is full' in message
+    assert list(tmp_path.iterdir()) == []
