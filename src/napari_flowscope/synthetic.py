@@ -19,14 +19,17 @@ from scipy import ndimage as ndi
 
 __all__ = [
     'SyntheticSequence',
+    'VolumeSequence',
     'bleaching_tissue',
     'drifting_tissue',
+    'drifting_volume',
     'large_translation',
     'moving_disk',
     'nonrigid_motion',
     'rigid_drift',
     'rotating_particles',
     'tissue_texture',
+    'volume_texture',
 ]
 
 # A displacement model maps reference positions (x, y) and a frame index to
@@ -554,3 +557,245 @@ def _add_noise(stack, noise, seed):
     return (stack + noise * rng.standard_normal(stack.shape)).astype(
         np.float32
     )
+
+
+# --------------------------------------------------------------------------
+# volumes (T, Z, Y, X)
+
+
+@dataclass(frozen=True)
+class VolumeSequence:
+    """A volumetric time-lapse with its ground-truth 3-D flow.
+
+    Attributes
+    ----------
+    stack : ndarray, shape (T, Z, Y, X), float32
+        The volumes, intensities roughly in [0, 1].
+    flow : ndarray, shape (T, Z, Y, X, 3), float32
+        Ground truth ``[x, y, z]`` displacement in voxels of each volume
+        against ``reference``: ``stack[t](p + flow[t](p)) == reference(p)``.
+    reference : ndarray, shape (Z, Y, X), float32
+        ``stack[0]``.
+    valid : ndarray, shape (Z, Y, X), bool
+        Voxels whose content stays inside every volume (away from the
+        faces through which content enters and leaves).
+    spacing : tuple of float
+        ``(z, y, x)`` voxel size in in-plane pixels.
+    name : str
+    """
+
+    stack: np.ndarray
+    flow: np.ndarray
+    reference: np.ndarray
+    valid: np.ndarray
+    spacing: tuple
+    name: str
+
+
+def volume_texture(
+    shape, *, spacing=(1.0, 1.0, 1.0), seed=0, feature_size=2.0
+):
+    """Fluorescence-like 3-D texture: puncta on a dimmer tissue background.
+
+    Features are round in physical units (``feature_size`` in-plane
+    pixels), but never narrower than 1.5 voxels along any axis, so the
+    texture stays band-limited on anisotropic voxels (like a microscope's
+    axially elongated point-spread function).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Z, Y, X)``.
+    spacing : tuple of float, optional
+        ``(z, y, x)`` voxel size in in-plane pixels.
+    seed : int, optional
+    feature_size : float, optional
+        Gaussian sigma (in-plane pixels) of the smallest features.
+
+    Returns
+    -------
+    ndarray, shape (Z, Y, X), float32
+        Intensities scaled to [0.05, 0.95].
+    """
+    rng = np.random.default_rng(seed)
+    pixel = min(spacing[1:])
+
+    def sigmas(width):
+        return [max(width * pixel / size, 1.5) for size in spacing]
+
+    puncta = (rng.random(shape) > 0.99).astype(np.float32)
+    puncta *= rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    puncta = ndi.gaussian_filter(puncta, sigmas(feature_size), mode='wrap')
+    tissue = ndi.gaussian_filter(
+        rng.standard_normal(shape).astype(np.float32),
+        sigmas(2 * feature_size),
+        mode='wrap',
+    )
+    cells = ndi.gaussian_filter(
+        rng.standard_normal(shape).astype(np.float32),
+        sigmas(4 * feature_size),
+        mode='wrap',
+    )
+    texture = (
+        _unit_range(puncta)
+        + 0.35 * _unit_range(tissue)
+        + 0.45 * _unit_range(cells)
+    )
+    return (0.05 + 0.9 * _unit_range(texture)).astype(np.float32)
+
+
+def drifting_volume(
+    *,
+    n_frames=6,
+    shape=(24, 96, 96),
+    spacing=(1.0, 1.0, 1.0),
+    shift=(4.0, -3.0, 2.5),
+    deformation=1.5,
+    noise=0.0,
+    seed=0,
+):
+    """A volume drifting in all three axes while deforming smoothly.
+
+    The motion is defined on the *moving* grid: volume ``t`` shows the
+    reference's content at ``q - d_t(q)``, with ``d_t`` a translation
+    growing linearly to ``shift`` plus a smooth deformation (sinusoids
+    whose amplitude oscillates up to ``deformation``; wavelengths of
+    0.8 to 2.5 times the volume's extent, at least 128 px).  Rendering is then
+    direct sampling (cubic B-splines of a band-limited texture), and the
+    ground truth on the reference grid solves ``w(p) = d(p + w(p))``,
+    found by fixed-point iteration.
+
+    Parameters
+    ----------
+    n_frames : int, optional
+    shape : tuple of int, optional
+        ``(Z, Y, X)`` of each volume.
+    spacing : tuple of float, optional
+        ``(z, y, x)`` voxel size in in-plane pixels; motion and texture
+        are isotropic in these physical units.
+    shift : tuple of float, optional
+        ``(x, y, z)`` translation of the last volume, in voxels.
+    deformation : float, optional
+        Largest magnitude (in-plane pixels) of the deformation.
+    noise : float, optional
+        Standard deviation of additive Gaussian noise (intensity units).
+    seed : int, optional
+
+    Returns
+    -------
+    VolumeSequence
+    """
+    spacing = tuple(float(size) for size in spacing)
+    rng = np.random.default_rng(seed + 4)
+    # Physical (in-plane pixel) coordinates of the voxel centres, (z, y, x).
+    axes = [
+        np.arange(n, dtype=np.float32) * np.float32(size)
+        for n, size in zip(shape, spacing, strict=True)
+    ]
+    grid = np.meshgrid(*axes, indexing='ij')
+    # Wavelengths scale with the volume, but not below those of a 128 px
+    # one: a small test volume would otherwise be strained unrealistically.
+    extent = max(
+        128.0, *(n * size for n, size in zip(shape, spacing, strict=True))
+    )
+    field = _sinusoid_field_3d(rng, grid, extent, n_modes=3)
+    # Physical displacement per frame: (x, y, z) translation + deformation.
+    steps = np.linspace(0.0, 1.0, n_frames)
+    translation = np.outer(steps, np.asarray(shift) * np.array(spacing[::-1]))
+    amplitude = deformation * np.sin(np.linspace(0, 1.5 * np.pi, n_frames))
+    amplitude[0] = 0.0
+
+    def displacement(z, y, x, t):
+        fx, fy, fz = field(z, y, x)
+        return (
+            translation[t, 0] + amplitude[t] * fx,
+            translation[t, 1] + amplitude[t] * fy,
+            translation[t, 2] + amplitude[t] * fz,
+        )
+
+    texture = volume_texture(shape, spacing=spacing, seed=seed)
+    coefficients = ndi.spline_filter(texture, order=3, mode='mirror')
+    z, y, x = grid
+    frames, flows = [], []
+    for t in range(n_frames):
+        dx, dy, dz = displacement(z, y, x, t)
+        # moving(q) = texture(q - d(q)), sampled in voxel coordinates.
+        frames.append(
+            ndi.map_coordinates(
+                coefficients,
+                [
+                    (z - dz) / np.float32(spacing[0]),
+                    (y - dy) / np.float32(spacing[1]),
+                    (x - dx) / np.float32(spacing[2]),
+                ],
+                order=3,
+                mode='mirror',
+                prefilter=False,
+                output=np.float32,
+            )
+        )
+        # Ground truth on the reference grid: w = d(p + w), a contraction
+        # because the deformation gradients stay well below one.
+        wx, wy, wz = dx, dy, dz
+        for _ in range(50):
+            nx, ny, nz = displacement(z + wz, y + wy, x + wx, t)
+            change = max(
+                float(np.abs(nx - wx).max()),
+                float(np.abs(ny - wy).max()),
+                float(np.abs(nz - wz).max()),
+            )
+            wx, wy, wz = nx, ny, nz
+            if change < 1e-6:
+                break
+        flows.append(
+            np.stack(
+                [wx / spacing[2], wy / spacing[1], wz / spacing[0]], axis=-1
+            ).astype(np.float32)
+        )
+    stack = np.stack(frames)
+    if noise:
+        stack = _add_noise(stack, noise, seed)
+    flow = np.stack(flows)
+    # Content leaves through the faces: keep voxels whose displaced
+    # position stays one voxel inside every volume.
+    valid = np.ones(shape, bool)
+    for axis, index in enumerate(np.indices(shape)[::-1]):
+        position = index + flow[..., axis]
+        inside = (position >= 1) & (position <= shape[2 - axis] - 2)
+        valid &= inside.all(axis=0)
+    return VolumeSequence(
+        stack=stack.astype(np.float32),
+        flow=flow,
+        reference=stack[0].astype(np.float32),
+        valid=valid,
+        spacing=spacing,
+        name='drifting + deforming volume',
+    )
+
+
+def _sinusoid_field_3d(rng, grid, extent, *, n_modes):
+    """A smooth 3-D vector field of largest magnitude 1 on ``grid``."""
+    angular = (
+        2 * np.pi * rng.uniform(0.4, 1.2, (3, n_modes, 3)) / extent
+    ).astype(np.float32)
+    phases = rng.uniform(0, 2 * np.pi, (3, n_modes)).astype(np.float32)
+    weights = rng.uniform(0.5, 1.0, (3, n_modes)).astype(np.float32)
+
+    def raw(z, y, x):
+        components = []
+        for axis in range(3):
+            value = np.zeros(np.shape(x), np.float32)
+            for mode in range(n_modes):
+                kz, ky, kx = angular[axis, mode]
+                value += weights[axis, mode] * np.sin(
+                    kz * z + ky * y + kx * x + phases[axis, mode]
+                )
+            components.append(value)
+        return components
+
+    peak = float(np.sqrt(sum(c * c for c in raw(*grid))).max())
+
+    def field(z, y, x):
+        return [component / peak for component in raw(z, y, x)]
+
+    return field

@@ -2,7 +2,9 @@
 
 Flow convention: ``w`` has shape ``(H, W, 2)`` holding ``[x, y]``
 displacement in pixels with ``registered(x) = moving(x + w(x)) ~
-reference(x)``.  Nothing here imports Qt or napari.
+reference(x)``; volumes ``(Z, Y, X)`` extend it to ``(Z, Y, X, 3)``
+holding ``[x, y, z]`` in voxels (:mod:`.volume`).  Nothing here imports
+Qt or napari.
 """
 
 from .estimator import FlowEstimator, FlowField, estimate_flow
@@ -16,6 +18,7 @@ from .fields import (
 )
 from .params import FlowParams
 from .smoothing import smooth_temporal
+from .volume import VolumeFlowEstimator, estimate_volume_flow, warp_volume
 from .warp import warp
 
 __all__ = [
@@ -23,12 +26,15 @@ __all__ = [
     'FlowField',
     'FlowParams',
     'VectorGrid',
+    'VolumeFlowEstimator',
     'curl',
     'decimate_flow',
     'divergence',
     'estimate_flow',
+    'estimate_volume_flow',
     'flow_to_row_col',
     'smooth_temporal',
     'speed',
     'warp',
+    'warp_volume',
 ]
