@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_flowscope import synthetic
 from napari_flowscope.engine import FlowParams, warp
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -330,3 +331,82 @@ def test_reference_image_is_observable_and_read_only(drifting_uint16):
     np.testing.assert_array_equal(session.reference_image, drifting_uint16[-1])
     with pytest.raises(ValueError, match='read-only'):
         session.reference_image[0, 0] = 1
+
+
+def test_extra_stacks_get_the_flow_of_the_stack(drifting, drifting_uint16):
+    # another channel: the same structure, mirrored intensities, uint16
+    extra = (65535 - drifting_uint16).astype(np.uint16)
+    session = MotionSession(
+        drifting_uint16, batch_size=5, n_threads=2, extra_stacks=[extra]
+    )
+    assert session.extra_shapes == [(extra.shape, np.dtype(np.uint16))]
+    batches = _collect(session)
+    registered = np.concatenate([batch.extras[0] for batch in batches])
+    w = _joined(batches, 'w')
+    assert registered.dtype == np.uint16
+    for t in (0, 7, 23):
+        expected = np.clip(np.rint(warp(extra[t], w[t])), 0, 65535)
+        np.testing.assert_array_equal(registered[t], expected)
+    # the extras do not change the registration of the stack
+    alone = MotionSession(drifting_uint16, batch_size=5).run()
+    np.testing.assert_array_equal(w, alone.w)
+    sink = session.run()
+    np.testing.assert_array_equal(sink.extras[0], registered)
+
+
+def test_extra_stacks_must_have_the_frames_of_the_stack(drifting):
+    with pytest.raises(ValueError, match='extra stack'):
+        MotionSession(drifting.stack, extra_stacks=[drifting.stack[:-1]])
+    with pytest.raises(ValueError, match='extra stack'):
+        MotionSession(drifting.stack, extra_stacks=[drifting.stack[:, 1:]])
+
+
+@pytest.mark.parametrize('temporal_smoothing', [None, 1.0])
+def test_one_frame_is_the_frame_of_a_run(
+    drifting_uint16, counting, temporal_smoothing
+):
+    stack = counting(drifting_uint16)
+    session = MotionSession(
+        stack,
+        reference=FrameReference(3),
+        temporal_smoothing=temporal_smoothing,
+    )
+    field = session.estimate_frame(12)
+    read = stack.frames_read()
+    # the reference, the frame and the neighbours smoothing needs
+    halo = 0 if temporal_smoothing is None else 4
+    expected = np.zeros(len(read), int)
+    expected[3] += 1
+    expected[12 - halo : 13 + halo] += 1
+    np.testing.assert_array_equal(read, expected)
+    run = MotionSession(
+        drifting_uint16,
+        reference=FrameReference(3),
+        temporal_smoothing=temporal_smoothing,
+    ).run()
+    np.testing.assert_array_equal(field.w, run.w[12])
+    np.testing.assert_array_equal(field.reliability, run.reliability[12])
+    # the reference is read once, whatever the frame or parameters
+    session.estimate_frame(-1, params=FlowParams.preset('fast'))
+    assert stack.frames_read()[3] == 1
+    with pytest.raises(IndexError):
+        session.estimate_frame(24)
+
+
+def test_one_frame_of_a_stack_larger_than_memory():
+    da = pytest.importorskip('dask.array')
+    texture = synthetic.tissue_texture((512, 512)).astype(np.float32)
+
+    def frame(block_info=None):
+        t = block_info[None]['chunk-location'][0]
+        return np.roll(texture, t % 5, axis=1)[np.newaxis]
+
+    # 40 000 frames of 512 x 512 float32: 39 GiB, never held at once
+    stack = da.map_blocks(
+        frame, chunks=((1,) * 40_000, (512,), (512,)), dtype=np.float32
+    )
+    session = MotionSession(stack)
+    field = session.estimate_frame(23_457)  # moved by 2 px along x
+    inner = field.w[64:-64, 64:-64]
+    assert np.median(inner[..., 0]) == pytest.approx(2.0, abs=0.02)
+    assert np.median(inner[..., 1]) == pytest.approx(0.0, abs=0.02)

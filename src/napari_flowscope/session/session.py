@@ -66,6 +66,9 @@ class FlowBatch:
     reference : ndarray, shape (Y, X), float32
         The reference after this batch (it changes only for
         :class:`~napari_flowscope.session.AdaptiveReference`).
+    extras : tuple of ndarray
+        Registered frames ``start:stop`` of each of the session's
+        ``extra_stacks``, warped with ``w`` (dtypes as for ``registered``).
     """
 
     start: int
@@ -75,6 +78,7 @@ class FlowBatch:
     registered: np.ndarray
     stats: FrameStats
     reference: np.ndarray
+    extras: tuple = ()
 
     def __len__(self):
         return self.stop - self.start
@@ -121,6 +125,11 @@ class MotionSession:
         identical for any number of threads.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
+    extra_stacks : sequence of array_like, shape (T, Y, X[, C])
+        Other channels (e.g. the other layers of a multichannel recording)
+        registered with the flow of ``stack``, read batch by batch like it;
+        each batch carries them in :attr:`FlowBatch.extras`.  A trailing
+        axis is channels.
 
     Attributes
     ----------
@@ -133,6 +142,8 @@ class MotionSession:
         dtype of ``stack``.
     dtype : numpy.dtype
         dtype of the registered frames (see :func:`output_dtype`).
+    extra_shapes : list of (tuple, numpy.dtype)
+        Shape and registered dtype of each of ``extra_stacks``.
     params : FlowParams
         Current parameters (changed by ``send`` to :meth:`iter_batches`).
     params_history : list of (int, FlowParams)
@@ -151,6 +162,7 @@ class MotionSession:
         temporal_smoothing: bool | float | None = None,
         n_threads: int | None = None,
         interpolation: str = 'linear',
+        extra_stacks: Sequence = (),
     ):
         self._stack = stack
         shape = tuple(int(size) for size in stack.shape)
@@ -195,6 +207,11 @@ class MotionSession:
                 f'got {interpolation!r}'
             )
         self.interpolation = interpolation
+        self._extra_stacks = tuple(extra_stacks)
+        self.extra_shapes = [
+            self._check_extra(extra) for extra in self._extra_stacks
+        ]
+        self._preview_estimator = (None, None)
         self._initial_reference = None
         self._reference = None
         self._correlation = None
@@ -204,15 +221,25 @@ class MotionSession:
 
     def read_frames(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` as ``(n, Y, X[, C])`` in the input dtype."""
-        frames = self._stack[start:stop]
-        if isinstance(frames, np.memmap):
-            frames = np.array(frames)  # a copy: the mapped pages can go
-            _release_mapped_pages(self._stack)
-        else:
-            frames = np.asarray(frames)
+        frames = _read(self._stack, start, stop)
         if self._channel_axis is not None:
             frames = np.moveaxis(frames, self._channel_axis, -1)
         return frames
+
+    def _check_extra(self, extra):
+        shape = tuple(int(size) for size in extra.shape)
+        frame_ndim = len(self.frame_shape)
+        if (
+            len(shape) not in (frame_ndim + 1, frame_ndim + 2)
+            or shape[0] != self.n_frames
+            or shape[1 : frame_ndim + 1] != tuple(self.frame_shape)
+        ):
+            raise ValueError(
+                'each extra stack must have the frames of the stack '
+                f'({self.n_frames}, {", ".join(map(str, self.frame_shape))}'
+                f'[, C]); got shape {shape}'
+            )
+        return shape, output_dtype(extra.dtype)
 
     def flow_images(self, frames: np.ndarray) -> np.ndarray:
         """The images flow is estimated on: float32 ``(n, Y, X)``.
@@ -283,6 +310,43 @@ class MotionSession:
                 )
             self._initial_reference = _read_only(image)
         return self._initial_reference
+
+    # -- one frame ----------------------------------------------------------
+
+    def estimate_frame(self, index: int, *, params=None):
+        """The flow of one frame against the reference, without a run.
+
+        What a live preview shows: the same flow a run computes for frame
+        ``index`` (temporal smoothing included), reading only that frame,
+        the neighbours smoothing needs and the frames the reference
+        strategy reads (once: the reference is kept), so it is cheap on a
+        large lazy stack.
+
+        Parameters
+        ----------
+        index : int
+            Frame to estimate; negative values count from the end.
+        params : FlowParams, optional
+            Default: the session's.  The reference side of the estimator
+            is kept between calls with the same parameters.
+
+        Returns
+        -------
+        FlowField
+            ``w`` (Y, X, 2) and ``reliability`` (Y, X), float32.
+        """
+        if not -self.n_frames <= index < self.n_frames:
+            raise IndexError(
+                f'frame {index} is outside a stack of {self.n_frames} frames'
+            )
+        index %= self.n_frames
+        params = self.params if params is None else _check_params(params)
+        cached_params, estimator = self._preview_estimator
+        if estimator is None or cached_params != params:
+            estimator = FlowEstimator(self.reference_image, params)
+            self._preview_estimator = (params, estimator)
+        moving = self._read_batch(index, index + 1, keep=False).moving[0]
+        return estimator.estimate(moving)
 
     # -- streaming --------------------------------------------------------
 
@@ -357,6 +421,10 @@ class MotionSession:
             self.frame_shape,
             (stop - start, *self.frame_shape, *channels),
             self.dtype,
+            extras=[
+                ((stop - start, *shape[1:]), dtype)
+                for shape, dtype in self.extra_shapes
+            ],
         )
 
     def _register_adaptive(self, estimator, inputs, out, start, previous_w):
@@ -376,22 +444,36 @@ class MotionSession:
                 estimator = FlowEstimator(self._reference, estimator.params)
         return estimator, previous_w
 
-    def _read_batch(self, start, stop):
-        """Raw frames, flow images (smoothed if asked) and plain images."""
+    def _read_batch(self, start, stop, *, keep=True):
+        """Raw frames, flow images (smoothed if asked), plain images and
+        the frames of the extra stacks.
+
+        ``keep``: remember the frames read for the next batch (a run reads
+        consecutive batches; a single frame does not).
+        """
+        extras = tuple(
+            _read(extra, start, stop) for extra in self._extra_stacks
+        )
         if self._halo == 0:
             frames = self.read_frames(start, stop)
             plain = self.flow_images(frames)
-            return _BatchInputs(frames, plain, plain)
+            return _BatchInputs(frames, plain, plain, extras)
         # Read a halo of neighbours so that smoothing near the batch edges
         # equals smoothing of the whole stack, whatever the batch size.
         first = max(start - self._halo, 0)
         last = min(stop + self._halo, self.n_frames)
-        padded = self._read_padded(first, last)
+        padded = (
+            self._read_padded(first, last)
+            if keep
+            else self.read_frames(first, last)
+        )
         frames = padded[start - first : stop - first]
         padded_images = self.flow_images(padded)
         smoothed = smooth_temporal(padded_images, sigma_t=self._sigma_t())
         inner = slice(start - first, stop - first)
-        return _BatchInputs(frames, smoothed[inner], padded_images[inner])
+        return _BatchInputs(
+            frames, smoothed[inner], padded_images[inner], extras
+        )
 
     def _read_padded(self, first, last):
         """Frames ``first:last``, reusing what the last batch read.
@@ -433,6 +515,13 @@ class MotionSession:
         out.w[i] = field.w
         out.reliability[i] = field.reliability
         out.registered[i] = _cast(registered, self.dtype)
+        for frames, registered_extra in zip(
+            inputs.extras, out.extras, strict=True
+        ):
+            registered_extra[i] = _cast(
+                warp(frames[i], field.w, interpolation=self.interpolation),
+                registered_extra.dtype,
+            )
         registered_image = (
             registered
             if self.n_channels is None
@@ -595,6 +684,7 @@ class _BatchInputs(NamedTuple):
     frames: np.ndarray  # (n, Y, X[, C]) input dtype: what gets warped
     moving: np.ndarray  # (n, Y, X) float32, smoothed if asked: for flow
     plain: np.ndarray  # (n, Y, X) float32, unsmoothed: for NCC before
+    extras: tuple = ()  # (n, Y, X[, C]) of each extra stack: warped alike
 
 
 class _BatchArrays(NamedTuple):
@@ -605,18 +695,39 @@ class _BatchArrays(NamedTuple):
     reliability: np.ndarray  # (n, Y, X) float32
     registered: np.ndarray  # (n, Y, X[, C]) output dtype
     stats: FrameStats
+    extras: tuple = ()  # (n, Y, X[, C]) registered extra stacks
 
     @classmethod
-    def empty(cls, n, frame_shape, frames_shape, dtype):
+    def empty(cls, n, frame_shape, frames_shape, dtype, extras=()):
         return cls(
             np.empty((n, *frame_shape, 2), np.float32),
             np.empty((n, *frame_shape), np.float32),
             np.empty(frames_shape, dtype),
             FrameStats.empty(n),
+            tuple(np.empty(shape, dtype) for shape, dtype in extras),
         )
 
     def to_batch(self, start, stop, reference):
-        return FlowBatch(start, stop, *self, reference=reference)
+        return FlowBatch(
+            start,
+            stop,
+            self.w,
+            self.reliability,
+            self.registered,
+            self.stats,
+            reference=reference,
+            extras=tuple(self.extras),
+        )
+
+
+def _read(stack, start, stop):
+    """Frames ``start:stop`` of any array-like, as a numpy array."""
+    frames = stack[start:stop]
+    if isinstance(frames, np.memmap):
+        frames = np.array(frames)  # a copy: the mapped pages can go
+        _release_mapped_pages(stack)
+        return frames
+    return np.asarray(frames)
 
 
 def _cast(image, dtype):

@@ -37,6 +37,8 @@ class MemorySink:
         Per-frame statistics, length T.
     reference : ndarray, shape (Y, X), float32
         The reference at the end of the run.
+    extras : list of ndarray, shape (T, Y, X[, C])
+        Registered frames of the session's ``extra_stacks``.
     complete : bool
         True once every frame has been written and the sink closed.
     """
@@ -47,6 +49,7 @@ class MemorySink:
         self.reliability = None
         self.stats = None
         self.reference = None
+        self.extras = []
         self.complete = False
 
     def open(self, session):
@@ -59,6 +62,10 @@ class MemorySink:
         self.w = np.empty((n_frames, *frame_shape, 2), np.float32)
         self.reliability = np.empty((n_frames, *frame_shape), np.float32)
         self.stats = FrameStats.empty(n_frames)
+        self.extras = [
+            np.empty(shape, dtype)
+            for shape, dtype in getattr(session, 'extra_shapes', ())
+        ]
         self.complete = False
 
     def views(self, start, stop):
@@ -71,6 +78,7 @@ class MemorySink:
         -------
         w, reliability, registered : ndarray
         stats : FrameStats
+        extras : tuple of ndarray
         """
         frames = slice(start, stop)
         return (
@@ -83,6 +91,7 @@ class MemorySink:
                     for values in self.stats.as_columns().values()
                 )
             ),
+            tuple(extra[frames] for extra in self.extras),
         )
 
     def write(self, batch):
@@ -93,6 +102,10 @@ class MemorySink:
             self.reliability[frames] = batch.reliability
             for name, values in batch.stats.as_columns().items():
                 getattr(self.stats, name)[frames] = values
+            for extra, registered in zip(
+                self.extras, batch.extras, strict=True
+            ):
+                extra[frames] = registered
         self.reference = batch.reference
 
     def close(self, session):
@@ -110,6 +123,8 @@ class DiskSink:
     of :attr:`MotionSession.dtype`, scale kept), ``flow.npy`` + ``flow.json``
     (``(T, Y, X, 2)`` float32), ``reliability.npy`` (``(T, Y, X)``
     float32), ``stats.csv`` (one row per frame) and ``params.json``.
+    The registered ``extra_stacks`` of a session are not written (only
+    :class:`MemorySink` keeps them).
 
     Every file is written as ``<name>.partial`` and renamed only when the
     whole run is complete (``params.json`` last), so a cancelled or crashed
