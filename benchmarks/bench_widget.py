@@ -138,11 +138,11 @@ def run(args):
     preview = widget.preview
     compute_times, show_times = [], []
     original_compute = preview_module.compute_preview
-    original_show = preview._show
+    original_show = preview._on_result
 
-    def timed_compute(request):
+    def timed_compute(session, request):
         start = time.perf_counter()
-        result = original_compute(request)
+        result = original_compute(session, request)
         compute_times.append((time.perf_counter() - start) * 1e3)
         return result
 
@@ -152,7 +152,7 @@ def run(args):
         show_times.append((time.perf_counter() - start) * 1e3)
 
     preview_module.compute_preview = timed_compute
-    preview._show = timed_show
+    preview._on_result = timed_show  # connected per request: this one
     viewer.dims.set_current_step(0, args.frames // 2)
     widget.parameters.live_preview.value = True
     _wait(app, lambda: preview.last_result is not None)  # warm-up

@@ -11,6 +11,9 @@ from napari.utils._proxies import PublicOnlyProxy
 
 from napari_flowscope._qt.layers import (
     MAX_VECTORS,
+    SPECS,
+    FieldMap,
+    FrameFields,
     OutputLayers,
     RunResults,
     VectorStyle,
@@ -269,17 +272,26 @@ def test_rgb_source_offers_a_channel(qtbot):
 def test_output_roles_and_enabled_state(qtbot):
     panel = RunControlPanel()
     qtbot.addWidget(panel.native)
-    assert panel.roles == ['vectors', 'speed', 'registered']
+    # roles come bottom to top, as the layers are stacked
+    assert panel.roles == ['registered', 'speed', 'vectors']
     panel.outputs['vx'].value = True
     panel.outputs['divergence'].value = True
     panel.outputs['vectors'].value = False
     assert panel.roles == [
-        'speed',
-        'vx',
-        'vy',
+        'registered',
         'divergence',
         'curl',
-        'registered',
+        'vx',
+        'vy',
+        'speed',
+    ]
+    assert [box.text for box in panel.outputs.values()] == [
+        'vectors',
+        'speed',
+        'vx / vy',
+        'divergence / curl',
+        'reliability',
+        'registered stack',
     ]
     panel.set_running(True)
     assert not panel.start_button.enabled
@@ -321,17 +333,26 @@ def test_progress_text():
     assert format_progress(40, 40, 9.0) == '40 / 40 frames'
 
 
-def test_extra_layers_get_the_same_warp():
+def test_stream_stores_each_batch_before_yielding_it():
     stack = _shifted_stack()
     extra = (stack * 1000).astype(np.uint16)
-    session = MotionSession(stack, batch_size=3)
-    items = list(stream_batches(session.iter_batches(), [extra]))
-    assert [batch.start for batch, _ in items] == [0, 3]
-    for batch, (registered,) in items:
-        assert registered.dtype == np.uint16
-        for i, t in enumerate(range(batch.start, batch.stop)):
-            expected = np.clip(np.rint(warp(extra[t], batch.w[i])), 0, 65535)
-            np.testing.assert_array_equal(registered[i], expected)
+    session = MotionSession(stack, batch_size=3, extra_stacks=[extra])
+    results = RunResults(session, ['speed', 'registered'])
+    batches = []
+    for batch in stream_batches(session.iter_batches(), results=results):
+        frames = slice(batch.start, batch.stop)
+        np.testing.assert_array_equal(results.sink.w[frames], batch.w)
+        np.testing.assert_array_equal(
+            results.extras[0][frames], batch.extras[0]
+        )
+        batches.append(batch)
+    assert [batch.start for batch in batches] == [0, 3]
+    t = 3
+    expected = np.clip(np.rint(warp(extra[t], results.sink.w[t])), 0, 65535)
+    np.testing.assert_array_equal(results.extras[0][t], expected)
+    assert results.limits['speed'][1] == nice_ceiling(
+        np.percentile(speed(batches[0].w)[:, ::4, ::4], 99.5) * 1.25
+    )
 
 
 def test_parameters_sent_to_the_stream_reach_the_session():
@@ -384,13 +405,59 @@ def test_nice_ceiling(value, expected):
     assert nice_ceiling(value) == pytest.approx(expected)
 
 
+class _Fields:
+    def __init__(self, w, reliability):
+        self.w, self.reliability = w, reliability
+
+
+def test_field_maps_compute_what_napari_reads():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 20, 24, 2)).astype(np.float32)
+    reliability = rng.random((6, 20, 24), dtype=np.float32)
+    fields = _Fields(w, reliability)
+    values = SPECS['speed'].values
+    speed_map = FieldMap(values, (6, 20, 24), fields)
+    assert (speed_map.shape, speed_map.ndim, speed_map.size) == (
+        (6, 20, 24),
+        3,
+        6 * 20 * 24,
+    )
+    expected = speed(w)
+    np.testing.assert_array_equal(speed_map[3], expected[3])
+    np.testing.assert_array_equal(speed_map[-1], expected[-1])
+    for key in (
+        (slice(2, 5), slice(1, 4), slice(None, None, 2)),
+        (slice(4, 5), slice(None), slice(None)),  # what napari asks
+        (Ellipsis, 3),
+        (1, 7, 5),
+    ):
+        np.testing.assert_array_equal(speed_map[key], expected[key])
+    np.testing.assert_array_equal(np.asarray(speed_map), expected)
+    with pytest.raises(IndexError):
+        speed_map[6]
+    # the run's arrays are read at each access (the worker fills them)
+    w[2] = 0
+    assert not speed_map[2].any()
+
+    # a previewed frame replaces the run's, without writing into it
+    previewed = rng.normal(size=(1, 20, 24, 2)).astype(np.float32)
+    speed_map.preview = (4, FrameFields(previewed, reliability[4:5]))
+    np.testing.assert_array_equal(speed_map[4], speed(previewed)[0])
+    np.testing.assert_array_equal(speed_map[3:6][1], speed(previewed)[0])
+    np.testing.assert_array_equal(speed_map[5], expected[5])
+    np.testing.assert_array_equal(fields.w[4], w[4])
+    # no run: frames show the fill value
+    empty = FieldMap(values, (6, 20, 24))
+    empty.preview = speed_map.preview
+    assert not empty[3].any()
+    np.testing.assert_array_equal(empty[4], speed(previewed)[0])
+
+
 def _run_into(outputs, viewer, source, roles):
     session = MotionSession(np.asarray(source.data), batch_size=2)
     results = RunResults(session, roles)
     outputs.prepare(source, results, roles)
-    for batch, _extras in stream_batches(
-        session.iter_batches(), results=results
-    ):
+    for batch in stream_batches(session.iter_batches(), results=results):
         outputs.update(batch)
     return session
 
@@ -417,6 +484,8 @@ def test_output_layers_hold_the_results():
         'cells speed',
         'cells flow vectors',
     ]
+    # heatmaps are computed from the run's arrays when napari reads them
+    assert isinstance(viewer.layers['cells speed'].data, FieldMap)
     np.testing.assert_array_equal(
         viewer.layers['cells speed'].data, speed(results.sink.w)
     )
@@ -489,7 +558,7 @@ def test_deferred_layers_show_batches_that_came_first(qtbot):
     outputs.prepare(source, results, roles, deferred=True)
     assert outputs.pending
     assert [layer.name for layer in viewer.layers] == ['cells']
-    for batch, _ in stream_batches(session.iter_batches(), results=results):
+    for batch in stream_batches(session.iter_batches(), results=results):
         outputs.update(batch)  # before any layer exists
     qtbot.waitUntil(lambda: not outputs.pending, timeout=5000)
 

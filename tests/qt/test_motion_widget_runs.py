@@ -11,8 +11,9 @@ import pytest
 from napari.components import ViewerModel
 from napari.utils.notifications import notification_manager
 
+from napari_flowscope import synthetic
 from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
-from napari_flowscope.engine import FlowParams, warp
+from napari_flowscope.engine import FlowParams, speed, warp
 from napari_flowscope.session import AdaptiveReference, MotionSession
 
 TIMEOUT_MS = 30_000
@@ -187,3 +188,31 @@ def test_save_before_a_complete_run_is_refused(qtbot, widget, tmp_path):
     assert widget.save_worker is None
     assert 'run the whole stack' in messages[0].message
     assert not list(tmp_path.iterdir())
+
+
+def test_preview_of_a_stack_larger_than_memory(qtbot, widget):
+    da = pytest.importorskip('dask.array')
+    texture = synthetic.tissue_texture((512, 512)).astype(np.float32)
+
+    def frame(block_info=None):
+        t = block_info[None]['chunk-location'][0]
+        return np.roll(texture, t % 5, axis=1)[np.newaxis]
+
+    # 40 000 frames of 512 x 512 float32: 39 GiB, read one frame at a time
+    stack = da.map_blocks(
+        frame, chunks=((1,) * 40_000, (512,), (512,)), dtype=np.float32
+    )
+    viewer = widget.viewer
+    viewer.add_image(stack, name='huge', contrast_limits=(0, 1))
+    viewer.dims.set_current_step(0, 23_457)
+    widget.parameters.live_preview.value = True
+    qtbot.waitUntil(
+        lambda: widget.preview.last_result is not None, timeout=TIMEOUT_MS
+    )
+    result = widget.preview.last_result
+    assert result.request.frame == 23_457
+    heatmap = viewer.layers['huge preview speed']
+    assert heatmap.data.shape == stack.shape
+    np.testing.assert_array_equal(heatmap.data[23_457], speed(result.flow.w))
+    inner = result.flow.w[64:-64, 64:-64, 0]
+    assert np.median(inner) == pytest.approx(2.0, abs=0.02)

@@ -320,7 +320,7 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
         image=tissue.stack[0],
     )
     np.testing.assert_array_equal(
-        viewer.layers['tissue preview vectors'].data, data
+        viewer.layers['tissue preview flow vectors'].data, data
     )
 
     viewer.dims.set_current_step(0, 11)
@@ -487,4 +487,4 @@ def test_preview_of_another_source_gets_its_own_layers(docked, qtbot, tissue):
     qtbot.waitUntil(lambda: preview.worker is None, timeout=RUN_TIMEOUT_MS)
     names = [layer.name for layer in viewer.layers]
     assert 'tissue preview speed' not in names
-    assert 'mirrored preview vectors' in names
+    assert 'mirrored preview flow vectors' in names

@@ -1,17 +1,28 @@
 """Run results -> napari layers.
 
-Pure helpers build layer data (vector arrays, contrast limits, geometry).
-:class:`RunResults` holds a run's arrays; the worker writes each batch into
-them (plain numpy, no napari object).  :class:`OutputLayers`, on the main
-thread only, creates the output layers of a run once, backed by those
-arrays, and refreshes them as batches arrive.
+:data:`OUTPUT_LAYERS` is the one table of what a run can show: for each
+role its layer name, the output box that turns it on, where its data come
+from, its colormap, contrast limits and look.  Everything else here reads
+that table.
+
+Heatmaps are :class:`FieldMap` objects: lazy ``(T, *frame)`` arrays that
+napari reads a slice of when it draws, computed from the run's flow fields
+(:class:`~napari_flowscope.session.MemorySink` arrays, filled batch by batch
+by the worker).  So a heatmap costs no memory of its own, a mask can change
+without recomputing the run, and a live preview can show one frame in the
+same layers.  :class:`RunResults` holds a run's arrays (plain numpy, no
+napari object); :class:`OutputLayers`, on the main thread only, creates the
+layers once, backed by those arrays, and refreshes them as batches arrive.
+Nothing assumes two spatial axes except the vectors (``frame_vectors``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -19,8 +30,11 @@ from qtpy.QtCore import QTimer
 from napari_flowscope.engine import curl, decimate_flow, divergence, speed
 
 __all__ = [
-    'HEATMAPS',
-    'OUTPUTS',
+    'MAX_VECTORS',
+    'OUTPUT_LAYERS',
+    'FieldMap',
+    'FrameFields',
+    'OutputLayer',
     'OutputLayers',
     'RunResults',
     'VectorStyle',
@@ -29,44 +43,186 @@ __all__ = [
     'frames_on_screen',
     'layer_geometry',
     'nice_ceiling',
+    'output_limits',
     'vector_step',
 ]
 
-#: Outputs a run can produce: role -> layer-name suffix.
-OUTPUTS = {
-    'vectors': 'flow vectors',
-    'speed': 'speed',
-    'vx': 'vx',
-    'vy': 'vy',
-    'reliability': 'reliability',
-    'divergence': 'divergence',
-    'curl': 'curl',
-    'registered': 'registered',
-}
-#: Derived (T, Y, X) float32 heatmaps: role -> (colormap, signed).
-HEATMAPS = {
-    'speed': ('plasma', False),
-    'vx': ('RdBu_r', True),
-    'vy': ('RdBu_r', True),
-    'reliability': ('viridis', False),
-    'divergence': ('PuOr', True),
-    'curl': ('PiYG', True),
-}
-SPEED_COLORMAP = 'plasma'
-STACKING = [
-    'registered',
-    'reliability',
-    'divergence',
-    'curl',
-    'vx',
-    'vy',
-    'speed',
-    'vectors',
-]
-#: Heatmaps computed from the flow: role -> function of w.
-DERIVED = {'speed': speed, 'divergence': divergence, 'curl': curl}
 #: Vectors shown at once stay below this (napari redraws all of them).
 MAX_VECTORS = 100_000
+
+
+class FrameFields(NamedTuple):
+    """Flow fields of ``n`` frames, what heatmaps are computed from.
+
+    Attributes
+    ----------
+    w : ndarray, shape (n, *frame, D), float32
+        Displacement, components in ``[x, y(, z)]`` order.
+    reliability : ndarray, shape (n, *frame), float32
+    """
+
+    w: np.ndarray
+    reliability: np.ndarray
+
+    @classmethod
+    def take(cls, fields, frames) -> FrameFields:
+        """Frames ``frames`` (a slice or index array) of ``fields``, an
+        object with the arrays of a whole run (e.g. a ``MemorySink``)."""
+        return cls(fields.w[frames], fields.reliability[frames])
+
+
+def _speed(fields):
+    return speed(fields.w)
+
+
+def _component(index):
+    def values(fields):
+        return fields.w[..., index]
+
+    return values
+
+
+def _divergence(fields):
+    return divergence(fields.w)
+
+
+def _curl(fields):
+    return curl(fields.w)
+
+
+def _reliability(fields):
+    return fields.reliability
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """How one output of a run is shown.
+
+    Attributes
+    ----------
+    role : str
+        Key of the output (``'speed'``, ``'registered'``, ...).
+    suffix : str
+        The layer is named ``'<source layer> <suffix>'``.
+    output : str or None
+        Label of the output box that turns it on; roles sharing a label
+        share a box.  None: always shown.
+    kind : {'image', 'stack', 'reference', 'vectors'}
+        ``'image'``: a :class:`FieldMap` heatmap of ``values``;
+        ``'stack'``: the sink array named ``stored`` (shape of the source
+        layer); ``'reference'``: the reference, one frame broadcast over
+        time; ``'vectors'``: the flow of the frame on screen as arrows.
+    values : callable, optional
+        ``values(FrameFields) -> ndarray (n, *frame)`` of an image role.
+    stored : str, optional
+        Sink attribute of a stack role.
+    colormap : str or None
+        None: the source layer's.
+    limits : str or None
+        Contrast limits, fixed from the first batch of a run so colours
+        mean the same in every frame (see :func:`output_limits`):
+        ``'speed'`` (0 to the speed scale), ``'signed speed'``,
+        ``'robust'`` (0 to a robust maximum of the values),
+        ``'signed robust'``; None: the source layer's.
+    default : bool
+        Whether its output box starts ticked.
+    visible, opacity, blending
+        Initial look of the layer.
+    """
+
+    role: str
+    suffix: str
+    output: str | None
+    kind: str = 'image'
+    values: Callable | None = None
+    stored: str | None = None
+    colormap: str | None = None
+    limits: str | None = None
+    default: bool = False
+    visible: bool = False
+    opacity: float = 0.7
+    blending: str = 'translucent'
+
+
+#: Every output a run can show, bottom to top of the layer list.
+OUTPUT_LAYERS = (
+    OutputLayer('reference', 'reference', None, kind='reference', opacity=1.0),
+    OutputLayer(
+        'registered',
+        'registered',
+        'registered stack',
+        kind='stack',
+        stored='registered',
+        default=True,
+        visible=True,
+        opacity=1.0,
+    ),
+    OutputLayer(
+        'reliability',
+        'reliability',
+        'reliability',
+        values=_reliability,
+        colormap='viridis',
+        limits='robust',
+    ),
+    OutputLayer(
+        'divergence',
+        'divergence',
+        'divergence / curl',
+        values=_divergence,
+        colormap='PuOr',
+        limits='signed robust',
+    ),
+    OutputLayer(
+        'curl',
+        'curl',
+        'divergence / curl',
+        values=_curl,
+        colormap='PiYG',
+        limits='signed robust',
+    ),
+    OutputLayer(
+        'vx',
+        'vx',
+        'vx / vy',
+        values=_component(0),
+        colormap='RdBu_r',
+        limits='signed speed',
+    ),
+    OutputLayer(
+        'vy',
+        'vy',
+        'vx / vy',
+        values=_component(1),
+        colormap='RdBu_r',
+        limits='signed speed',
+    ),
+    OutputLayer(
+        'speed',
+        'speed',
+        'speed',
+        values=_speed,
+        colormap='plasma',
+        limits='speed',
+        default=True,
+        visible=True,
+        blending='additive',
+    ),
+    OutputLayer(
+        'vectors',
+        'flow vectors',
+        'vectors',
+        kind='vectors',
+        colormap='plasma',
+        limits='speed',
+        default=True,
+        visible=True,
+        opacity=1.0,
+    ),
+)
+SPECS = {spec.role: spec for spec in OUTPUT_LAYERS}
+#: Roles a live preview shows (computed from one frame's flow).
+PREVIEW_ROLES = ('speed', 'vectors')
 
 
 @dataclass(frozen=True)
@@ -96,22 +252,95 @@ class VectorStyle:
     min_speed: float = 0.0
 
 
-def layer_geometry(layer, ndim=3) -> dict:
+class FieldMap:
+    """A ``(T, *frame)`` float32 map of a run's flow fields, computed for
+    the frames napari reads (napari's layer-data protocol: ``shape``,
+    ``dtype``, ``ndim``, ``size``, ``__getitem__``).
+
+    Parameters
+    ----------
+    values : callable
+        ``values(FrameFields) -> ndarray (n, *frame)``.
+    shape : tuple of int
+        ``(T, *frame)``.
+    fields : object, optional
+        Arrays of the whole run, read at each access (``w``,
+        ``reliability``; e.g. a ``MemorySink`` the worker is filling).
+        None: every frame is ``fill``.
+    fill : float
+        Value of frames without fields.
+
+    Attributes
+    ----------
+    preview : (int, FrameFields) or None
+        A frame shown instead of the run's (fields with one frame).
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, values, shape, fields=None, *, fill=0.0):
+        self.values = values
+        self.shape = tuple(int(size) for size in shape)
+        self.ndim = len(self.shape)
+        self.size = math.prod(self.shape)
+        self.fields = fields
+        self.fill = np.float32(fill)
+        self.preview = None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[:]
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if not key or key[0] is Ellipsis:
+            time, rest = slice(None), key
+        else:
+            time, rest = key[0], key[1:]
+        if isinstance(time, (int, np.integer)):
+            index = range(self.shape[0])[time]  # IndexError when outside
+            return self._frames(slice(index, index + 1))[0][rest]
+        return self._frames(time)[(slice(None), *rest)]
+
+    def _frames(self, time):
+        """Maps of the frames ``time`` (a slice or index array)."""
+        indices = np.arange(self.shape[0])[time]
+        if self.fields is None:
+            maps = np.full((len(indices), *self.shape[1:]), self.fill)
+        else:
+            maps = np.asarray(
+                self.values(FrameFields.take(self.fields, time)), np.float32
+            )
+        if self.preview is not None:
+            frame, fields = self.preview
+            rows = np.flatnonzero(indices == frame)
+            if len(rows):
+                maps = np.array(maps)  # never write into the run's arrays
+                maps[rows] = self.values(fields)[0]
+        return maps
+
+
+def layer_geometry(layer, ndim=None) -> dict:
     """Keyword arguments that place a new layer exactly over ``layer``.
 
     Parameters
     ----------
     layer : napari.layers.Layer
-        The source layer, ``(T, Y, X)``.
-    ndim : int
-        Dimensions of the new layer; the last ``ndim`` axes of the source
-        are used (``2`` for a per-frame image such as the reference).
+        The source layer, ``(T, *frame)``.
+    ndim : int, optional
+        Dimensions of the new layer (default: the source's); the last
+        ``ndim`` axes of the source are used (one fewer for a per-frame
+        image such as the reference).
 
     Returns
     -------
     dict
         ``scale``, ``translate``, ``units`` and ``axis_labels``.
     """
+    ndim = layer.ndim if ndim is None else ndim
     return {
         'scale': tuple(layer.scale)[-ndim:],
         'translate': tuple(layer.translate)[-ndim:],
@@ -139,9 +368,10 @@ def frames_on_screen(viewer, layer, start: int, stop: int) -> bool:
 
 def vector_step(frame_shape, step: int, max_vectors=MAX_VECTORS) -> int:
     """The smallest grid step >= ``step`` that shows <= ``max_vectors``."""
-    height, width = frame_shape
     step = max(int(step), 1)
-    while math.ceil(height / step) * math.ceil(width / step) > max_vectors:
+    while math.prod(math.ceil(size / step) for size in frame_shape) > (
+        max_vectors
+    ):
         step += 1
     return step
 
@@ -203,38 +433,70 @@ def _robust_max(values) -> float:
     return float(np.percentile(np.abs(values), 99.5))
 
 
+def output_limits(fields: FrameFields, roles) -> dict:
+    """Contrast limits of ``roles`` (and ``'speed'``) from a few frames.
+
+    Parameters
+    ----------
+    fields : FrameFields
+        The frames the limits are taken from (a run's first batch, or the
+        previewed frame).
+    roles : iterable of str
+        Roles of :data:`OUTPUT_LAYERS`; those with ``limits`` None are
+        left out.
+
+    Returns
+    -------
+    dict of str to (float, float)
+    """
+    # a strided sample is plenty for percentiles and 16x cheaper
+    sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
+    speed_limit = nice_ceiling(_robust_max(speed(fields.w[sample])) * 1.25)
+    limits = {'speed': (0.0, speed_limit)}
+    for role in roles:
+        kind = SPECS[role].limits
+        if kind == 'speed':
+            limits[role] = (0.0, speed_limit)
+        elif kind == 'signed speed':
+            limits[role] = (-speed_limit, speed_limit)
+        elif kind in ('robust', 'signed robust'):
+            values = SPECS[role].values(fields)[sample]
+            top = nice_ceiling(_robust_max(values))
+            limits[role] = (-top if kind == 'signed robust' else 0.0, top)
+    return limits
+
+
 class RunResults:
     """The arrays of one run, filled batch by batch by the worker.
 
     They back the output layers (no copies): the session registers each
     batch straight into :attr:`sink` (``iter_batches(into=sink)``), the
-    worker adds the derived maps, yields it, and the main thread's
-    ``layer.refresh()`` makes napari re-read them.  So the event loop only
-    pays for the refresh, however large the batch.
+    worker takes the contrast limits from the first batch, yields it, and
+    the main thread's ``layer.refresh()`` makes napari read them again.
+    So the event loop only pays for the refresh (and the heatmaps of the
+    frame on screen), however large the batch.
 
     Parameters
     ----------
     session : MotionSession
-        Shapes, dtype and length of the run.
+        Shapes, dtype and length of the run (its ``extra_stacks`` too).
     roles : iterable of str
-        Output roles; the derived heatmaps among them get an array.
-    extra_shapes : sequence of (tuple, dtype)
-        Shape and dtype of each extra layer's registered stack.
+        Output roles, whose contrast limits are taken from the first
+        batch.
 
     Attributes
     ----------
     sink : MemorySink
-        Registered frames, flow, reliability, stats and reference, as a
-        headless run would collect them (saved by ``save_run``).
-    maps : dict of str to ndarray, shape (T, Y, X), float32
-        Derived heatmaps (``speed``, ``divergence``, ``curl``) requested.
-    extras : list of ndarray
-        Registered stacks of the extra layers.
+        Registered frames, flow, reliability, stats, reference and the
+        registered extra stacks, as a headless run would collect them
+        (saved by ``save_run``).
+    roles : list of str
     limits : dict of str to (float, float) or None
-        Contrast limits fixed from the first batch.
+        Contrast limits fixed from the first batch (see
+        :func:`output_limits`).
     """
 
-    def __init__(self, session, roles=(), extra_shapes=()):
+    def __init__(self, session, roles=()):
         from napari_flowscope.session import MemorySink
 
         sink = MemorySink()
@@ -245,51 +507,34 @@ class RunResults:
         for name in ('registered', 'w', 'reliability'):
             array = getattr(sink, name)
             setattr(sink, name, np.zeros(array.shape, array.dtype))
+        sink.extras = [
+            np.zeros(array.shape, array.dtype) for array in sink.extras
+        ]
         self.sink = sink
-        self.maps = {
-            role: np.zeros(sink.reliability.shape, np.float32)
-            for role in DERIVED
-            if role in set(roles)
-        }
-        self.extras = [np.zeros(shape, dtype) for shape, dtype in extra_shapes]
+        self.roles = list(roles)
         self.limits = None
 
     @property
     def n_frames(self) -> int:
         return self.sink.w.shape[0]
 
-    def write(self, batch, extras=()):
-        """Store a batch and its derived maps (worker thread)."""
-        frames = slice(batch.start, batch.stop)
-        self.sink.write(batch)
-        for role, values in self.maps.items():
-            values[frames] = DERIVED[role](batch.w)
-        for array, registered in zip(self.extras, extras, strict=True):
-            array[frames] = registered
-        if self.limits is None:
-            self.limits = self._first_limits(batch)
+    @property
+    def shape(self) -> tuple:
+        """``(T, *frame)``, the shape of the heatmaps."""
+        return self.sink.reliability.shape
 
-    def _first_limits(self, batch):
-        """Contrast limits from the first batch, kept for the whole run
-        so colours mean the same in every frame."""
-        # a strided sample is plenty for percentiles and 16x cheaper
-        sample = (slice(None), slice(None, None, 4), slice(None, None, 4))
-        speed_limit = nice_ceiling(_robust_max(speed(batch.w)[sample]) * 1.25)
-        limits = {
-            'speed': (0.0, speed_limit),
-            'vx': (-speed_limit, speed_limit),
-            'vy': (-speed_limit, speed_limit),
-            'reliability': (
-                0.0,
-                nice_ceiling(_robust_max(batch.reliability[sample])),
-            ),
-        }
-        for role in ('divergence', 'curl'):
-            if role in self.maps:
-                values = self.maps[role][batch.start : batch.stop][sample]
-                m = nice_ceiling(_robust_max(values))
-                limits[role] = (-m, m)
-        return limits
+    @property
+    def extras(self) -> list:
+        """Registered stacks of the extra layers."""
+        return self.sink.extras
+
+    def write(self, batch):
+        """Store a batch (worker thread); the first one sets the limits."""
+        self.sink.write(batch)
+        if self.limits is None:
+            self.limits = output_limits(
+                FrameFields(batch.w, batch.reliability), self.roles
+            )
 
 
 class OutputLayers:
@@ -303,23 +548,26 @@ class OutputLayers:
     Parameters
     ----------
     viewer : napari.Viewer or ViewerModel
+    label : str
+        Inserted in layer names: ``'<source> <label> <suffix>'``.
     """
 
-    def __init__(self, viewer):
+    def __init__(self, viewer, *, label=''):
         self._viewer = viewer
+        self._label = label
         self._layers = {}
-        self._arrays = {}
         self._extra_layers = []
         self.results = None
         self.style = VectorStyle()
         self._limits_set = False
         self._source = None
-        self._n_frames = 0
+        self._shape = None
         self._done = None
         self._reference = None
         self._pending = []
         self._on_ready = None
         self._generation = 0
+        self._preview = None
 
     def __getitem__(self, role):
         """The live layer of ``role`` (KeyError when absent)."""
@@ -340,13 +588,17 @@ class OutputLayers:
 
     @property
     def layers(self) -> list:
-        """Every output layer of the current run still in the viewer."""
+        """Every output layer still in the viewer."""
         extras = [
             layer
             for layer in self._extra_layers
             if layer in self._viewer.layers
         ]
         return [self[role] for role in self._layers if role in self] + (extras)
+
+    @property
+    def _n_frames(self):
+        return 0 if self._shape is None else self._shape[0]
 
     def prepare(
         self,
@@ -367,7 +619,7 @@ class OutputLayers:
         results : RunResults
             The run's arrays; they back the layers (no copies).
         roles : iterable of str
-            Keys of :data:`OUTPUTS` to show.
+            Roles of :data:`OUTPUT_LAYERS` to show (the reference always).
         extras : sequence of napari.layers.Image
             Further layers corrected with the same flow (their registered
             stacks are ``results.extras``).
@@ -381,33 +633,26 @@ class OutputLayers:
             Called once every layer exists (not after
             :meth:`cancel_pending`).
         """
-        roles = [role for role in OUTPUTS if role in set(roles)]
+        roles = set(roles) | {'reference'}
         self.cancel_pending()
+        self._preview = None
         for role in list(self._layers):
-            if role not in roles and role != 'reference':
+            if role not in roles:
                 self._remove(self._layers.pop(role))
         for layer in self._extra_layers:
             self._remove(layer)
         self._extra_layers = []
         self.results = results
         self._source = source
-        self._n_frames = results.n_frames
+        self._shape = results.shape
         self._done = np.zeros(self._n_frames, bool)
         self._limits_set = False
         self._reference = None
-        sink = results.sink
-        self._arrays = {
-            'vx': sink.w[..., 0],
-            'vy': sink.w[..., 1],
-            'reliability': sink.reliability,
-            'registered': sink.registered,
-            **results.maps,
-        }
-        # bottom to top: reference, registered stack, heatmaps, vectors
-        self._pending = [functools.partial(self._prepare_reference, source)]
-        self._pending += [
-            functools.partial(self._prepare_role, role, source)
-            for role in sorted(roles, key=STACKING.index)
+        # bottom to top: the table's order, then the extra layers
+        self._pending = [
+            functools.partial(self._prepare_role, spec, source)
+            for spec in OUTPUT_LAYERS
+            if spec.role in roles
         ]
         self._pending += [
             functools.partial(self._prepare_extra, layer, registered)
@@ -454,39 +699,53 @@ class OutputLayers:
         if on_ready is not None:
             on_ready()
 
-    def _prepare_role(self, role, source):
-        name = f'{source.name} {OUTPUTS[role]}'
+    # -- creating layers -------------------------------------------------
+
+    def _name(self, source, spec):
+        return ' '.join(
+            part for part in (source.name, self._label, spec.suffix) if part
+        )
+
+    def _prepare_role(self, spec, source):
+        name = self._name(source, spec)
         geometry = layer_geometry(source)
-        if role == 'vectors':
-            self._prepare_vectors(name, geometry)
-        elif role == 'registered':
-            self._layers[role] = self._image(
-                role,
-                self._arrays['registered'],
+        fields = None if self.results is None else self.results.sink
+        if spec.kind == 'vectors':
+            self._prepare_vectors(spec, name, geometry)
+        elif spec.kind == 'reference':
+            self._prepare_reference(spec, source, name)
+        elif spec.kind == 'stack':
+            self._layers[spec.role] = self._image(
+                spec.role,
+                getattr(fields, spec.stored),
                 name,
                 geometry,
                 colormap=source.colormap.name,
                 contrast_limits=source.contrast_limits,
                 rgb=source.rgb,
+                visible=spec.visible,
             )
         else:
-            colormap, _signed = HEATMAPS[role]
-            self._layers[role] = self._image(
-                role,
-                self._arrays[role],
+            data = FieldMap(spec.values, self._shape, fields)
+            if self._preview is not None:
+                data.preview = self._preview[:2]
+            self._layers[spec.role] = self._image(
+                spec.role,
+                data,
                 name,
                 geometry,
-                colormap=colormap,
+                colormap=spec.colormap,
                 contrast_limits=(0.0, 1.0),
                 auto_contrast=False,
-                blending='additive' if role == 'speed' else 'translucent',
-                opacity=0.7,
-                visible=role == 'speed',
+                blending=spec.blending,
+                opacity=spec.opacity,
+                visible=spec.visible,
             )
         # batches may have arrived before this layer existed
-        if self.results.limits is not None:
-            self._set_limits(self.results.limits, roles=(role,))
-        if role == 'vectors':
+        limits = None if self.results is None else self.results.limits
+        if limits is not None:
+            self._set_limits(limits, roles=(spec.role,))
+        if spec.kind == 'vectors':
             self.show_current_vectors()
 
     def _prepare_extra(self, layer, registered):
@@ -501,18 +760,18 @@ class OutputLayers:
             )
         )
 
-    def _prepare_reference(self, source):
-        # A 2D layer broadcasts over time, so it adds no slider axis.
+    def _prepare_reference(self, spec, source, name):
+        # One frame: it broadcasts over time, so it adds no slider axis.
         frame = self._reference  # when batches came before the layer
         if frame is None:
-            frame = np.zeros(self._arrays['reliability'].shape[1:], 'f4')
-        layer = self._layers['reference'] = self._image(
-            'reference',
+            frame = np.zeros(self._shape[1:], np.float32)
+        layer = self._layers[spec.role] = self._image(
+            spec.role,
             frame,
-            f'{source.name} reference',
-            layer_geometry(source, ndim=2),
+            name,
+            layer_geometry(source, ndim=source.ndim - 1),
             colormap=source.colormap.name,
-            visible=False,
+            visible=spec.visible,
         )
         if self._reference is not None:
             layer.reset_contrast_limits()
@@ -533,24 +792,24 @@ class OutputLayers:
             self._remove(old)
         return self._viewer.add_image(data, name=name, **geometry, **kwargs)
 
-    def _prepare_vectors(self, name, geometry):
-        old = self._layers.get('vectors')
+    def _prepare_vectors(self, spec, name, geometry):
+        old = self._layers.get(spec.role)
         if old is not None and old in self._viewer.layers:
             _restore(old, name, geometry)
-            self._set_vectors(old, *_no_vectors())
+            self._set_vectors(old, *_no_vectors(len(geometry['scale'])))
             # keep the arrows above heatmaps created by this run
             layers = self._viewer.layers
             index = layers.index(old)
             if index != len(layers) - 1:
                 layers.move(index, len(layers))
             return
-        data, lengths = _no_vectors()
-        self._layers['vectors'] = self._viewer.add_vectors(
+        data, lengths = _no_vectors(len(geometry['scale']))
+        self._layers[spec.role] = self._viewer.add_vectors(
             data,
             name=name,
             features={'speed': lengths},
             edge_color='speed',
-            edge_colormap=SPEED_COLORMAP,
+            edge_colormap=spec.colormap,
             edge_contrast_limits=(0.0, 1.0),
             edge_width=max(1.0, float(np.mean(geometry['scale'][1:]))),
             vector_style='arrow',
@@ -562,12 +821,15 @@ class OutputLayers:
         if layer in self._viewer.layers:
             self._viewer.layers.remove(layer)
 
+    # -- a run's batches -------------------------------------------------
+
     def update(self, batch):
         """Show a batch the worker has written into the results.
 
         Main thread; when a frame of the batch is on screen, costs a
-        refresh of each layer (napari re-reads that frame) and the vectors
-        of one frame, otherwise nothing.
+        refresh of each layer (napari reads that frame again, computing
+        the heatmaps of it) and the vectors of one frame, otherwise
+        nothing.
         """
         self._done[batch.start : batch.stop] = True
         if batch.reference is not self._reference:
@@ -586,8 +848,8 @@ class OutputLayers:
             # napari slices the arrays afresh when the slider moves there;
             # a refresh now would only redraw what is already on screen.
             return
-        for role in (*HEATMAPS, 'registered'):
-            if role in self:
+        for role in self._layers:
+            if role in self and SPECS[role].kind in ('image', 'stack'):
                 self[role].refresh()
         for layer in self._extra_layers:
             if layer in self._viewer.layers:
@@ -619,14 +881,82 @@ class OutputLayers:
     def _set_limits(self, limits, roles=None):
         if roles is None:
             self._limits_set = True
-            roles = (*limits, 'vectors')
+            roles = list(self._layers)
         for role in roles:
             if role not in self:
                 continue
-            if role == 'vectors':
-                self[role].edge_contrast_limits = limits['speed']
+            if SPECS[role].kind == 'vectors':
+                value = tuple(limits['speed'])
+                if tuple(self[role].edge_contrast_limits) != value:
+                    self[role].edge_contrast_limits = value
             elif role in limits:
-                self[role].contrast_limits = limits[role]
+                value = tuple(limits[role])
+                if tuple(self[role].contrast_limits) != value:
+                    self[role].contrast_limits = value
+
+    # -- a preview -------------------------------------------------------
+
+    def show_preview(self, source, frame, fields, vectors, limits) -> None:
+        """Show one frame's flow in the preview roles' layers.
+
+        Parameters
+        ----------
+        source : napari.layers.Image
+            The layer previewed.
+        frame : int
+        fields : FrameFields
+            The frame's flow fields, with a leading axis of one.
+        vectors : (ndarray, ndarray)
+            ``frame_vectors`` of the frame.
+        limits : dict
+            :func:`output_limits` of the frame.
+        """
+        if self._source is not None and self._source != source:
+            self.remove_layers()
+        if self._source is None:
+            self._source = source
+            self._shape = (int(source.data.shape[0]), *fields.w.shape[1:-1])
+            self._done = np.zeros(self._n_frames, bool)
+        self._preview = (frame, fields, vectors)
+        for role in PREVIEW_ROLES:
+            if role not in self:
+                self._prepare_role(SPECS[role], source)
+        for role in PREVIEW_ROLES:
+            spec = SPECS[role]
+            if spec.kind == 'image':
+                self[role].data.preview = (frame, fields)
+                self[role].refresh()
+        self._set_limits(limits, roles=PREVIEW_ROLES)
+        self._show_preview_vectors()
+
+    def _show_preview_vectors(self):
+        _frame, _fields, (data, lengths) = self._preview
+        layer = self['vectors']
+        self._set_vectors(layer, data, lengths)
+        if layer.length != self.style.length:
+            layer.length = self.style.length
+
+    def restyle_preview(self, vectors) -> None:
+        """Show the preview frame's vectors drawn in a new style."""
+        if self._preview is not None and 'vectors' in self:
+            frame, fields, _ = self._preview
+            self._preview = (frame, fields, vectors)
+            self._show_preview_vectors()
+
+    def remove_layers(self) -> None:
+        """Remove every layer and forget the run (preview switched off)."""
+        self.cancel_pending()
+        for layer in self.layers:
+            self._viewer.layers.remove(layer)
+        self._layers = {}
+        self._extra_layers = []
+        self._source = None
+        self._shape = None
+        self._done = None
+        self._preview = None
+        self.results = None
+
+    # -- vectors ---------------------------------------------------------
 
     def set_style(self, style: VectorStyle) -> None:
         """Change how vectors are drawn and redraw the current frame.
@@ -659,11 +989,11 @@ class OutputLayers:
         layer = self['vectors']
         if not self._done[t]:
             if len(layer.data):
-                self._set_vectors(layer, *_no_vectors())
+                self._set_vectors(layer, *_no_vectors(layer.data.shape[-1]))
             return
         sink = self.results.sink
         image = sink.registered[t]
-        if image.ndim == 3:
+        if image.ndim == sink.w.ndim - 1:  # channels last
             image = image.mean(axis=-1)
         data, lengths = frame_vectors(
             sink.w[t],
@@ -698,5 +1028,5 @@ def _restore(layer, name, geometry):
             setattr(layer, key, value)
 
 
-def _no_vectors():
-    return np.zeros((0, 2, 3), np.float32), np.zeros(0, np.float32)
+def _no_vectors(ndim=3):
+    return np.zeros((0, 2, ndim), np.float32), np.zeros(0, np.float32)

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_flowscope.session import MotionSession, output_dtype
+from napari_flowscope.session import MotionSession
 
 from .events import RunInfo, run_events
 from .layers import OutputLayers, RunResults, current_frame
@@ -152,6 +152,9 @@ class MotionCorrectionWidget(QWidget):
         ):
             widget.changed.connect(self._on_vector_style)
         self.parameters.params_changed.connect(self._on_params)
+        self.parameters.temporal_smoothing.changed.connect(
+            self._request_preview
+        )
         self.parameters.live_preview.changed.connect(self._on_live_preview)
         self.reference.reference_changed.connect(self._on_reference)
         # kept to disconnect on teardown: the viewer may outlive the dock
@@ -188,6 +191,7 @@ class MotionCorrectionWidget(QWidget):
         if source is None:
             show_error('Motion correction: choose a source layer (T, Y, X).')
             return
+        extra_layers = self.reference.extra_layers
         try:
             session = MotionSession(
                 source.data,
@@ -196,22 +200,15 @@ class MotionCorrectionWidget(QWidget):
                 batch_size=int(self.run_panel.batch_size.value),
                 n_threads=_session_threads(),
                 temporal_smoothing=self.parameters.temporal_sigma,
+                extra_stacks=[layer.data for layer in extra_layers],
                 **self.reference.session_kwargs(),
             )
         except (ValueError, TypeError) as error:
             show_error(f'Motion correction cannot start: {error}')
             return
-        extra_layers = self.reference.extra_layers
         roles = self.run_panel.roles
         try:
-            results = RunResults(
-                session,
-                roles,
-                [
-                    (layer.data.shape, output_dtype(layer.data.dtype))
-                    for layer in extra_layers
-                ],
-            )
+            results = RunResults(session, roles)
         except MemoryError:
             show_error(
                 'Motion correction cannot start: not enough memory to hold '
@@ -225,11 +222,7 @@ class MotionCorrectionWidget(QWidget):
         n_batches = math.ceil(session.n_frames / session.batch_size)
         worker = create_worker(
             relay,
-            stream_batches(
-                self._batches,
-                [layer.data for layer in extra_layers],
-                results=results,
-            ),
+            stream_batches(self._batches, results=results),
             # errors go to _on_error (a notification), not re-raised
             _ignore_errors=True,
             _progress={
@@ -333,8 +326,8 @@ class MotionCorrectionWidget(QWidget):
 
     # -- worker handlers (main thread) ------------------------------------
 
-    def _on_batch(self, item):
-        batch, _extras = item  # already written into self.results
+    def _on_batch(self, batch):
+        # already written into self.results
         self.outputs.update(batch)
         self.run_panel.show_progress(batch.stop, self.session.n_frames)
         run_events(self.viewer).batch.emit(batch)
@@ -435,7 +428,7 @@ class MotionCorrectionWidget(QWidget):
             self.preview.request.cancel()
             self.preview.remove_layers()
 
-    def _request_preview(self):
+    def _request_preview(self, _value=None):
         if self.parameters.live_preview.value:
             self.preview.request()
 
@@ -458,7 +451,10 @@ class MotionCorrectionWidget(QWidget):
             current_frame(self.viewer, source, n_frames),
             strategy,
             self.parameters.params,
-            self.reference.session_kwargs(),
+            {
+                **self.reference.session_kwargs(),
+                'temporal_smoothing': self.parameters.temporal_sigma,
+            },
             self._vector_style(),
         )
 

@@ -17,14 +17,15 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from superqt.utils import qdebounced
 
-from napari_flowscope.engine import FlowField, estimate_flow, speed
-from napari_flowscope.session import (
-    AdaptiveReference,
-    ImageReference,
-    MotionSession,
-)
+from napari_flowscope.session import ImageReference, MotionSession
 
-from .layers import SPEED_COLORMAP, frame_vectors, layer_geometry, nice_ceiling
+from .layers import (
+    PREVIEW_ROLES,
+    FrameFields,
+    OutputLayers,
+    frame_vectors,
+    output_limits,
+)
 from .run_control import stop_and_wait, track
 
 __all__ = ['PreviewController', 'PreviewRequest', 'compute_preview']
@@ -37,57 +38,54 @@ class PreviewRequest:
     """Everything a preview computation needs (no layers)."""
 
     number: int
-    stack: object
     frame: int
-    strategy: object
     params: object
-    session_kwargs: dict
     style: object
-    reference_key: object
-    reference: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class PreviewResult:
-    """The flow of one frame and what the preview layers show of it."""
+    """The flow of one frame and what the preview layers show of it.
+
+    Attributes
+    ----------
+    request : PreviewRequest
+    reference : ndarray, shape (Y, X), float32
+        The reference the frame was registered to.
+    flow : FlowField
+        The frame's flow, as a run computes it.
+    fields : FrameFields
+        ``flow`` with a leading frame axis, for the heatmaps.
+    limits : dict
+        Contrast limits of the preview roles (``output_limits``).
+    vectors : (ndarray, ndarray)
+        ``frame_vectors`` of the frame.
+    """
 
     request: PreviewRequest
     reference: np.ndarray
-    flow: FlowField
-    speed: np.ndarray
-    limit: float
+    flow: object
+    fields: FrameFields
+    limits: dict
     vectors: tuple
 
 
-def compute_preview(request: PreviewRequest) -> PreviewResult:
+def compute_preview(session, request: PreviewRequest) -> PreviewResult:
     """Worker body: the flow of one frame against the run's reference.
 
-    The speed map, its colour limit and the vector grid are computed here
-    too, so the main thread only assigns layer data.
+    The session computes the flow (reading only the frames it needs); the
+    colour limits and the vector grid are computed here too, so the main
+    thread only assigns layer data.
     """
-    session = MotionSession(
-        request.stack,
-        reference=request.strategy,
-        params=request.params,
-        **request.session_kwargs,
-    )
-    reference = request.reference
-    if reference is None:
-        reference = session.reference_image
-    moving = session.flow_images(
-        session.read_frames(request.frame, request.frame + 1)
-    )[0]
-    flow = estimate_flow(reference, moving, request.params)
-    frame_speed = speed(flow.w)
-    limit = nice_ceiling(
-        float(np.percentile(frame_speed[::2, ::2], 99.5)) * 1.25
-    )
+    flow = session.estimate_frame(request.frame, params=request.params)
+    reference = session.reference_image
+    fields = FrameFields(flow.w[np.newaxis], flow.reliability[np.newaxis])
     return PreviewResult(
         request,
         reference,
         flow,
-        frame_speed,
-        limit,
+        fields,
+        output_limits(fields, PREVIEW_ROLES),
         _vectors(flow, request.frame, request.style, reference),
     )
 
@@ -102,13 +100,12 @@ def _vectors(flow, frame, style, reference):
     )
 
 
-def _reference_key(stack, strategy, params, session_kwargs):
-    """What the preview reference depends on (None: do not cache)."""
+def _session_key(stack, strategy, params, session_kwargs):
+    """What a preview session's reference depends on (None: do not
+    keep the session)."""
     if isinstance(strategy, ImageReference):
         return None
-    uses_params = isinstance(strategy, AdaptiveReference) or getattr(
-        strategy, 'preregister', False
-    )
+    uses_params = strategy.adaptive or getattr(strategy, 'preregister', False)
     return (
         id(stack),
         strategy,
@@ -127,6 +124,9 @@ class PreviewController:
         ``describe()`` returns ``(source_layer, frame, strategy, params,
         session_kwargs, vector_style)`` for the request to make, or None
         when nothing can be previewed.
+    outputs : OutputLayers, optional
+        The layers the preview is shown in (default: layers of its own,
+        named ``'<source> preview <output>'``).
 
     Attributes
     ----------
@@ -136,18 +136,16 @@ class PreviewController:
         The computation in flight.
     """
 
-    def __init__(self, viewer, describe):
+    def __init__(self, viewer, describe, outputs=None):
         self._viewer = viewer
         self._describe = describe
+        if outputs is None:
+            outputs = OutputLayers(viewer, label='preview')
+        self._outputs = outputs
         self._requests = 0
         self._pending = False
-        self._reference_cache = (None, None)
-        self._layers = {}
-        self._style = None
+        self._session = (None, None)
         self._source = None
-        self._speed = None
-        self._speed_frame = None
-        self._shown_source = None
         self.worker = None
         self._done = None
         self.last_result = None
@@ -156,11 +154,7 @@ class PreviewController:
     @property
     def layers(self) -> list:
         """Preview layers still in the viewer."""
-        return [
-            layer
-            for layer in self._layers.values()
-            if layer in self._viewer.layers
-        ]
+        return self._outputs.layers
 
     def request_now(self) -> None:
         """Preview now (``request`` is the debounced version)."""
@@ -174,24 +168,26 @@ class PreviewController:
             return
         source, frame, strategy, params, kwargs, style = described
         self._requests += 1
-        key = _reference_key(source.data, strategy, params, kwargs)
-        cached_key, cached = self._reference_cache
-        if key is None or key != cached_key:
-            cached = None
+        key = _session_key(source.data, strategy, params, kwargs)
+        kept_key, session = self._session
+        if key is None or key != kept_key:
+            try:
+                session = MotionSession(
+                    source.data, reference=strategy, params=params, **kwargs
+                )
+            except (ValueError, TypeError) as error:
+                self._on_error(error)
+                return
+            # the session keeps the reference it builds, for the next
+            # requests with the same key
+            self._session = (key, session)
         request = PreviewRequest(
-            number=self._requests,
-            stack=source.data,
-            frame=frame,
-            strategy=strategy,
-            params=params,
-            session_kwargs=kwargs,
-            style=style,
-            reference_key=key,
-            reference=cached,
+            number=self._requests, frame=frame, params=params, style=style
         )
         self._source = source
-        self._style = style
-        worker = create_worker(compute_preview, request, _ignore_errors=True)
+        worker = create_worker(
+            compute_preview, session, request, _ignore_errors=True
+        )
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -200,14 +196,17 @@ class PreviewController:
         worker.start()
 
     def _on_result(self, result: PreviewResult) -> None:
-        self._reference_cache = (
-            result.request.reference_key,
-            result.reference,
-        )
         if result.request.number != self._requests:
             return  # a newer request is on its way
         self.last_result = result
-        self._show(result)
+        self._outputs.set_style(result.request.style)
+        self._outputs.show_preview(
+            self._source,
+            result.request.frame,
+            result.fields,
+            result.vectors,
+            result.limits,
+        )
 
     def _on_error(self, error: Exception) -> None:
         show_error(f'Motion correction preview failed: {error}')
@@ -221,87 +220,18 @@ class PreviewController:
 
     def restyle(self, style) -> None:
         """Redraw the last preview with new vector display options."""
-        self._style = style
         result = self.last_result
-        if result is not None and self._layers:
-            self._show_vectors(
+        self._outputs.set_style(style)
+        if result is not None:
+            self._outputs.restyle_preview(
                 _vectors(
                     result.flow, result.request.frame, style, result.reference
-                ),
-                result.limit,
+                )
             )
-
-    def _show(self, result: PreviewResult) -> None:
-        source, frame = self._source, result.request.frame
-        if self._shown_source is not None and self._shown_source != source:
-            # another source: its preview gets its own (named) layers
-            for layer in self.layers:
-                self._viewer.layers.remove(layer)
-            self._layers = {}
-        self._shown_source = source
-        geometry = layer_geometry(source)
-        shape = (source.data.shape[0], *result.speed.shape)
-        heatmap = self._layers.get('speed')
-        if (
-            heatmap is None
-            or heatmap not in self._viewer.layers
-            or heatmap.data.shape != shape
-        ):
-            if heatmap is not None and heatmap in self._viewer.layers:
-                self._viewer.layers.remove(heatmap)
-            # (T, Y, X) like the source, so the preview shows on its own
-            # frame only; np.zeros pages cost memory only once written
-            self._speed = np.zeros(shape, np.float32)
-            self._speed_frame = None
-            heatmap = self._layers['speed'] = self._viewer.add_image(
-                self._speed,
-                name=f'{source.name} preview speed',
-                colormap=SPEED_COLORMAP,
-                contrast_limits=(0.0, result.limit),
-                auto_contrast=False,
-                blending='additive',
-                opacity=0.7,
-                **geometry,
-            )
-        if self._speed_frame not in (None, frame):
-            self._speed[self._speed_frame] = 0
-        self._speed[frame] = result.speed
-        self._speed_frame = frame
-        if tuple(heatmap.contrast_limits) != (0.0, result.limit):
-            heatmap.contrast_limits = (0.0, result.limit)
-        heatmap.refresh()
-        self._show_vectors(result.vectors, result.limit)
-
-    def _show_vectors(self, vectors_data, limit):
-        data, lengths = vectors_data
-        vectors = self._layers.get('vectors')
-        if vectors is None or vectors not in self._viewer.layers:
-            self._layers['vectors'] = self._viewer.add_vectors(
-                data,
-                name=f'{self._source.name} preview vectors',
-                features={'speed': lengths},
-                edge_color='speed',
-                edge_colormap=SPEED_COLORMAP,
-                edge_contrast_limits=(0.0, limit),
-                vector_style='arrow',
-                length=self._style.length,
-                **layer_geometry(self._source),
-            )
-            return
-        vectors.data = data
-        vectors.features = {'speed': lengths}
-        vectors.edge_color = 'speed'
-        if tuple(vectors.edge_contrast_limits) != (0.0, limit):
-            vectors.edge_contrast_limits = (0.0, limit)
-        if vectors.length != self._style.length:
-            vectors.length = self._style.length
 
     def remove_layers(self) -> None:
         """Remove the preview layers (preview switched off)."""
-        for layer in self.layers:
-            self._viewer.layers.remove(layer)
-        self._layers = {}
-        self._shown_source = None
+        self._outputs.remove_layers()
         self.last_result = None
 
     def shutdown(self, timeout_s: float = 5.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -24,32 +23,22 @@ from magicgui.widgets import (
 from qtpy.QtCore import Qt, QThreadPool
 from superqt import QCollapsible
 
-from napari_flowscope.engine import warp
-from napari_flowscope.session import FlowBatch, output_dtype
+from napari_flowscope.session import FlowBatch
 from napari_flowscope.session.sinks import DiskSink
 
-from .layers import OUTPUTS, VectorStyle
+from .layers import OUTPUT_LAYERS, VectorStyle
 
 __all__ = [
     'MotionCorrectionError',
     'RunControlPanel',
     'format_progress',
+    'output_boxes',
     'relay',
     'save_run',
     'stop_and_wait',
     'stream_batches',
     'track',
 ]
-
-DEFAULT_OUTPUTS = ('vectors', 'speed', 'registered')
-OUTPUT_LABELS = {
-    'vectors': 'vectors',
-    'speed': 'speed',
-    'vx': 'vx / vy',
-    'reliability': 'reliability',
-    'divergence': 'divergence / curl',
-    'registered': 'registered stack',
-}
 
 
 class MotionCorrectionError(Exception):
@@ -59,28 +48,31 @@ class MotionCorrectionError(Exception):
     # turns them into a warning instead of an error notification.
 
 
-def stream_batches(
-    batches, extra_stacks=(), *, results=None, interpolation='linear'
-):
-    """Worker body: the session's batches, plus extra layers warped alike.
+def output_boxes() -> dict:
+    """The output boxes: label -> roles they turn on, top layer first."""
+    groups = {}
+    for spec in OUTPUT_LAYERS:
+        if spec.output is not None:
+            groups.setdefault(spec.output, []).append(spec.role)
+    return dict(reversed(groups.items()))
+
+
+def stream_batches(batches, *, results=None):
+    """Worker body: the session's batches, stored as they come.
 
     Parameters
     ----------
     batches : generator
         :meth:`MotionSession.iter_batches` of the run.  A value sent to
         this generator (new :class:`FlowParams`) is passed on to it.
-    extra_stacks : sequence of array_like, shape (T, Y, X)
-        Other channels (layers) corrected with the flow of the source.
     results : RunResults, optional
         Where each batch is written before it is yielded (in the worker's
         thread, so the event loop only refreshes layers).
-    interpolation : {'linear', 'cubic'}
 
     Yields
     ------
-    (FlowBatch, list of ndarray)
-        The batch and the registered frames ``start:stop`` of each extra
-        stack (its dtype kept for integers, float32 otherwise).
+    FlowBatch
+        With the session's extra stacks registered in ``batch.extras``.
     """
     params = None
     next_frame = 0
@@ -95,21 +87,9 @@ def stream_batches(
                 f'Motion correction failed at frame {next_frame}: {error}'
             ) from error
         next_frame = batch.stop
-        extras = []
-        for stack in extra_stacks:
-            frames = np.asarray(stack[batch.start : batch.stop])
-            dtype = output_dtype(frames.dtype)
-            registered = np.empty(frames.shape, dtype)
-            for i, frame in enumerate(frames):
-                image = warp(frame, batch.w[i], interpolation=interpolation)
-                if dtype != np.float32:
-                    info = np.iinfo(dtype)
-                    image = np.clip(np.rint(image), info.min, info.max)
-                registered[i] = image
-            extras.append(registered)
         if results is not None:
-            results.write(batch, extras)
-        params = yield batch, extras
+            results.write(batch)
+        params = yield batch
 
 
 def save_run(folder, session, results, *, scale, units, source, batch_size):
@@ -199,11 +179,14 @@ class RunControlPanel(Container):
             max=512,
             tooltip='Frames per batch: layers update once per batch.',
         )
+        defaults = {spec.role for spec in OUTPUT_LAYERS if spec.default}
+        self._boxes = output_boxes()
+        # keyed by the first role of each box ('vx' for 'vx / vy')
         self.outputs = {
-            role: CheckBox(text=text, value=role in DEFAULT_OUTPUTS)
-            for role, text in OUTPUT_LABELS.items()
+            roles[0]: CheckBox(text=label, value=roles[0] in defaults)
+            for label, roles in self._boxes.items()
         }
-        output_boxes = list(self.outputs.values())
+        boxes = list(self.outputs.values())
         grid = Container(
             layout='vertical',
             labels=False,
@@ -212,9 +195,9 @@ class RunControlPanel(Container):
                 Container(
                     layout='horizontal',
                     labels=False,
-                    widgets=output_boxes[i : i + 2],
+                    widgets=boxes[i : i + 2],
                 )
-                for i in range(0, len(output_boxes), 2)
+                for i in range(0, len(boxes), 2)
             ],
         )
         grid.margins = (0, 0, 0, 0)
@@ -266,16 +249,14 @@ class RunControlPanel(Container):
 
     @property
     def roles(self) -> list[str]:
-        """Layer roles (keys of ``layers.OUTPUTS``) to produce."""
-        roles = []
-        for role, box in self.outputs.items():
-            if box.value:
-                roles.append(role)
-                if role == 'vx':
-                    roles.append('vy')
-                elif role == 'divergence':
-                    roles.append('curl')
-        return [role for role in OUTPUTS if role in roles]
+        """Roles of ``layers.OUTPUT_LAYERS`` to produce, in its order."""
+        chosen = {
+            role
+            for roles in self._boxes.values()
+            if self.outputs[roles[0]].value
+            for role in roles
+        }
+        return [spec.role for spec in OUTPUT_LAYERS if spec.role in chosen]
 
     def vector_style(self, reliability_threshold) -> VectorStyle:
         """The vector display options."""
