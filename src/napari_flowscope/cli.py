@@ -456,17 +456,9 @@ def _demo(args):
 
 
 def _demo_gui():
-    import napari
+    from napari_flowscope._qt.demo import open_demo
 
-    viewer = napari.Viewer(title='napari-flowscope demo')
-    viewer.open_sample('napari-flowscope', 'drifting_tissue')
-    viewer.window.add_plugin_dock_widget(
-        'napari-flowscope', 'Motion correction'
-    )
-    viewer.window.add_plugin_dock_widget(
-        'napari-flowscope', 'Motion over time'
-    )
-    napari.run()
+    open_demo()
     return 0
 
 
