@@ -137,15 +137,6 @@ def test_existing_output_is_not_overwritten(tmp_path, stack_uint16, capsys):
     assert cli.main(command) == 0
 
 
-def test_stacks_with_depth_are_refused(tmp_path, capsys):
-    source = tmp_path / 'tzyx.tif'
-    _write_imagej(source, np.zeros((3, 2, 16, 16), np.uint8), 'TZYX')
-    status = cli.main(['correct', str(source), '-o', str(tmp_path / 'o')])
-    assert status == 1
-    assert 'TZYX' in capsys.readouterr().err
-    assert not (tmp_path / 'o').exists()
-
-
 @pytest.mark.parametrize(
     'arguments',
     [

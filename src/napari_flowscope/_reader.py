@@ -19,7 +19,8 @@ What opens, and how:
   one time-lapse in natural order (``frame2`` before ``frame10``).
 * Flow files written by :mod:`napari_flowscope.formats` (``.npy`` with its
   ``.json`` sidecar, or a flowscope ``.tif``) open as two layers ``vx`` and
-  ``vy`` with a diverging colormap and symmetric contrast limits.
+  ``vy`` (volumes: ``vx``, ``vy``, ``vz``) with a diverging colormap and
+  symmetric contrast limits.
 * Any other ``.npy`` of 3 or 4 dimensions opens as a ``(T, Y, X[, C])``
   stack.
 * The output folder of a finished run (``registered.tif``, ``flow.npy`` +
@@ -42,7 +43,6 @@ __all__ = ['get_reader']
 _TIFF_SUFFIXES = ('.tif', '.tiff')
 _FRAME_SUFFIXES = ('.png', '.jpg', '.jpeg')
 _FLOW_COLORMAP = 'RdBu_r'
-_FLOW_COMPONENTS = ('x', 'y')
 # The files of a run's output folder (docs/architecture.md).
 _RESULT_FILES = {
     'registered': 'registered.tif',
@@ -227,13 +227,14 @@ def read_npy_stack(path):
 
 
 def read_flow_layers(path):
-    """Read a flowscope flow file as two layers ``<name> vx``, ``<name> vy``.
+    """Read a flowscope flow file as layers ``<name> vx``, ``<name> vy``.
 
     Returns
     -------
     list of LayerData
-        Two float32 image layers with a diverging colormap and contrast
-        limits symmetric about zero, on the recorded scale.
+        One float32 image layer per component (``vz`` too for volumes)
+        with a diverging colormap and contrast limits symmetric about
+        zero, on the recorded scale.
     """
     path = _single_path(path)
     w, metadata = formats.read_flow(path, mmap_mode='r')
@@ -242,7 +243,7 @@ def read_flow_layers(path):
     limit = _symmetric_limit(w)
     field_axes = metadata['axes'][:-1]
     layers = []
-    for index, component in enumerate(_FLOW_COMPONENTS):
+    for index, component in enumerate(metadata.get('components', 'xy')):
         kwargs = {
             'name': f'{_stem(path)} v{component}',
             'scale': tuple(metadata['scale']),
@@ -301,7 +302,14 @@ def read_results_folder(path):
         }
     reliability = folder / _RESULT_FILES['reliability']
     if reliability.is_file():
-        [(data, kwargs, layer_type)] = read_npy_stack(reliability)
+        if len(geometry.get('scale', ())) == 4:
+            # (T, Z, Y, X): not a stack with channels
+            data = np.load(reliability, mmap_mode='r')
+            if data.nbytes <= formats.lazy_threshold_bytes():
+                data = np.array(data)
+            kwargs, layer_type = {}, 'image'
+        else:
+            [(data, kwargs, layer_type)] = read_npy_stack(reliability)
         kwargs.update(geometry)
         kwargs.update(
             name=f'{folder.name} reliability',

@@ -120,6 +120,21 @@ def _positive_int(text):
     return value
 
 
+def _spacing(text):
+    """``Z,Y,X`` voxel size: three positive numbers."""
+    try:
+        values = [float(part) for part in text.split(',')]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(
+        np.isfinite(value) and value > 0 for value in values
+    ):
+        raise argparse.ArgumentTypeError(
+            f'expected three positive numbers Z,Y,X; got {text!r}'
+        )
+    return tuple(values)
+
+
 def _smoothing(text):
     value = float(text)
     if not np.isfinite(value) or value <= 0:
@@ -149,7 +164,11 @@ def build_parser():
             'final names only when the run is complete.'
         ),
     )
-    correct.add_argument('input', type=Path, help='TIFF stack (T, Y, X[, C])')
+    correct.add_argument(
+        'input',
+        type=Path,
+        help='TIFF stack (T, Y, X) or volumes (T, Z, Y, X), with channels',
+    )
     correct.add_argument(
         '-o', '--output', type=Path, required=True, help='output folder'
     )
@@ -214,6 +233,25 @@ def build_parser():
         choices=['linear', 'cubic'],
         default='linear',
         help='interpolation of the warp (default: %(default)s)',
+    )
+    correct.add_argument(
+        '--spacing',
+        type=_spacing,
+        default=None,
+        metavar='Z,Y,X',
+        help=(
+            "volumes: voxel size (z, y, x), overriding the file's; windows "
+            'and smoothness are isotropic in these units (default: the '
+            "file's calibration, else isotropic)"
+        ),
+    )
+    correct.add_argument(
+        '--per-plane',
+        action='store_true',
+        help=(
+            'volumes: register each z plane on its own with 2-D flow, for '
+            'stacks whose planes are not a true volume'
+        ),
     )
     correct.add_argument(
         '--overwrite',
@@ -343,6 +381,18 @@ def _correct(args):
 
     stack, metadata = formats.open_stack(args.input, lazy=True)
     channel_axis = _channel_axis(metadata)
+    spatial = _spatial_axes(metadata)
+    scale = [metadata.scale[metadata.axes.index(axis)] for axis in spatial]
+    units = [metadata.units[metadata.axes.index(axis)] for axis in spatial]
+    spacing = None
+    if 'Z' in spatial:
+        spacing = tuple(scale[1:]) if args.spacing is None else args.spacing
+        scale[1:] = spacing
+    elif args.spacing is not None or args.per_plane:
+        raise ValueError(
+            f'--spacing and --per-plane are for volumes (T, Z, Y, X); the '
+            f'stack has axes {metadata.axes}'
+        )
     params = FlowParams.preset(args.preset)
     if args.method is not None:
         params = params.replace(method=args.method)
@@ -356,26 +406,29 @@ def _correct(args):
         temporal_smoothing=args.temporal_smoothing,
         n_threads=args.threads,
         interpolation=args.interpolation,
+        spacing=spacing,
+        per_plane=args.per_plane,
     )
-    tyx = [metadata.axes.index(axis) for axis in 'TYX']
     sink = DiskSink(
         args.output,
-        scale=[metadata.scale[i] for i in tyx],
-        units=[metadata.units[i] for i in tyx],
+        scale=scale,
+        units=units,
         source=str(Path(args.input).resolve()),
         extra={'input_axes': metadata.axes},
         overwrite=args.overwrite,
     )
     progress = None if args.quiet else ProgressLine('correct')
     if args.scheduler is not None:
-        sink = _correct_on_cluster(args, params, channel_axis, progress)
+        sink = _correct_on_cluster(
+            args, params, channel_axis, progress, scale, spacing
+        )
     else:
         sink = session.run(sink=sink, progress_callback=progress)
     _print_summary(session, sink.directory, _read_stats(sink))
     return 0
 
 
-def _correct_on_cluster(args, params, channel_axis, progress):
+def _correct_on_cluster(args, params, channel_axis, progress, scale, spacing):
     from napari_flowscope.distributed import correct_distributed
 
     if args.temporal_smoothing is not None:
@@ -392,21 +445,38 @@ def _correct_on_cluster(args, params, channel_axis, progress):
         channel=args.channel,
         batch_size=args.batch_size,
         interpolation=args.interpolation,
+        scale=scale,
+        spacing=spacing,
+        per_plane=args.per_plane,
         overwrite=args.overwrite,
         progress_callback=progress,
     )
 
 
 def _channel_axis(metadata):
-    extra = [axis for axis in metadata.axes if axis not in 'TYXCS']
+    extra = [axis for axis in metadata.axes if axis not in 'TZYXCS']
     if extra:
         raise ValueError(
             f'the stack has axes {metadata.axes}; only time-lapses of 2-D '
-            'frames (T, Y, X, optionally with channels) can be corrected'
+            'frames (T, Y, X) or of volumes (T, Z, Y, X), optionally with '
+            'channels, can be corrected'
         )
     if metadata.rgb:
         return metadata.axes.index('S')
     return metadata.channel_axis
+
+
+def _spatial_axes(metadata):
+    """``'TYX'`` or ``'TZYX'``: the stack's axes without channels."""
+    spatial = 'T' + ''.join(a for a in metadata.axes[1:] if a in 'ZYX')
+    if spatial not in ('TYX', 'TZYX'):
+        raise ValueError(
+            f'the stack has axes {metadata.axes}; its spatial axes must '
+            'come in the order Z, Y, X'
+        )
+    if 'Z' in spatial and metadata.rgb:
+        raise ValueError('RGB volumes cannot be corrected; split the colours')
+    return spatial
 
 
 def _read_stats(sink):
@@ -421,13 +491,18 @@ def _read_stats(sink):
 
 
 def _print_summary(session, directory, stats, *, extra_lines=()):
-    height, width = session.frame_shape
+    size = ' x '.join(str(n) for n in session.frame_shape[::-1])
     mean_speed = np.mean(stats['mean_speed'])
     max_speed = np.max(stats['max_speed'])
     before = np.mean(stats['ncc_before'])
     after = np.mean(stats['ncc_after'])
     lines = [
-        f'frames: {session.n_frames} of {width} x {height} px',
+        (
+            f'volumes: {session.n_frames} of {size} voxels (x, y, z)'
+            + (', each plane on its own' if session.per_plane else '')
+            if session.is_volume
+            else f'frames: {session.n_frames} of {size} px'
+        ),
         f'mean speed: {mean_speed:.2f} px (largest {max_speed:.2f} px)',
         (
             f'NCC with the reference: before {before:.3f}, after '

@@ -13,7 +13,8 @@ and sample axes get 1.0 and ``'pixel'``).
 
 Flow fields are ``(T, Y, X, 2)`` float32 ``[x, y]`` displacements in pixels
 (``registered(x) = moving(x + w(x))``); their ``scale`` and ``units`` are
-aligned with ``'TYX'``.
+aligned with ``'TYX'``.  Volumes extend this: ``(T, Z, Y, X, 3)`` holding
+``[x, y, z]`` in voxels, ``scale`` and ``units`` aligned with ``'TZYX'``.
 
 Every writer works on ``<path>.partial`` and renames to ``<path>`` only when
 the file is complete, so a cancelled or crashed run never leaves a file that
@@ -51,6 +52,7 @@ __all__ = [
     'StackMetadata',
     'check_free_space',
     'defer_interrupt',
+    'flow_axes',
     'flow_metadata',
     'format_size',
     'free_bytes',
@@ -793,18 +795,19 @@ class NpyStackWriter(_FrameWriter):
 
 
 def flow_metadata(shape, *, scale=None, units=None):
-    """The metadata recorded with a flow field of `shape` (T, Y, X, 2).
+    """The metadata recorded with a flow field of `shape`.
 
-    `scale` and `units` are aligned with ``'TYX'`` (or ``'YX'`` for a
-    single ``(Y, X, 2)`` field).
+    `shape` is ``(T, Y, X, 2)``, ``(Y, X, 2)``, ``(T, Z, Y, X, 3)`` or
+    ``(Z, Y, X, 3)``; `scale` and `units` are aligned with the field's axes
+    without the components (``'TYX'``, ``'YX'``, ``'TZYX'``, ``'ZYX'``).
     """
     from . import __version__
 
-    field_axes = 'TYX' if len(shape) == 4 else 'YX'
+    field_axes = flow_axes(shape)
     return {
         'format': FLOW_FORMAT,
         'axes': field_axes + 'C',
-        'components': ['x', 'y'],
+        'components': list('xyz'[: shape[-1]]),
         'convention': FLOW_CONVENTION,
         'displacement_unit': 'pixel',
         'shape': [int(n) for n in shape],
@@ -846,10 +849,24 @@ def _partial_file(path):
 
 
 def _check_flow_shape(shape):
-    if len(shape) not in (3, 4) or shape[-1] != 2:
+    if (
+        not shape
+        or shape[-1] not in (2, 3)
+        or len(shape) - shape[-1] not in (1, 2)
+    ):
         raise ValueError(
-            f'flow must have shape (T, Y, X, 2) or (Y, X, 2), got {shape}'
+            'flow must have shape (T, Y, X, 2), (Y, X, 2), (T, Z, Y, X, 3) '
+            f'or (Z, Y, X, 3); got {shape}'
         )
+
+
+def flow_axes(shape):
+    """Axes of a flow field of `shape` without its components: ``'TYX'``,
+    ``'YX'``, ``'TZYX'`` or ``'ZYX'``."""
+    shape = tuple(shape)
+    _check_flow_shape(shape)
+    spatial = 'ZYX'[-shape[-1] :]
+    return spatial if len(shape) == shape[-1] + 1 else 'T' + spatial
 
 
 class FlowWriter(NpyStackWriter):
@@ -858,7 +875,9 @@ class FlowWriter(NpyStackWriter):
     The JSON sidecar (same stem) records the axes ``'TYXC'``, the components
     ``['x', 'y']``, the convention ``registered(x) = moving(x + w(x))``, the
     ``scale`` and ``units`` (aligned with ``'TYX'``) and the package version.
-    Both files appear only on :meth:`commit`, the `.npy` last.
+    Both files appear only on :meth:`commit`, the `.npy` last.  A volume
+    flow ``(T, Z, Y, X, 3)`` (``frame_shape=(Z, Y, X, 3)``) records axes
+    ``'TZYXC'`` and components ``['x', 'y', 'z']``.
     """
 
     def __init__(self, path, *, n_frames, frame_shape, scale=None, units=None):
@@ -894,10 +913,11 @@ def write_flow(path, w, *, scale=None, units=None):
     path : str or Path
         ``*.npy`` or ``*.tif`` / ``*.tiff``.
     w : array-like, shape (T, Y, X, 2) or (Y, X, 2)
-        ``[x, y]`` displacement in pixels; stored as float32.
+        ``[x, y]`` displacement in pixels; stored as float32.  Volumes:
+        ``(T, Z, Y, X, 3)`` or ``(Z, Y, X, 3)`` holding ``[x, y, z]``.
     scale, units : tuple, optional
         Frame interval and pixel size aligned with ``'TYX'`` (``'YX'`` for
-        one frame).
+        one frame; ``'TZYX'`` or ``'ZYX'`` for volumes).
 
     Returns
     -------
@@ -907,14 +927,15 @@ def write_flow(path, w, *, scale=None, units=None):
     Notes
     -----
     A TIFF holds the components as separate pages in ``(T, C, Y, X)`` order
-    (so Fiji shows a two-channel time-lapse); the flow metadata is stored as
-    JSON in the ImageDescription under the key ``'flowscope'``.
+    (``(T, Z, C, Y, X)`` for volumes), so Fiji shows a multichannel
+    hyperstack; the flow metadata is stored as JSON in the ImageDescription
+    under the key ``'flowscope'``.
     """
     path = Path(path)
     shape = tuple(np.shape(w))
-    _check_flow_shape(shape)
+    field_axes = flow_axes(shape)
     suffix = path.suffix.lower()
-    if suffix == '.npy' and len(shape) == 3:
+    if suffix == '.npy' and not field_axes.startswith('T'):
         metadata = flow_metadata(shape, scale=scale, units=units)
         with _partial_file(path) as partial:
             with open(partial, 'wb') as file:
@@ -941,7 +962,7 @@ def write_flow(path, w, *, scale=None, units=None):
                 components_first,
                 photometric='minisblack',
                 metadata={
-                    'axes': 'TCYX' if len(shape) == 4 else 'CYX',
+                    'axes': field_axes[:-2] + 'CYX',
                     'flowscope': metadata,
                 },
             )
@@ -990,7 +1011,8 @@ def read_flow(path, *, mmap_mode=None):
     Returns
     -------
     w : ndarray, shape (T, Y, X, 2) or (Y, X, 2), float32
-        ``[x, y]`` displacement.
+        ``[x, y]`` displacement; volumes ``(T, Z, Y, X, 3)`` or
+        ``(Z, Y, X, 3)`` holding ``[x, y, z]``.
     metadata : dict
         Keys ``axes``, ``components``, ``convention``, ``scale``, ``units``,
         ``version``, ...

@@ -206,6 +206,32 @@ def test_multichannel_tiff(client, tmp_path, drifting_stack):
     )
 
 
+def test_volume_tiff(client, tmp_path):
+    sequence = synthetic.drifting_volume(
+        n_frames=5, shape=(8, 32, 32), spacing=(2.0, 1.0, 1.0), seed=4
+    )
+    stack = np.round(sequence.stack * 20000).astype(np.uint16)
+    path = tmp_path / 'input.tif'
+    scale = (SCALE[0], 0.5, *SCALE[1:])
+    formats.write_imagej_stack(
+        path, stack, axes='TZYX', scale=scale, units=('s', 'um', 'um', 'um')
+    )
+    correct_distributed(
+        path, tmp_path / 'dask', params=FAST, chunk_size=2, client=client
+    )
+    # the file's voxel size is the flow's spacing, as in one process
+    session = MotionSession(stack, params=FAST, spacing=scale[1:])
+    session.run(
+        sink=DiskSink(
+            tmp_path / 'single', scale=scale, units=('s', 'um', 'um', 'um')
+        )
+    )
+    assert_identical(tmp_path / 'dask', tmp_path / 'single')
+    result = read_results(tmp_path / 'dask')
+    assert result['flow'].shape == (5, 8, 32, 32, 3)
+    assert result['params']['spacing'] == [0.5, 0.25, 0.25]
+
+
 def test_lost_worker_is_retried(client, tmp_path, tiff_path, drifting_stack):
     client.wait_for_workers(2)
     pids = client.run(os.getpid)

@@ -245,8 +245,10 @@ def test_flow_tiff_pages_are_components(tmp_path, rng):
 
 
 def test_write_flow_refuses_bad_shape_and_suffix(tmp_path):
-    with pytest.raises(ValueError, match=r'\(T, Y, X, 2\)'):
-        formats.write_flow(tmp_path / 'f.npy', np.zeros((3, 4, 5, 3)))
+    # (3, 4, 5, 3) is one volume's flow; these are no flow at all
+    for shape in ((3, 4, 5, 4), (2, 3, 4, 5, 2), (4, 5, 3)):
+        with pytest.raises(ValueError, match=r'\(T, Y, X, 2\)'):
+            formats.write_flow(tmp_path / 'f.npy', np.zeros(shape))
     with pytest.raises(ValueError, match='.npy, .tif'):
         formats.write_flow(tmp_path / 'f.h5', np.zeros((3, 4, 5, 2)))
 

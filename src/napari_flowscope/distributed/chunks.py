@@ -54,6 +54,10 @@ class ChunkSettings:
     batch_size : int
         Frames held in memory at once inside a chunk.
     interpolation : {'linear', 'cubic'}
+    spacing : tuple of float or None
+        Volumes: ``(z, y, x)`` voxel size.
+    per_plane : bool
+        Volumes: 2-D flow plane by plane.
     """
 
     params: FlowParams
@@ -61,6 +65,8 @@ class ChunkSettings:
     channel: int | tuple
     batch_size: int
     interpolation: str
+    spacing: tuple | None = None
+    per_plane: bool = False
 
 
 def chunk_paths(chunk_dir, start: int, stop: int) -> dict[str, Path]:
@@ -88,7 +94,7 @@ def correct_chunk(
         chunk's frames when they were scattered from memory.
     start, stop : int
         The chunk's frame range in the whole stack.
-    reference : ndarray, shape (Y, X), float32
+    reference : ndarray, shape (Y, X) or (Z, Y, X), float32
         The reference, as the single-process session builds it.
     settings : ChunkSettings
     chunk_dir : str
@@ -114,12 +120,14 @@ def correct_chunk(
         # compete with the other chunks for the same cores.
         n_threads=1,
         interpolation=settings.interpolation,
+        spacing=settings.spacing,
+        per_plane=settings.per_plane,
     )
     channels = () if session.n_channels is None else (session.n_channels,)
     n, frame_shape = stop - start, session.frame_shape
     shapes = {
         'registered': ((n, *frame_shape, *channels), session.dtype),
-        'w': ((n, *frame_shape, 2), np.float32),
+        'w': ((n, *frame_shape, session.flow_components), np.float32),
         'reliability': ((n, *frame_shape), np.float32),
     }
     paths = chunk_paths(chunk_dir, start, stop)

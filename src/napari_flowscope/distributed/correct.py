@@ -43,10 +43,12 @@ def correct_distributed(
     n_workers: int = 2,
     channel_axis: int | None = None,
     channel: int | tuple = 0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     interpolation: str = 'linear',
     scale=None,
     units=None,
+    spacing=None,
+    per_plane: bool = False,
     overwrite: bool = False,
     retries: int = 2,
     progress_callback: Callable[[int, int], None] | None = None,
@@ -67,7 +69,8 @@ def correct_distributed(
 
     Parameters
     ----------
-    stack_or_path : str, Path or array_like, shape (T, Y, X) or with channels
+    stack_or_path : str, Path or array_like, shape (T, Y, X) or (T, Z, Y, X)
+        Or with channels.
         A ``.tif``/``.tiff`` (ImageJ/OME axes, scale and units are read),
         ``.npy`` or ``.zarr`` path; a memory map of a whole file; a zarr
         or file-backed dask array; or an in-memory numpy array (its chunks
@@ -100,15 +103,22 @@ or int, optional
         default.
     channel : int or sequence of float
         Channel, or channel weights, the flow is estimated on.
-    batch_size : int
+    batch_size : int, optional
         Frames a worker holds in memory at once (memory per worker is
         about ``batch_size`` x 55 bytes x pixels per frame on top of
-        the worker's baseline).  Results do not depend on it.
+        the worker's baseline).  Results do not depend on it.  Default as
+        in :class:`~napari_flowscope.session.MotionSession`.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
     scale, units : tuple, optional
-        Frame interval and pixel size aligned with ``'TYX'``, recorded in
-        the outputs; read from TIFF metadata by default.
+        Frame interval and pixel size aligned with ``'TYX'`` (volumes
+        ``'TZYX'``), recorded in the outputs; read from TIFF metadata by
+        default.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size for the flow; by default the
+        TIFF's scale (isotropic without one).
+    per_plane : bool
+        Volumes: register each plane on its own (2-D flow).
     overwrite : bool
         Whether results of an earlier run in ``output_dir`` may be
         replaced.
@@ -132,8 +142,8 @@ or int, optional
     Raises
     ------
     ValueError
-        For an adaptive reference, a stack that is not ``(T, Y, X)``
-        (plus channels), or a ``chunk_size`` below 1.
+        For an adaptive reference, a stack that is not ``(T, Y, X)`` or
+        ``(T, Z, Y, X)`` (plus channels), or a ``chunk_size`` below 1.
     FileExistsError
         When ``output_dir`` holds results and ``overwrite`` is False.
     """
@@ -158,8 +168,10 @@ or int, optional
     if axes is not None:
         if channel_axis is None:
             channel_axis = _channel_axis(axes)
-        scale = _tyx(axes, file_scale) if scale is None else scale
-        units = _tyx(axes, file_units) if units is None else units
+        scale = _spatial(axes, file_scale) if scale is None else scale
+        units = _spatial(axes, file_units) if units is None else units
+        if spacing is None and 'Z' in axes and file_scale is not None:
+            spacing = tuple(file_scale[axes.index(axis)] for axis in 'ZYX')
     n_frames = int(data.shape[0])
     # The client-side session builds the reference (reading only the
     # frames it needs) and describes the run for params.json.
@@ -171,6 +183,8 @@ or int, optional
         channel=channel,
         batch_size=batch_size,
         interpolation=interpolation,
+        spacing=spacing,
+        per_plane=per_plane,
     )
     reference_image = session.reference_image
     settings = ChunkSettings(
@@ -179,6 +193,8 @@ or int, optional
         channel=channel if isinstance(channel, int) else tuple(channel),
         batch_size=session.batch_size,
         interpolation=interpolation,
+        spacing=session.spacing,
+        per_plane=session.per_plane,
     )
     chunks = [
         (start, min(start + chunk_size, n_frames))
@@ -480,8 +496,9 @@ def _channel_axis(axes):
     return None
 
 
-def _tyx(axes, values):
-    """Entries of a per-axis tuple for T, Y and X (None if absent)."""
+def _spatial(axes, values):
+    """Entries of a per-axis tuple for T, (Z,) Y and X (None if absent)."""
     if values is None or not {'T', 'Y', 'X'} <= set(axes):
         return None
-    return tuple(values[axes.index(axis)] for axis in 'TYX')
+    wanted = 'TZYX' if 'Z' in axes else 'TYX'
+    return tuple(values[axes.index(axis)] for axis in wanted)

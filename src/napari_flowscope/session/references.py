@@ -3,8 +3,9 @@
 A strategy is a small immutable description.  The session asks it for the
 initial reference image (:meth:`~ReferenceStrategy.build`); only
 :class:`AdaptiveReference` changes the reference while the run goes on.
-All reference images are float32 ``(Y, X)`` in the intensity units of the
-frames (for multichannel stacks: of the channel combination used for flow).
+All reference images are float32 ``(Y, X)`` (volumes: ``(Z, Y, X)``) in the
+intensity units of the frames (for multichannel stacks: of the channel
+combination used for flow).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_flowscope.engine import FlowEstimator, FlowParams, warp
+from napari_flowscope.engine.volume import volume_flow_estimator, warp_volume
 
 __all__ = [
     'AdaptiveReference',
@@ -27,7 +29,8 @@ __all__ = [
     'reference_from_string',
 ]
 
-#: ``read(start, stop) -> (n, Y, X) float32``: frames as used for flow.
+#: ``read(start, stop) -> (n, Y, X) or (n, Z, Y, X) float32``: frames as
+#: used for flow.
 FrameReader = Callable[[int, int], np.ndarray]
 
 STATISTICS = ('mean', 'median')
@@ -52,6 +55,8 @@ class ReferenceStrategy:
         *,
         params: FlowParams,
         interpolation: str = 'linear',
+        spacing=None,
+        per_plane: bool = False,
     ) -> np.ndarray:
         """Initial reference image.
 
@@ -59,17 +64,21 @@ class ReferenceStrategy:
         ----------
         read : callable
             ``read(start, stop)`` returns frames ``start:stop`` as float32
-            ``(n, Y, X)``.
+            ``(n, Y, X)`` or, for volumes, ``(n, Z, Y, X)``.
         n_frames : int
             Length of the stack.
         params : FlowParams
             Used by strategies that pre-register frames.
         interpolation : {'linear', 'cubic'}
             Used by strategies that pre-register frames.
+        spacing : tuple of float, optional
+            Volumes: ``(z, y, x)`` voxel size, for pre-registration.
+        per_plane : bool
+            Volumes: pre-register plane by plane.
 
         Returns
         -------
-        ndarray, shape (Y, X) or (Y, X, C), float32
+        ndarray, shape (Y, X) / (Z, Y, X), or with channels last, float32
         """
         raise NotImplementedError
 
@@ -90,7 +99,7 @@ class FrameReference(ReferenceStrategy):
 
     index: int = 0
 
-    def build(self, read, n_frames, *, params, interpolation='linear'):
+    def build(self, read, n_frames, *, params, **options):
         index = _check_index(self.index, n_frames)
         return read(index, index + 1)[0]
 
@@ -132,7 +141,16 @@ class RangeReference(ReferenceStrategy):
                 f'got start={self.start}, stop={self.stop}'
             )
 
-    def build(self, read, n_frames, *, params, interpolation='linear'):
+    def build(
+        self,
+        read,
+        n_frames,
+        *,
+        params,
+        interpolation='linear',
+        spacing=None,
+        per_plane=False,
+    ):
         if self.start >= n_frames:
             raise ValueError(
                 f'reference range starts at frame {self.start} but the '
@@ -145,6 +163,8 @@ class RangeReference(ReferenceStrategy):
                 params,
                 statistic=self.statistic,
                 interpolation=interpolation,
+                spacing=spacing,
+                per_plane=per_plane,
             )
         return _combine(frames, self.statistic)
 
@@ -165,22 +185,23 @@ class ImageReference(ReferenceStrategy):
     Parameters
     ----------
     image : ndarray, shape (Y, X) or (Y, X, C)
-        The reference.  A multichannel image is combined like the frames
-        (the session's ``channel`` / weights).
+        The reference; a volume ``(Z, Y, X)`` or ``(Z, Y, X, C)`` for a
+        volumetric time-lapse.  A multichannel image is combined like the
+        frames (the session's ``channel`` / weights).
     """
 
     image: np.ndarray = field(repr=False)
 
     def __post_init__(self):
         image = np.asarray(self.image)
-        if image.ndim not in (2, 3):
+        if image.ndim not in (2, 3, 4):
             raise ValueError(
-                'reference image must be (Y, X) or (Y, X, C); '
-                f'got shape {image.shape}'
+                'reference image must be (Y, X), (Y, X, C), (Z, Y, X) or '
+                f'(Z, Y, X, C); got shape {image.shape}'
             )
         object.__setattr__(self, 'image', image)
 
-    def build(self, read, n_frames, *, params, interpolation='linear'):
+    def build(self, read, n_frames, *, params, **options):
         return self.image.astype(np.float32)
 
     def to_dict(self):
@@ -228,9 +249,24 @@ class AdaptiveReference(ReferenceStrategy):
                 f'update_weight must be in [0, 1]; got {self.update_weight}'
             )
 
-    def build(self, read, n_frames, *, params, interpolation='linear'):
+    def build(
+        self,
+        read,
+        n_frames,
+        *,
+        params,
+        interpolation='linear',
+        spacing=None,
+        per_plane=False,
+    ):
         frames = read(0, min(self.buffer_size, n_frames))
-        return preregistered_mean(frames, params, interpolation=interpolation)
+        return preregistered_mean(
+            frames,
+            params,
+            interpolation=interpolation,
+            spacing=spacing,
+            per_plane=per_plane,
+        )
 
     def update_due(self, index: int) -> bool:
         """Whether frame ``index`` (0-based) is blended into the reference."""
@@ -239,7 +275,7 @@ class AdaptiveReference(ReferenceStrategy):
     def blend(
         self, reference: np.ndarray, registered: np.ndarray
     ) -> np.ndarray:
-        """The updated reference, float32 (Y, X)."""
+        """The updated reference, float32, shape of ``reference``."""
         weight = np.float32(self.update_weight)
         return (np.float32(1) - weight) * reference + weight * registered
 
@@ -258,32 +294,45 @@ def preregistered_mean(
     *,
     statistic: str = 'mean',
     interpolation: str = 'linear',
+    spacing=None,
+    per_plane: bool = False,
 ) -> np.ndarray:
     """Register frames to their own mean, then combine them.
 
     Parameters
     ----------
-    frames : ndarray, shape (n, Y, X)
-        Frames to average.
+    frames : ndarray, shape (n, Y, X) or (n, Z, Y, X)
+        Frames (or volumes) to average.
     params : FlowParams, optional
         Flow parameters (default preset when None).
     statistic : {'mean', 'median'}
         How the registered frames are combined.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size.
+    per_plane : bool
+        Volumes: register plane by plane with the 2-D engine.
 
     Returns
     -------
-    ndarray, shape (Y, X), float32
+    ndarray, shape (Y, X) or (Z, Y, X), float32
         A sharper reference than the plain mean when the frames drift.
     """
     frames = np.asarray(frames, dtype=np.float32)
     plain_mean = frames.mean(axis=0)
-    estimator = FlowEstimator(plain_mean, params)
+    if frames.ndim == 4:
+        estimator = volume_flow_estimator(
+            plain_mean, params, spacing=spacing, per_plane=per_plane
+        )
+        apply = warp_volume
+    else:
+        estimator = FlowEstimator(plain_mean, params)
+        apply = warp
     registered = np.empty_like(frames)
     for i, frame in enumerate(frames):
         flow = estimator.estimate(frame)
-        registered[i] = warp(frame, flow.w, interpolation=interpolation)
+        registered[i] = apply(frame, flow.w, interpolation=interpolation)
     return _combine(registered, statistic)
 
 

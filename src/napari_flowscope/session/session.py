@@ -3,9 +3,11 @@
 A :class:`MotionSession` walks a stack batch by batch: it reads
 ``batch_size`` frames (never the whole stack), estimates the flow of each
 against the current reference, warps the frames and yields a
-:class:`FlowBatch`.  Widgets run :meth:`MotionSession.iter_batches` in a
-thread worker; scripts and the command line call :meth:`MotionSession.run`
-or :func:`compensate`.
+:class:`FlowBatch`.  Frames are 2-D images ``(Y, X)`` or volumes
+``(Z, Y, X)``: a volumetric time-lapse ``(T, Z, Y, X)`` gets 3-D flow
+``(T, Z, Y, X, 3)`` (or each plane's 2-D flow with ``per_plane``).
+Widgets run :meth:`MotionSession.iter_batches` in a thread worker; scripts
+and the command line call :meth:`MotionSession.run` or :func:`compensate`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from napari_flowscope.engine import (
     FlowEstimator,
     FlowParams,
     smooth_temporal,
-    speed,
     warp,
+    warp_volume,
 )
 from napari_flowscope.engine.smoothing import TEMPORAL_KERNEL
+from napari_flowscope.engine.volume import volume_flow_estimator
+from napari_flowscope.engine.volume.estimator import check_spacing
 
 from .references import (
     AdaptiveReference,
@@ -43,6 +47,11 @@ BatchCallback = Callable[[np.ndarray, int, int], None]
 
 # scipy.ndimage.gaussian_filter1d's default truncation (standard deviations).
 _GAUSSIAN_TRUNCATE = 4.0
+# Default batch: this many 2-D frames, or as many volumes as hold about
+# this many voxels (at least one), so a batch of volumes stays a few
+# hundred megabytes.
+_DEFAULT_BATCH_FRAMES = 16
+_DEFAULT_BATCH_VOXELS = 1 << 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,17 +62,18 @@ class FlowBatch:
     ----------
     start, stop : int
         Frame range (``stop`` excluded).
-    w : ndarray, shape (n, Y, X, 2), float32
-        ``[x, y]`` displacement with ``frame(x + w(x)) ~ reference(x)``.
-    reliability : ndarray, shape (n, Y, X), float32
+    w : ndarray, shape (n, Y, X, 2) or (n, Z, Y, X, 3), float32
+        ``[x, y]`` (volumes: ``[x, y, z]``) displacement with
+        ``frame(x + w(x)) ~ reference(x)``.
+    reliability : ndarray, shape (n, Y, X) or (n, Z, Y, X), float32
         Reliability of the flow (see
         :func:`napari_flowscope.engine.estimate_flow`).
-    registered : ndarray, shape (n, Y, X) or (n, Y, X, C)
+    registered : ndarray, shape (n, Y, X[, C]) or (n, Z, Y, X[, C])
         Corrected frames; integer input keeps its dtype (values rounded
         and clipped to the dtype's range), any other input gives float32.
     stats : FrameStats
         Per-frame speed and normalised cross-correlation.
-    reference : ndarray, shape (Y, X), float32
+    reference : ndarray, shape (Y, X) or (Z, Y, X), float32
         The reference after this batch (it changes only for
         :class:`~napari_flowscope.session.AdaptiveReference`).
     extras : tuple of ndarray
@@ -97,9 +107,13 @@ class MotionSession:
 
     Parameters
     ----------
-    stack : array_like, shape (T, Y, X) or with one channel axis
-        numpy array, memory map, dask or zarr array; only
-        ``stack[start:stop]`` slices are read, one batch at a time.
+    stack : array_like, shape (T, Y, X) or (T, Z, Y, X)
+        Or with one channel axis (``channel_axis``).  A numpy array,
+        memory map, dask or zarr array; only ``stack[start:stop]`` slices
+        are read, one batch at a time.  A 4-D stack without
+        ``channel_axis`` is a volumetric time-lapse ``(T, Z, Y, X)``:
+        each volume gets 3-D flow ``(Z, Y, X, 3)`` holding ``[x, y, z]``
+        voxels.
     reference : ReferenceStrategy, ndarray or int, optional
         What frames are registered to: a strategy from
         :mod:`napari_flowscope.session.references`, an image (wrapped in
@@ -107,13 +121,16 @@ class MotionSession:
     params : FlowParams, optional
         Flow parameters; default ``FlowParams()`` (the 'balanced' preset).
     channel_axis : int, optional
-        Axis of ``stack`` holding channels (not 0, which is time).
+        Axis of ``stack`` holding channels (not 0, which is time).  The
+        other axes are ``(Y, X)`` or ``(Z, Y, X)``, in that order.
     channel : int or sequence of float
         Multichannel stacks: the channel used to estimate the flow, or one
         weight per channel for a weighted combination.  The flow is applied
         to every channel.
-    batch_size : int
-        Frames per batch.  Results do not depend on it.
+    batch_size : int, optional
+        Frames per batch.  Results do not depend on it.  Default 16 2-D
+        frames, or as many volumes as hold about 16 million voxels (at
+        least one).
     temporal_smoothing : None, True or float
         Smooth the frames along time before estimating the flow (the
         registered output is made from the unsmoothed frames).  ``True``
@@ -125,17 +142,29 @@ class MotionSession:
         identical for any number of threads.
     interpolation : {'linear', 'cubic'}
         Interpolation of the warp.
-    extra_stacks : sequence of array_like, shape (T, Y, X[, C])
+    extra_stacks : sequence of array_like, shape (T, *frame_shape[, C])
         Other channels (e.g. the other layers of a multichannel recording)
         registered with the flow of ``stack``, read batch by batch like it;
         each batch carries them in :attr:`FlowBatch.extras`.  A trailing
         axis is channels.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size (e.g. the layer's or file's
+        scale), so that flow windows, smoothness and the pyramid are
+        isotropic in physical units.  Default isotropic voxels.
+    per_plane : bool
+        Volumes: register each Z plane on its own with the 2-D engine
+        (``w[..., 2]`` is zero), for stacks whose planes are not a true
+        volume (planes far apart or acquired at different times).
 
     Attributes
     ----------
     n_frames : int
     frame_shape : tuple of int
-        ``(Y, X)``.
+        ``(Y, X)``, or ``(Z, Y, X)`` for volumes.
+    is_volume : bool
+        Whether frames are volumes ``(Z, Y, X)``.
+    flow_components : int
+        2 (``[x, y]``) or 3 for volumes (``[x, y, z]``).
     n_channels : int or None
         None for a stack without channel axis.
     input_dtype : numpy.dtype
@@ -158,11 +187,13 @@ class MotionSession:
         params: FlowParams | None = None,
         channel_axis: int | None = None,
         channel: int | Sequence[float] = 0,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         temporal_smoothing: bool | float | None = None,
         n_threads: int | None = None,
         interpolation: str = 'linear',
         extra_stacks: Sequence = (),
+        spacing: Sequence[float] | None = None,
+        per_plane: bool = False,
     ):
         self._stack = stack
         shape = tuple(int(size) for size in stack.shape)
@@ -177,14 +208,20 @@ class MotionSession:
                 if axis not in (0, self._channel_axis)
             )
             self.n_channels = shape[self._channel_axis]
-        if len(frame_dims) != 2 or shape[0] < 1:
+        if len(frame_dims) not in (2, 3) or shape[0] < 1:
             raise ValueError(
-                'stack must be (T, Y, X), or (T, Y, X) plus a channel axis '
-                f'given by channel_axis; got shape {shape} with '
+                'stack must be (T, Y, X) or (T, Z, Y, X), plus a channel '
+                f'axis given by channel_axis; got shape {shape} with '
                 f'channel_axis={channel_axis}'
             )
+        self.is_volume = len(frame_dims) == 3
+        if self.is_volume:
+            _check_volume_frames(frame_dims, shape, self._channel_axis)
         self.n_frames = shape[0]
         self.frame_shape = frame_dims
+        self.flow_components = 3 if self.is_volume else 2
+        self.spacing = check_spacing(spacing) if self.is_volume else None
+        self.per_plane = bool(per_plane) and self.is_volume
         self.input_dtype = np.dtype(stack.dtype)
         self.dtype = output_dtype(self.input_dtype)
         self._weights = self._channel_weights(channel)
@@ -194,6 +231,8 @@ class MotionSession:
         )
         self.params = _check_params(params)
         self.params_history = []
+        if batch_size is None:
+            batch_size = _default_batch_size(frame_dims)
         if int(batch_size) < 1:
             raise ValueError(f'batch_size must be >= 1; got {batch_size}')
         self.batch_size = int(batch_size)
@@ -220,7 +259,8 @@ class MotionSession:
     # -- reading ----------------------------------------------------------
 
     def read_frames(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``start:stop`` as ``(n, Y, X[, C])`` in the input dtype."""
+        """Frames ``start:stop`` as ``(n, *frame_shape[, C])`` in the input
+        dtype."""
         frames = _read(self._stack, start, stop)
         if self._channel_axis is not None:
             frames = np.moveaxis(frames, self._channel_axis, -1)
@@ -242,10 +282,10 @@ class MotionSession:
         return shape, output_dtype(extra.dtype)
 
     def flow_images(self, frames: np.ndarray) -> np.ndarray:
-        """The images flow is estimated on: float32 ``(n, Y, X)``.
+        """The images flow is estimated on: float32 ``(n, *frame_shape)``.
 
-        ``frames`` is ``(n, Y, X[, C])``; multichannel frames are reduced
-        to the chosen channel or the weighted channel combination.
+        ``frames`` is ``(n, *frame_shape[, C])``; multichannel frames are
+        reduced to the chosen channel or the weighted channel combination.
         """
         frames = np.asarray(frames)
         if self.n_channels is None:
@@ -284,7 +324,7 @@ class MotionSession:
 
     @property
     def reference_image(self) -> np.ndarray:
-        """The current reference, float32 ``(Y, X)`` (read-only)."""
+        """The current reference, float32 ``frame_shape`` (read-only)."""
         if self._reference is None:
             self._set_reference(self._build_reference())
         return self._reference
@@ -296,11 +336,14 @@ class MotionSession:
                 self.n_frames,
                 params=self.params,
                 interpolation=self.interpolation,
+                spacing=self.spacing,
+                per_plane=self.per_plane,
             )
-            if image.ndim == 3:
+            if image.ndim == len(self.frame_shape) + 1:
                 if self.n_channels is None:
                     raise ValueError(
-                        'a (Y, X, C) reference needs a stack with channels'
+                        f'a reference of shape {image.shape} (with channels) '
+                        'needs a stack with channels'
                     )
                 image = self.flow_images(image[np.newaxis])[0]
             if image.shape != self.frame_shape:
@@ -333,7 +376,8 @@ class MotionSession:
         Returns
         -------
         FlowField
-            ``w`` (Y, X, 2) and ``reliability`` (Y, X), float32.
+            ``w`` (Y, X, 2) and ``reliability`` (Y, X), float32; volumes
+            ``(Z, Y, X, 3)`` and ``(Z, Y, X)``.
         """
         if not -self.n_frames <= index < self.n_frames:
             raise IndexError(
@@ -343,7 +387,7 @@ class MotionSession:
         params = self.params if params is None else _check_params(params)
         cached_params, estimator = self._preview_estimator
         if estimator is None or cached_params != params:
-            estimator = FlowEstimator(self.reference_image, params)
+            estimator = self.estimator(self.reference_image, params)
             self._preview_estimator = (params, estimator)
         moving = self._read_batch(index, index + 1, keep=False).moving[0]
         return estimator.estimate(moving)
@@ -377,7 +421,7 @@ class MotionSession:
         self._padded_cache = (0, ())
         params = self.params
         self.params_history = [(0, params)]
-        estimator = FlowEstimator(self._reference, params)
+        estimator = self.estimator(self._reference, params)
         n_workers = 1 if adaptive else self.n_threads
         executor = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
         previous_w = None
@@ -409,10 +453,43 @@ class MotionSession:
                     params = _check_params(sent)
                     self.params = params
                     self.params_history.append((stop, params))
-                    estimator = FlowEstimator(self._reference, params)
+                    estimator = self.estimator(self._reference, params)
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+    def estimator(self, reference, params=None):
+        """The flow estimator of this session's frames against ``reference``.
+
+        :class:`~napari_flowscope.engine.FlowEstimator` for 2-D frames,
+        otherwise the 3-D (or per-plane) estimator of
+        :func:`~napari_flowscope.engine.volume.volume_flow_estimator`.
+        """
+        params = self.params if params is None else params
+        if not self.is_volume:
+            return FlowEstimator(reference, params)
+        return volume_flow_estimator(
+            reference, params, spacing=self.spacing, per_plane=self.per_plane
+        )
+
+    def warp(self, frame, w) -> np.ndarray:
+        """``frame`` registered with its flow ``w`` (float32)."""
+        if self.is_volume:
+            return warp_volume(frame, w, interpolation=self.interpolation)
+        return warp(frame, w, interpolation=self.interpolation)
+
+    def displacement(self, w) -> np.ndarray:
+        """Length of each flow vector, float32, in in-plane pixels.
+
+        For volumes the z component counts with its physical size (the
+        z spacing over the pixel size), so lengths are distances.
+        """
+        w = np.asarray(w, np.float32)
+        squares = w[..., 0] * w[..., 0] + w[..., 1] * w[..., 1]
+        if self.is_volume:
+            z = w[..., 2] * np.float32(self.spacing[0] / min(self.spacing[1:]))
+            squares += z * z
+        return np.sqrt(squares)
 
     def _new_batch_arrays(self, start, stop):
         channels = () if self.n_channels is None else (self.n_channels,)
@@ -421,6 +498,7 @@ class MotionSession:
             self.frame_shape,
             (stop - start, *self.frame_shape, *channels),
             self.dtype,
+            self.flow_components,
             extras=[
                 ((stop - start, *shape[1:]), dtype)
                 for shape, dtype in self.extra_shapes
@@ -441,7 +519,7 @@ class MotionSession:
                         strategy.blend(self._reference, registered_image)
                     )
                 )
-                estimator = FlowEstimator(self._reference, estimator.params)
+                estimator = self.estimator(self._reference, estimator.params)
         return estimator, previous_w
 
     def _read_batch(self, start, stop, *, keep=True):
@@ -504,14 +582,12 @@ class MotionSession:
     def _register_frame(self, estimator, inputs, out, i, *, init=None):
         """Register frame ``i`` of a batch into row ``i`` of ``out``.
 
-        Returns the registered flow image (float32 ``(Y, X)``), which the
-        adaptive reference blends in.
+        Returns the registered flow image (float32 ``frame_shape``), which
+        the adaptive reference blends in.
         """
         correlation = self._correlation
         field = estimator.estimate(inputs.moving[i], init=init)
-        registered = warp(
-            inputs.frames[i], field.w, interpolation=self.interpolation
-        )
+        registered = self.warp(inputs.frames[i], field.w)
         out.w[i] = field.w
         out.reliability[i] = field.reliability
         out.registered[i] = _cast(registered, self.dtype)
@@ -519,15 +595,14 @@ class MotionSession:
             inputs.extras, out.extras, strict=True
         ):
             registered_extra[i] = _cast(
-                warp(frames[i], field.w, interpolation=self.interpolation),
-                registered_extra.dtype,
+                self.warp(frames[i], field.w), registered_extra.dtype
             )
         registered_image = (
             registered
             if self.n_channels is None
             else self.flow_images(registered[np.newaxis])[0]
         )
-        frame_speed = speed(field.w)
+        frame_speed = self.displacement(field.w)
         out.stats.mean_speed[i] = frame_speed.mean()
         out.stats.max_speed[i] = frame_speed.max()
         out.stats.ncc_before[i] = correlation(inputs.plain[i])
@@ -553,10 +628,11 @@ class MotionSession:
             ``current`` the number of frames done.
         w_callback : callable, optional
             ``w_callback(w_batch, start, end)`` with ``w_batch`` of shape
-            ``(end - start, Y, X, 2)``.
+            ``(end - start, Y, X, 2)`` (volumes ``(end - start, Z, Y, X,
+            3)``).
         registered_callback : callable, optional
             ``registered_callback(batch, start, end)`` with the registered
-            frames ``(end - start, Y, X[, C])``.
+            frames ``(end - start, *frame_shape[, C])``.
 
         Returns
         -------
@@ -626,6 +702,11 @@ class MotionSession:
             'temporal_smoothing': self.temporal_smoothing,
             'interpolation': self.interpolation,
             'n_frames': self.n_frames,
+            **(
+                {'spacing': list(self.spacing), 'per_plane': self.per_plane}
+                if self.is_volume
+                else {}
+            ),
         }
 
 
@@ -643,26 +724,28 @@ def compensate(
 
     Parameters
     ----------
-    stack : array_like, shape (T, Y, X) or with a channel axis
-        See :class:`MotionSession`.
+    stack : array_like, shape (T, Y, X) or (T, Z, Y, X)
+        Or with a channel axis.  See :class:`MotionSession`; a 4-D array
+        without ``channel_axis`` is a volumetric time-lapse
+        ``(T, Z, Y, X)``.
     reference : ndarray, ReferenceStrategy or int
-        An image ``(Y, X)`` / ``(Y, X, C)``, a reference strategy or a
-        frame index.
+        An image ``(Y, X)`` / ``(Y, X, C)`` (volumes ``(Z, Y, X[, C])``), a
+        reference strategy or a frame index.
     params : FlowParams, optional
         Default ``FlowParams()`` (the 'balanced' preset).
     progress_callback, w_callback, registered_callback : callable, optional
         As in :meth:`MotionSession.run`.
     **session_kwargs
         Other :class:`MotionSession` arguments (``channel_axis``,
-        ``batch_size``, ``n_threads``, ...).
+        ``batch_size``, ``n_threads``, ``spacing``, ``per_plane``, ...).
 
     Returns
     -------
     registered : ndarray
         Same shape and axis order as ``stack``; integer dtypes kept,
         otherwise float32.
-    w : ndarray, shape (T, Y, X, 2), float32
-        ``[x, y]`` displacement of every frame.
+    w : ndarray, shape (T, Y, X, 2) or (T, Z, Y, X, 3), float32
+        ``[x, y]`` (volumes ``[x, y, z]``) displacement of every frame.
     """
     session = MotionSession(
         stack, reference=reference, params=params, **session_kwargs
@@ -681,26 +764,28 @@ def compensate(
 class _BatchInputs(NamedTuple):
     """What one batch is made of (each ``n`` frames long)."""
 
-    frames: np.ndarray  # (n, Y, X[, C]) input dtype: what gets warped
-    moving: np.ndarray  # (n, Y, X) float32, smoothed if asked: for flow
-    plain: np.ndarray  # (n, Y, X) float32, unsmoothed: for NCC before
-    extras: tuple = ()  # (n, Y, X[, C]) of each extra stack: warped alike
+    frames: np.ndarray  # (n, *frame[, C]) input dtype: what gets warped
+    moving: np.ndarray  # (n, *frame) float32, smoothed if asked: for flow
+    plain: np.ndarray  # (n, *frame) float32, unsmoothed: for NCC before
+    extras: tuple = ()  # (n, *frame[, C]) of each extra stack: warped alike
 
 
 class _BatchArrays(NamedTuple):
     """Output arrays of one batch, filled frame by frame (thread-safe:
     each frame writes only its own rows)."""
 
-    w: np.ndarray  # (n, Y, X, 2) float32
-    reliability: np.ndarray  # (n, Y, X) float32
-    registered: np.ndarray  # (n, Y, X[, C]) output dtype
+    w: np.ndarray  # (n, *frame, 2 or 3) float32
+    reliability: np.ndarray  # (n, *frame) float32
+    registered: np.ndarray  # (n, *frame[, C]) output dtype
     stats: FrameStats
-    extras: tuple = ()  # (n, Y, X[, C]) registered extra stacks
+    extras: tuple = ()  # (n, *frame[, C]) registered extra stacks
 
     @classmethod
-    def empty(cls, n, frame_shape, frames_shape, dtype, extras=()):
+    def empty(
+        cls, n, frame_shape, frames_shape, dtype, components=2, extras=()
+    ):
         return cls(
-            np.empty((n, *frame_shape, 2), np.float32),
+            np.empty((n, *frame_shape, components), np.float32),
             np.empty((n, *frame_shape), np.float32),
             np.empty(frames_shape, dtype),
             FrameStats.empty(n),
@@ -781,6 +866,29 @@ def _check_channel_axis(channel_axis, ndim):
             f'{ndim}-D stack (axis 0 is time)'
         )
     return channel_axis % ndim
+
+
+def _check_volume_frames(frame_shape, shape, channel_axis):
+    """Refuse volumes that are more likely images with channels."""
+    if frame_shape[0] < 2:
+        raise ValueError(
+            f'a stack of shape {shape} has volumes of a single plane; '
+            'pass it as (T, Y, X)'
+        )
+    if channel_axis is None and frame_shape[-1] <= 4:
+        raise ValueError(
+            f'a 4-D stack without channel_axis is read as (T, Z, Y, X), '
+            f'but the last axis of shape {shape} has only {shape[-1]} '
+            'entries: if it holds channels (e.g. RGB), pass '
+            f'channel_axis={len(shape) - 1}'
+        )
+
+
+def _default_batch_size(frame_shape):
+    if len(frame_shape) == 2:
+        return _DEFAULT_BATCH_FRAMES
+    voxels = int(np.prod(frame_shape))
+    return max(1, min(_DEFAULT_BATCH_FRAMES, _DEFAULT_BATCH_VOXELS // voxels))
 
 
 def _smoothing_radius(temporal_smoothing):

@@ -29,13 +29,13 @@ class MemorySink:
 
     Attributes
     ----------
-    registered : ndarray, shape (T, Y, X[, C])
+    registered : ndarray, shape (T, Y, X[, C]) or (T, Z, Y, X[, C])
         Registered frames, dtype of :attr:`MotionSession.dtype`.
-    w : ndarray, shape (T, Y, X, 2), float32
-    reliability : ndarray, shape (T, Y, X), float32
+    w : ndarray, shape (T, Y, X, 2) or (T, Z, Y, X, 3), float32
+    reliability : ndarray, shape (T, Y, X) or (T, Z, Y, X), float32
     stats : FrameStats
         Per-frame statistics, length T.
-    reference : ndarray, shape (Y, X), float32
+    reference : ndarray, shape (Y, X) or (Z, Y, X), float32
         The reference at the end of the run.
     extras : list of ndarray, shape (T, Y, X[, C])
         Registered frames of the session's ``extra_stacks``.
@@ -59,7 +59,9 @@ class MemorySink:
         self.registered = np.empty(
             (n_frames, *frame_shape, *channels), session.dtype
         )
-        self.w = np.empty((n_frames, *frame_shape, 2), np.float32)
+        self.w = np.empty(
+            (n_frames, *frame_shape, session.flow_components), np.float32
+        )
         self.reliability = np.empty((n_frames, *frame_shape), np.float32)
         self.stats = FrameStats.empty(n_frames)
         self.extras = [
@@ -123,8 +125,10 @@ class DiskSink:
     of :attr:`MotionSession.dtype`, scale kept), ``flow.npy`` + ``flow.json``
     (``(T, Y, X, 2)`` float32), ``reliability.npy`` (``(T, Y, X)``
     float32), ``stats.csv`` (one row per frame) and ``params.json``.
-    The registered ``extra_stacks`` of a session are not written (only
-    :class:`MemorySink` keeps them).
+    Volumes: ``registered.tif`` is ``TZYX`` (``TZCYX`` with channels, z
+    spacing kept), ``flow.npy`` ``(T, Z, Y, X, 3)`` and ``reliability.npy``
+    ``(T, Z, Y, X)``.  The registered ``extra_stacks`` of a session are not
+    written (only :class:`MemorySink` keeps them).
 
     Every file is written as ``<name>.partial`` and renamed only when the
     whole run is complete (``params.json`` last), so a cancelled or crashed
@@ -144,7 +148,7 @@ class DiskSink:
     scale, units : tuple, optional
         Frame interval and pixel size aligned with ``'TYX'`` (like a napari
         layer's ``scale`` / ``units``), e.g. ``(2.0, 0.3, 0.3)`` and
-        ``('s', 'um', 'um')``.
+        ``('s', 'um', 'um')``; for volumes aligned with ``'TZYX'``.
     source : str, optional
         Where the input came from (recorded in ``params.json``).
     extra : dict, optional
@@ -200,9 +204,10 @@ class DiskSink:
         self.scale = None if scale is None else tuple(map(float, scale))
         self.units = None if units is None else tuple(units)
         for name, values in (('scale', self.scale), ('units', self.units)):
-            if values is not None and len(values) != 3:
+            if values is not None and len(values) not in (3, 4):
                 raise ValueError(
-                    f'{name} must have 3 entries (T, Y, X); got {values}'
+                    f'{name} must have 3 entries (T, Y, X) or, for volumes, '
+                    f'4 (T, Z, Y, X); got {values}'
                 )
         self.source = None if source is None else str(source)
         self.extra = dict(extra or {})
@@ -226,7 +231,7 @@ class DiskSink:
         bytes_per_pixel = {
             'registered': channels
             * formats.imagej_dtype(session.dtype).itemsize,
-            'flow': 2 * np.dtype(np.float32).itemsize,
+            'flow': session.flow_components * np.dtype(np.float32).itemsize,
             'reliability': np.dtype(np.float32).itemsize,
         }
         small_files = (1 << 20) + 128 * session.n_frames
@@ -251,8 +256,10 @@ class DiskSink:
             what='the results of this run',
         )
         n_frames, frame_shape = session.n_frames, session.frame_shape
+        self._check_geometry(session)
         channels = session.n_channels
-        stack_axes = 'TYX' if channels is None else 'TYXC'
+        spatial = 'ZYX' if session.is_volume else 'YX'
+        stack_axes = 'T' + spatial + ('' if channels is None else 'C')
         extra_axis = () if channels is None else (1.0,)
         extra_unit = () if channels is None else ('pixel',)
         self.complete = False
@@ -276,7 +283,7 @@ class DiskSink:
             self._flow = formats.FlowWriter(
                 self.paths['flow'],
                 n_frames=n_frames,
-                frame_shape=frame_shape,
+                frame_shape=(*frame_shape, session.flow_components),
                 scale=self.scale,
                 units=self.units,
             )
@@ -291,6 +298,16 @@ class DiskSink:
         except BaseException:
             self.abort()
             raise
+
+    def _check_geometry(self, session):
+        expected = len(session.frame_shape) + 1
+        axes = 'TZYX' if session.is_volume else 'TYX'
+        for name, values in (('scale', self.scale), ('units', self.units)):
+            if values is not None and len(values) != expected:
+                raise ValueError(
+                    f'{name} must have one entry per axis {axes} of the '
+                    f'stack; got {values}'
+                )
 
     def write(self, batch):
         self._registered.write(batch.registered)

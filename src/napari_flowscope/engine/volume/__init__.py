@@ -6,6 +6,13 @@ reference(p)``, the 2-D convention extended.
 """
 
 from .estimator import VolumeFlowEstimator, estimate_volume_flow
+from .planes import PlaneFlowEstimator, volume_flow_estimator
 from .warp import warp_volume
 
-__all__ = ['VolumeFlowEstimator', 'estimate_volume_flow', 'warp_volume']
+__all__ = [
+    'PlaneFlowEstimator',
+    'VolumeFlowEstimator',
+    'estimate_volume_flow',
+    'volume_flow_estimator',
+    'warp_volume',
+]
