@@ -192,3 +192,17 @@ def test_channel_axis_between_depth_and_rows(volumes, run):
 def test_ambiguous_stacks_are_refused(shape, channel_axis, message):
     with pytest.raises(ValueError, match=message):
         MotionSession(np.zeros(shape, np.float32), channel_axis=channel_axis)
+
+
+def test_extra_stacks_and_one_frame_estimates(volumes, run):
+    session = MotionSession(
+        volumes.stack[:3],
+        spacing=volumes.spacing,
+        extra_stacks=[2 * volumes.stack[:3]],
+    )
+    sink = session.run()
+    np.testing.assert_allclose(
+        sink.extras[0], 2 * sink.registered, rtol=1e-5, atol=1e-6
+    )
+    # the live preview's estimate equals the run's flow of that frame
+    np.testing.assert_array_equal(session.estimate_frame(2).w, run[1][2])
