@@ -18,9 +18,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    'SpotSequence',
     'SyntheticSequence',
     'VolumeSequence',
     'bleaching_tissue',
+    'drifting_spots',
     'drifting_tissue',
     'drifting_volume',
     'large_translation',
@@ -63,6 +65,35 @@ class SyntheticSequence:
     flow: np.ndarray
     reference: np.ndarray
     valid: np.ndarray
+    name: str
+
+
+@dataclass(frozen=True)
+class SpotSequence:
+    """Moving spots with their exact positions in every frame.
+
+    Attributes
+    ----------
+    stack : ndarray, shape (T, H, W), float32
+        Photon counts (Poisson draws), or their expectation when made
+        without noise.
+    positions : ndarray, shape (T, N, 2), float64
+        True ``[y, x]`` centre of every spot in every frame.
+    sigma : ndarray, shape (N,), float32
+        Gaussian sigma (px) of each spot.
+    peak : ndarray, shape (T, N), float32
+        Expected photons at each spot's centre above the background.
+    drift : ndarray, shape (T, 2), float64
+        ``[y, x]`` global drift shared by the background and all spots.
+    name : str
+        Short description used in benchmark tables.
+    """
+
+    stack: np.ndarray
+    positions: np.ndarray
+    sigma: np.ndarray
+    peak: np.ndarray
+    drift: np.ndarray
     name: str
 
 
@@ -399,6 +430,208 @@ def rotating_particles(
         valid=reference > np.exp(-2.0),
         name='rotating particles',
     )
+
+
+def drifting_spots(
+    *,
+    n_frames=50,
+    shape=(256, 256),
+    n_spots=40,
+    sigma=(1.5, 3.0),
+    speed=(0.5, 3.0),
+    peak_photons=(100.0, 500.0),
+    background_photons=60.0,
+    drift=8.0,
+    min_separation=10.0,
+    noise=True,
+    seed=0,
+):
+    """Fluorescent spots wandering over drifting, unevenly lit tissue.
+
+    Each spot moves with its own smooth random velocity (speed and heading
+    vary smoothly; spots bounce off a margin so they stay in view) on top
+    of a global drift that also carries the textured background. Spots
+    pass each other but never closer than ``min_separation``, so which spot
+    is which is never ambiguous. A fixed illumination profile (brightest
+    off-centre, down to half at the far corner) dims the background and
+    each spot as a whole, so a spot's brightness changes as it travels.
+    Spots are rendered analytically as Gaussians sampled at pixel centres
+    (the illumination scales a spot's amplitude, not its shape, so its
+    centre stays exactly at ``positions``); the background is resampled
+    with cubic splines and only needs to look right. Speeds are lower than
+    ``speed[0]`` only in the frames where a spot bounces.
+
+    Parameters
+    ----------
+    n_frames : int, optional
+        Number of frames ``T``.
+    shape : tuple of int, optional
+        Frame shape ``(H, W)``.
+    n_spots : int, optional
+        Number of spots ``N``.
+    sigma : tuple of float, optional
+        Range of the spots' Gaussian sigma (px), drawn uniformly.
+    speed : tuple of float, optional
+        Range (px/frame) of each spot's own speed, before the drift.
+    peak_photons : tuple of float, optional
+        Range of the expected photons at a spot's centre (above the
+        background) in every frame, illumination included.
+    background_photons : float, optional
+        Expected photons of the brightest background texture under full
+        illumination.
+    drift : float, optional
+        Largest excursion (px) of the global drift.
+    min_separation : float, optional
+        Closest approach (px) of two spot centres in any frame.
+    noise : bool, optional
+        Draw Poisson counts (True) or return the expected counts.
+    seed : int, optional
+        Seed of the texture, the trajectories and the noise.
+
+    Returns
+    -------
+    SpotSequence
+
+    Examples
+    --------
+    >>> spots = drifting_spots(n_frames=5, shape=(64, 64), n_spots=3)
+    >>> spots.stack.shape, spots.positions.shape
+    ((5, 64, 64), (5, 3, 2))
+    """
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    illumination = _illumination(shape, rng)
+    margin = 3 * sigma[1] + 2
+    low = np.array([margin, margin])
+    span = np.array([height, width]) - 2 * margin - drift * 2
+    if np.any(span <= 0):
+        raise ValueError(f'shape {shape} is too small for the spots')
+
+    global_drift = _smooth_walk(rng, n_frames, 2, drift)
+    positions = (
+        _separated_paths(
+            rng,
+            n_frames=n_frames,
+            n_spots=n_spots,
+            speed=speed,
+            low=low + drift,
+            span=span,
+            min_separation=min_separation,
+        )
+        + global_drift[:, None]
+    )
+
+    sigmas = rng.uniform(*sigma, n_spots)
+    # Brightness before illumination, so that the lit peak stays in range.
+    dimmest = float(illumination.min())
+    brightness = rng.uniform(
+        max(peak_photons[0] / dimmest, peak_photons[0]),
+        peak_photons[1],
+        n_spots,
+    )
+    pad = int(np.ceil(drift)) + 4
+    texture = background_photons * tissue_texture(
+        (height + 2 * pad, width + 2 * pad), seed=seed
+    )
+    coefficients = ndi.spline_filter(texture, order=3, mode='mirror')
+    rows = np.arange(height, dtype=np.float64)
+    columns = np.arange(width, dtype=np.float64)
+    frames, peaks = [], []
+    for t in range(n_frames):
+        background = ndi.shift(
+            coefficients,
+            global_drift[t],
+            order=3,
+            mode='mirror',
+            prefilter=False,
+            output=np.float32,
+        )[pad : pad + height, pad : pad + width]
+        peaks.append(brightness * _sample(illumination, positions[t]))
+        spots = _gaussian_spots(rows, columns, positions[t], sigmas, peaks[-1])
+        frames.append(illumination * background + spots)
+    expected = np.stack(frames).astype(np.float32)
+    stack = rng.poisson(expected).astype(np.float32) if noise else expected
+    return SpotSequence(
+        stack=stack,
+        positions=positions,
+        sigma=sigmas.astype(np.float32),
+        peak=np.stack(peaks).astype(np.float32),
+        drift=global_drift,
+        name='drifting spots',
+    )
+
+
+def _separated_paths(
+    rng, *, n_frames, n_spots, speed, low, span, min_separation
+):
+    """Smooth random paths, (T, N, 2) ``[y, x]``, kept ``min_separation``
+    apart: candidates are drawn in batches and kept, in order, when they
+    stay clear of every path kept before."""
+    kept = np.empty((n_frames, 0, 2))
+    for _ in range(200):
+        for path in _random_paths(
+            rng, n_frames=n_frames, n_paths=64, speed=speed, span=span
+        ).transpose(1, 0, 2):
+            gaps = np.linalg.norm(kept - path[:, None], axis=2)
+            if not gaps.size or gaps.min() >= min_separation:
+                kept = np.concatenate([kept, path[:, None]], axis=1)
+                if kept.shape[1] == n_spots:
+                    return low + kept
+    raise ValueError(
+        f'could not place {n_spots} spots {min_separation} px apart; use '
+        f'fewer spots, a larger frame or a smaller separation'
+    )
+
+
+def _random_paths(rng, *, n_frames, n_paths, speed, span):
+    """Paths with smooth random speed and heading that bounce inside a box
+    of size ``span`` (its corner at 0), (T, n_paths, 2) ``[y, x]``."""
+    own_speed = speed[0] + (speed[1] - speed[0]) * _smooth_unit(
+        rng, (n_frames, n_paths)
+    )
+    turn = 0.25 * (2 * _smooth_unit(rng, (n_frames, n_paths)) - 1)
+    heading = rng.uniform(0, 2 * np.pi, n_paths) + np.cumsum(turn, axis=0)
+    velocity = own_speed[..., None] * np.stack(
+        [np.sin(heading), np.cos(heading)], axis=-1
+    )
+    travelled = rng.uniform(0, 1, (n_paths, 2)) * span + np.concatenate(
+        [np.zeros((1, n_paths, 2)), np.cumsum(velocity[:-1], axis=0)]
+    )
+    # Fold the free path into the box: the spot bounces off its walls.
+    return (1 - np.abs((travelled / span) % 2 - 1)) * span
+
+
+def _illumination(shape, rng):
+    """Smooth illumination in [0.5, 1], brightest at a random spot."""
+    height, width = shape
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx = rng.uniform(0.2, 0.8, 2) * (height, width)
+    distance2 = ((y - cy) / height) ** 2 + ((x - cx) / width) ** 2
+    profile = np.exp(-distance2 / 0.5)
+    profile = (profile - profile.min()) / (profile.max() - profile.min())
+    return (0.5 + 0.5 * profile).astype(np.float32)
+
+
+def _gaussian_spots(rows, columns, centres, sigmas, amplitudes):
+    """Sum of Gaussians as one separable matrix product, (H, W)."""
+    along_y = np.exp(-((rows[:, None] - centres[:, 0]) ** 2) / (2 * sigmas**2))
+    along_x = np.exp(
+        -((columns[:, None] - centres[:, 1]) ** 2) / (2 * sigmas**2)
+    )
+    return (along_y * amplitudes) @ along_x.T
+
+
+def _sample(image, points):
+    """Bilinear samples of ``image`` at ``[y, x]`` points, (N,)."""
+    return ndi.map_coordinates(image, points.T, order=1, mode='nearest')
+
+
+def _smooth_unit(rng, shape):
+    """Smooth random values in (0, 1) along the first axis, spread evenly."""
+    from scipy.special import ndtr
+
+    smooth = ndi.gaussian_filter1d(rng.standard_normal(shape), 4.0, axis=0)
+    return ndtr(smooth / smooth.std())
 
 
 def _drift_and_deform(*, n_frames, shape, seed, noise, name):
