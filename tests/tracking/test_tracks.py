@@ -55,11 +55,11 @@ def test_tracks_round_trip_through_csv(tmp_path, moving_particles):
     path = tracks.to_csv(tmp_path / 'tracks.csv')
 
     header = path.read_text().splitlines()[0]
-    assert header == 'track_id,t,y,x,speed,fb_error'
+    assert header == 'track_id,t,y,x,speed,fb_error,match'
     loaded = Tracks.from_csv(path)
     np.testing.assert_array_equal(loaded.data, tracks.data)
     assert loaded.data.dtype == np.float32
-    assert list(loaded.features) == ['speed', 'fb_error']
+    assert list(loaded.features) == ['speed', 'fb_error', 'match']
     for name, values in tracks.features.items():
         np.testing.assert_array_equal(loaded.features[name], values)
 

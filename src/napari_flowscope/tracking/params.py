@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 MODES = ('lucas_kanade', 'dense_flow')
 FLOW_REFERENCES = ('first', 'previous')
+DRIFT_CORRECTIONS = ('off', 'template', 'spot')
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,31 @@ class TrackingParams:
         Forward-backward check: a point is dropped when tracking it forward
         and then back lands more than this many px from where it started.
         None skips the backward pass (faster, no check).
+    drift_correction : {'template', 'spot', 'off'}
+        After each frame-to-frame step (Lucas-Kanade, or dense flow against
+        the previous frame), move every point to where its track's own
+        template fits best, so that step errors do not add up along long
+        tracks (see :mod:`napari_flowscope.tracking.drift`). ``'spot'``
+        also puts each point on the centre of a Gaussian fitted to the
+        spot under it (for beads, vesicles, puncta; tracks then start on
+        the spot centre nearest each seed). ``'off'``: plain
+        frame-to-frame tracking. Dense flow against the first frame does
+        not drift and ignores it.
+    template_size : int
+        Side (px, odd, >= 5) of each track's template; its pixels are
+        weighted by a Gaussian of a fifth of that, so the feature's centre
+        counts most. About twice the feature's diameter for spots.
+    template_renewal : float
+        Renew a track's template from the current frame when its match
+        score (weighted zero-mean normalised cross-correlation, 1 =
+        identical up to brightness and contrast) falls below this.
+    min_match : float
+        End a track when its template matches worse than this (the
+        feature has gone), or cannot be fitted within ``max_correction``.
+    max_correction : float
+        Largest distance (px) between the stepped position and the template
+        fit; a track whose template fits further away ends (unless the fit
+        from its constant-velocity prediction succeeds).
     redetect_every : int
         Every this many frames, detect new corners to replace lost points
         (0: never). New points get new track ids and keep ``min_distance``
@@ -69,6 +95,11 @@ class TrackingParams:
     max_iterations: int = 30
     epsilon: float = 0.01
     fb_threshold: float | None = 1.0
+    drift_correction: str = 'template'
+    template_size: int = 15
+    template_renewal: float = 0.8
+    min_match: float = 0.5
+    max_correction: float = 3.0
     redetect_every: int = 0
     intensity_percentiles: tuple[float, float] = (0.5, 99.99)
 
@@ -96,6 +127,20 @@ class TrackingParams:
             self.fb_threshold is None or self.fb_threshold > 0,
             'fb_threshold must be None or > 0',
         )
+        if self.drift_correction not in DRIFT_CORRECTIONS:
+            raise ValueError(
+                f'drift_correction must be one of {DRIFT_CORRECTIONS}; '
+                f'got {self.drift_correction!r}'
+            )
+        _check(
+            self.template_size >= 5 and self.template_size % 2 == 1,
+            'template_size must be odd and >= 5',
+        )
+        _check(
+            -1 <= self.min_match <= self.template_renewal <= 1,
+            'need -1 <= min_match <= template_renewal <= 1',
+        )
+        _check(self.max_correction > 0, 'max_correction must be > 0')
         _check(self.redetect_every >= 0, 'redetect_every must be >= 0')
         low, high = self.intensity_percentiles
         _check(

@@ -4,6 +4,7 @@ import numpy as np
 
 from .advection import advect, to_reference
 from .detection import detect_features, split_seeds
+from .drift import DriftCorrection
 from .intensity import percentile_mask, stack_intensity_range, to_uint8
 from .lucas_kanade import inside, lk_step
 from .params import TrackingParams
@@ -21,7 +22,10 @@ def iter_tracks(
     ``params.min_distance`` from the points being tracked, never more than
     ``params.max_corners`` alive). A point is lost for good when it leaves the
     frame, when Lucas-Kanade fails, or when its forward-backward error
-    exceeds ``params.fb_threshold``.
+    exceeds ``params.fb_threshold``. With ``params.drift_correction`` on
+    (the default), every step is followed by a fit of the track's own
+    template (see :mod:`napari_flowscope.tracking.drift`), which also ends
+    tracks whose feature is gone and may save a step that failed.
 
     Parameters
     ----------
@@ -79,6 +83,11 @@ def iter_tracks(
         if dense
         else None
     )
+    correction = (
+        DriftCorrection(params)
+        if params.drift_correction != 'off' and not anchored
+        else None
+    )
 
     track_ids = np.empty(0, np.int64)
     positions = np.empty((0, 2), np.float32)
@@ -108,11 +117,17 @@ def iter_tracks(
                     epsilon=params.epsilon,
                     fb_threshold=params.fb_threshold,
                 )
+            match = np.full(len(moved), np.nan, np.float32)
+            if correction is not None and len(moved):
+                moved, valid, match = correction.correct(
+                    image, positions, moved, valid
+                )
             speed = np.linalg.norm(moved - positions, axis=1)
             track_ids, positions = track_ids[valid], moved[valid]
             if anchored:
                 reference_positions = reference_positions[valid]
             speed, fb_error = speed[valid].astype(np.float32), fb_error[valid]
+            match = match[valid]
 
             new = seed_positions[seed_times == t]
             if _detects_at(t, params, seeds is not None):
@@ -125,6 +140,8 @@ def iter_tracks(
                 )
                 new = np.concatenate([new, found])
             if len(new):
+                if correction is not None:
+                    new = correction.add(image, new)
                 new_ids = np.arange(next_id, next_id + len(new))
                 next_id += len(new)
                 track_ids = np.concatenate([track_ids, new_ids])
@@ -137,7 +154,10 @@ def iter_tracks(
                 fb_error = np.concatenate(
                     [fb_error, np.full(len(new), np.nan, np.float32)]
                 )
-            yield TrackStep(t, track_ids, positions, speed, fb_error)
+                match = np.concatenate(
+                    [match, np.full(len(new), np.nan, np.float32)]
+                )
+            yield TrackStep(t, track_ids, positions, speed, fb_error, match)
             previous = image
     finally:
         if flows is not None:

@@ -27,6 +27,11 @@ class TrackStep:
         Forward-backward error (px) of the step that reached this point; NaN
         where not measured (a track's first point, the dense-flow mode, or
         the check switched off).
+    match : ndarray, shape (n,), float32
+        Drift correction's template match score of this point (weighted
+        zero-mean normalised cross-correlation, 1 = identical up to
+        brightness and contrast); NaN where not measured (a track's first
+        point, drift correction off or not applicable).
     """
 
     t: int
@@ -34,6 +39,7 @@ class TrackStep:
     positions: np.ndarray
     speed: np.ndarray
     fb_error: np.ndarray
+    match: np.ndarray
 
     @property
     def data(self):
@@ -46,7 +52,11 @@ class TrackStep:
 
     @property
     def features(self):
-        return {'speed': self.speed, 'fb_error': self.fb_error}
+        return {
+            'speed': self.speed,
+            'fb_error': self.fb_error,
+            'match': self.match,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,8 @@ class Tracks:
     data : ndarray, shape (N, 4), float32
         ``[track_id, t, y, x]`` rows sorted by track id, then time.
     features : dict of str to ndarray, shape (N,) each
-        Per-point values aligned with ``data``: at least ``speed`` and
-        ``fb_error`` (see :class:`TrackStep`).
+        Per-point values aligned with ``data``: at least ``speed``,
+        ``fb_error`` and ``match`` (see :class:`TrackStep`).
     """
 
     data: np.ndarray
@@ -95,8 +105,8 @@ class Tracks:
             return cls(
                 np.empty((0, 4), np.float32),
                 {
-                    'speed': np.empty(0, np.float32),
-                    'fb_error': np.empty(0, np.float32),
+                    name: np.empty(0, np.float32)
+                    for name in ('speed', 'fb_error', 'match')
                 },
             )
         data = np.concatenate([step.data for step in steps])
