@@ -219,3 +219,22 @@ def test_layer_choices_follow_the_viewer(viewer_and_widget):
     del viewer.layers['renamed dots']
     assert 'renamed dots' not in seed_names()
     assert widget.image.value.name == 'particles'
+
+
+def test_drift_correction_controls_reach_the_params(viewer_and_widget):
+    _, widget = viewer_and_widget
+    assert widget.params.drift_correction == 'template'
+    widget.drift_correction.value = 'spot'
+    widget.template_size.value = 10  # even: the next odd size is used
+    assert widget.params.drift_correction == 'spot'
+    assert widget.params.template_size == 11
+
+    widget.drift_correction.value = 'off'
+    assert not widget.template_size.enabled
+    widget.drift_correction.value = 'template'
+    widget.mode.value = 'dense_flow'
+    widget.flow_reference.value = 'first'
+    # Dense flow against frame 0 does not drift: nothing to correct.
+    assert not widget.drift_correction.enabled
+    widget.flow_reference.value = 'previous'
+    assert widget.drift_correction.enabled and widget.template_size.enabled

@@ -53,6 +53,11 @@ FLOW_REFERENCE_CHOICES = [
     ('first frame', 'first'),
     ('previous frame', 'previous'),
 ]
+DRIFT_CHOICES = [
+    ('template', 'template'),
+    ('template + spot centre', 'spot'),
+    ('off', 'off'),
+]
 LK_ONLY = (
     'win_size',
     'max_level',
@@ -224,6 +229,25 @@ class FeatureTrackingWidget(Container):
             tooltip='Drop points whose forward-backward round trip misses '
             'by more (0: no check).',
         )
+        self.drift_correction = ComboBox(
+            label='drift correction',
+            choices=DRIFT_CHOICES,
+            value=defaults.drift_correction,
+            tooltip="After each step, fit every point to its track's own "
+            'template so that long tracks stay on their feature. '
+            '"+ spot centre": also fit a Gaussian to the spot (beads, '
+            'vesicles, puncta). Not needed with dense flow against the '
+            'first frame.',
+        )
+        self.template_size = SpinBox(
+            label='template (px)',
+            min=5,
+            max=201,
+            step=2,
+            value=defaults.template_size,
+            tooltip="Side of each track's template (odd); about twice "
+            "the feature's diameter for spots.",
+        )
         self.redetect_every = SpinBox(
             label='re-detect every',
             min=0,
@@ -267,6 +291,8 @@ class FeatureTrackingWidget(Container):
                 self.max_iterations,
                 self.epsilon,
                 self.fb_threshold,
+                self.drift_correction,
+                self.template_size,
                 self.redetect_every,
                 self.tail_length,
                 buttons,
@@ -280,6 +306,8 @@ class FeatureTrackingWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self._on_export_clicked)
         self.mode.changed.connect(self._update_enabled)
+        self.flow_reference.changed.connect(self._update_enabled)
+        self.drift_correction.changed.connect(self._update_enabled)
         self.tail_length.changed.connect(self._on_tail_length)
         self._follow_layer_list()
         self._update_enabled()
@@ -323,6 +351,10 @@ class FeatureTrackingWidget(Container):
             max_iterations=int(self.max_iterations.value),
             epsilon=float(self.epsilon.value),
             fb_threshold=fb if fb > 0 else None,
+            drift_correction=self.drift_correction.value,
+            # Templates have a centre pixel: an even size means the next
+            # odd one.
+            template_size=int(self.template_size.value) | 1,
             redetect_every=int(self.redetect_every.value),
         )
 
@@ -448,6 +480,12 @@ class FeatureTrackingWidget(Container):
         self.flow_reference.enabled = dense
         for name in LK_ONLY:
             getattr(self, name).enabled = not dense
+        # Points carried from frame 0 by one flow lookup do not drift.
+        anchored = dense and self.flow_reference.value == 'first'
+        self.drift_correction.enabled = not anchored
+        self.template_size.enabled = (
+            not anchored and self.drift_correction.value != 'off'
+        )
 
     # ------------------------------------------------------------ output
     def _draw(self) -> None:
