@@ -386,7 +386,7 @@ def getting_started_pictures():
 
 
 def real_data_pictures():
-    """The README's first screen and the tracking dock on real recordings."""
+    """The README's first screen, on a real recording."""
     import tifffile
 
     made = []
@@ -412,18 +412,46 @@ def real_data_pictures():
     viewer.dims.set_current_step(0, 21)
     made.append(session.shot('overview_cardiomyocytes.png'))
     session.close()
+    return made
 
+
+def tracking_pictures():
+    """The tracking dock with its defaults on real recordings."""
+    import imageio.v3 as iio
+    import tifffile
+
+    made = []
     cells = REAL_DATA / 'ctc_timelapse_napari' / '2D_timelapse.tif'
-    if cells.is_file():
-        session = Session()
-        viewer = session.viewer
-        viewer.add_image(tifffile.imread(cells), name='nuclei (CTC)')
-        tracking = session.dock('Feature tracking')
-        tracking.start()
-        session.wait(until=lambda: tracking.worker is None)
-        viewer.dims.set_current_step(0, 29)
-        made.append(session.shot('tracking_ctc.png'))
-        session.close()
+    frames = sorted((REAL_DATA / 'trackpy_bulk_water').glob('*.png'))
+    if not cells.is_file() or not frames:
+        print('real data absent: skipping tracking pictures', flush=True)
+        return made
+    session = Session()
+    viewer = session.viewer
+    viewer.add_image(tifffile.imread(cells), name='nuclei (CTC)')
+    tracking = session.dock('Feature tracking')
+    tracking.start()
+    session.wait(until=lambda: _idle(tracking))
+    viewer.dims.set_current_step(0, 29)
+    made.append(session.shot('tracking_ctc.png'))
+    session.close()
+
+    # The green channel, as trackpy's walkthrough uses.
+    stack = np.stack([iio.imread(frame)[..., 1] for frame in frames])
+    session = Session()
+    viewer = session.viewer
+    viewer.add_image(stack, name='beads in water (trackpy)')
+    tracking = session.dock('Feature tracking')
+    # Default settings, except that the whole of every track is drawn.
+    tracking.tail_length.value = len(stack)
+    tracking.start()
+    session.wait(until=lambda: _idle(tracking))
+    viewer.dims.set_current_step(0, len(stack) - 1)
+    # Beads move a few pixels in 50 frames: zoom in on the centre.
+    viewer.camera.center = (0, 212, 320)
+    viewer.camera.zoom = 4.5
+    made.append(session.shot('tracking_long_tracks.png'))
+    session.close()
     return made
 
 
@@ -431,6 +459,7 @@ GROUPS = {
     'parameters': parameter_pictures,
     'getting_started': getting_started_pictures,
     'real_data': real_data_pictures,
+    'tracking': tracking_pictures,
 }
 
 
