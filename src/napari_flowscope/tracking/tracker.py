@@ -175,8 +175,8 @@ def track_features(
     -------
     Tracks
         ``data`` (N, 4) ``[track_id, t, y, x]`` for ``viewer.add_tracks``,
-        per-point ``features`` (``speed``, ``fb_error``), ``summary()`` and
-        CSV export.
+        per-point ``features`` (``speed``, ``fb_error``, ``match``),
+        ``summary()`` and CSV export.
 
     Examples
     --------
