@@ -213,11 +213,20 @@ def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
         viewer = napari.current_viewer()
         seen['layers'] = [layer.name for layer in viewer.layers]
         seen['docks'] = sorted(viewer.window.dock_widgets)
+        seen['selected'] = viewer.layers.selection.active.name
+        motion = viewer.window.dock_widgets[
+            'Motion correction (napari-flowscope)'
+        ]
+        seen['source'] = motion.reference.source.value.name
+        seen['also correct'] = list(motion.reference.also_correct.choices)
         viewer.close()
 
     monkeypatch.setattr(napari, 'run', run_then_close)
     assert cli.main(['demo']) == 0
     assert seen['layers'][0] == 'drifting tissue'
+    # the data, not the sample's hidden ground-truth maps
+    assert seen['selected'] == seen['source'] == 'drifting tissue'
+    assert seen['also correct'] == []
     assert seen['docks'] == [
         'Motion correction (napari-flowscope)',
         'Motion over time (napari-flowscope)',

@@ -54,8 +54,14 @@ def is_stack_layer(layer) -> bool:
 
 
 def _is_image(layer) -> bool:
-    # isinstance also sees through napari's PublicOnlyProxy
-    return isinstance(layer, Image) and not layer.multiscale
+    # isinstance also sees through napari's PublicOnlyProxy; a flow
+    # component (ground truth of a sample, vx / vy read from a flow file)
+    # is a map of motion, not an image to register
+    return (
+        isinstance(layer, Image)
+        and not layer.multiscale
+        and 'flow_component' not in layer.metadata
+    )
 
 
 class ReferencePanel(Container):
