@@ -4,6 +4,8 @@ Uses ``napari.components.ViewerModel`` as the viewer, so layers exist
 without a canvas.
 """
 
+import functools
+
 import numpy as np
 import pytest
 from napari.components import ViewerModel
@@ -17,6 +19,7 @@ from napari_flowscope._qt.layers import (
     OutputLayers,
     RunResults,
     VectorStyle,
+    display_mask,
     frame_vectors,
     nice_ceiling,
     vector_step,
@@ -177,12 +180,20 @@ def test_inputs_exclude_outputs_and_mismatched_shapes(qtbot):
     other = viewer.add_image(_stack(seed=3), name='channel 2')
     viewer.add_image(_stack(shape=(10, 10)), name='small')
     viewer.add_image(np.ones((24, 32)), name='template')
+    # maps of motion (a sample's ground truth, a flow file's vx) are not
+    # channels to correct
+    truth = viewer.add_image(
+        _stack(seed=4),
+        name='ground truth vx',
+        metadata={'flow_component': 'x'},
+    )
     panel = ReferencePanel(viewer, is_output=lambda layer: layer == output)
     qtbot.addWidget(panel.native)
     panel.source.value = source
     assert list(panel.also_correct.choices) == [other]
     names = [layer.name for layer in panel.reference_layer.choices if layer]
     assert names == ['channel 2', 'template']
+    assert truth not in panel.source.choices
 
 
 def test_strategies_from_each_mode(qtbot):
@@ -309,6 +320,10 @@ def test_vector_style_from_the_widgets(qtbot):
     panel = RunControlPanel()
     qtbot.addWidget(panel.native)
     panel.vector_step.value = 8
+    assert panel.vector_style(1e-3).length is None  # automatic
+    assert not panel.vector_length.enabled
+    panel.auto_length.value = False
+    assert panel.vector_length.enabled
     panel.vector_length.value = 3.0
     panel.intensity_percentile.value = 20.0
     panel.min_speed.value = 0.5
@@ -446,11 +461,23 @@ def test_field_maps_compute_what_napari_reads():
     np.testing.assert_array_equal(speed_map[3:6][1], speed(previewed)[0])
     np.testing.assert_array_equal(speed_map[5], expected[5])
     np.testing.assert_array_equal(fields.w[4], w[4])
-    # no run: frames show the fill value
+    # no run: nothing to draw (NaN is transparent in napari)
     empty = FieldMap(values, (6, 20, 24))
     empty.preview = speed_map.preview
-    assert not empty[3].any()
+    assert np.isnan(empty[3]).all()
     np.testing.assert_array_equal(empty[4], speed(previewed)[0])
+
+    # frames not computed yet, and pixels the vectors hide, show nothing
+    speed_map.preview = None
+    speed_map.done = np.array([True] * 5 + [False])
+    assert np.isnan(speed_map[5]).all()
+    speed_map.mask = functools.partial(
+        display_mask, style=VectorStyle(reliability_threshold=0.5)
+    )
+    hidden = reliability[3] < 0.5
+    assert 0 < hidden.sum() < hidden.size
+    assert np.isnan(speed_map[3][hidden]).all()
+    np.testing.assert_array_equal(speed_map[3][~hidden], expected[3][~hidden])
 
 
 def _run_into(outputs, viewer, source, roles):

@@ -103,13 +103,22 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
         layers[f'{name} registered'].data, expected.registered
     )
     assert layers[f'{name} registered'].data.dtype == expected.registered.dtype
+    # flow maps are hidden where the vectors are (unreliable pixels)
+    hidden = (
+        expected.reliability < FlowParams.preset('fast').reliability_threshold
+    )
+    assert 0 < hidden.mean() < 1
+
+    def masked(values):
+        return np.where(hidden, np.nan, values)
+
     expected_maps = {
-        'speed': speed(expected.w),
-        'vx': expected.w[..., 0],
-        'vy': expected.w[..., 1],
+        'speed': masked(speed(expected.w)),
+        'vx': masked(expected.w[..., 0]),
+        'vy': masked(expected.w[..., 1]),
         'reliability': expected.reliability,
-        'divergence': divergence(expected.w),
-        'curl': curl(expected.w),
+        'divergence': masked(divergence(expected.w)),
+        'curl': masked(curl(expected.w)),
     }
     for suffix, values in expected_maps.items():
         np.testing.assert_array_equal(layers[f'{name} {suffix}'].data, values)
@@ -181,8 +190,11 @@ def test_layers_hold_first_batches_while_running(docked, qtbot, tissue):
     registered = viewer.layers['tissue registered'].data
     speed_map = viewer.layers['tissue speed'].data
     np.testing.assert_array_equal(registered[:4], expected.registered[:4])
-    np.testing.assert_array_equal(speed_map[:4], speed(expected.w[:4]))
-    assert not registered[4:].any() and not speed_map[4:].any()
+    np.testing.assert_array_equal(
+        speed_map[:4], _masked_speed(expected, FlowParams())[:4]
+    )
+    assert not registered[4:].any()
+    assert np.isnan(speed_map[4:]).all()  # nothing drawn yet
 
     # pause takes effect after the batch in progress
     widget.pause()
@@ -306,11 +318,14 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     assert result.request.params == params
     expected = estimate_flow(tissue.stack[0], tissue.stack[6], params)
     np.testing.assert_array_equal(result.flow.w, expected.w)
-    heatmap = viewer.layers['tissue preview speed']
-    # a (T, Y, X) heatmap that holds the previewed frame only
+    heatmap = viewer.layers['tissue speed']
+    # a (T, Y, X) heatmap that shows the previewed frame only, hidden
+    # where the vectors are
     assert heatmap.data.shape == tissue.stack.shape
-    np.testing.assert_array_equal(heatmap.data[6], speed(expected.w))
-    assert not np.delete(heatmap.data, 6, axis=0).any()
+    np.testing.assert_array_equal(
+        heatmap.data[6], _masked_speed(expected, params)
+    )
+    assert np.isnan(np.delete(heatmap.data, 6, axis=0)).all()
     assert tuple(heatmap.scale) == SCALE
     data, _ = frame_vectors(
         expected.w,
@@ -320,7 +335,7 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
         image=tissue.stack[0],
     )
     np.testing.assert_array_equal(
-        viewer.layers['tissue preview flow vectors'].data, data
+        viewer.layers['tissue flow vectors'].data, data
     )
 
     viewer.dims.set_current_step(0, 11)
@@ -330,11 +345,63 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     )
     expected = estimate_flow(tissue.stack[0], tissue.stack[11], params)
     np.testing.assert_array_equal(preview.last_result.flow.w, expected.w)
-    np.testing.assert_array_equal(heatmap.data[11], speed(expected.w))
-    assert not heatmap.data[6].any()
+    np.testing.assert_array_equal(
+        heatmap.data[11], _masked_speed(expected, params)
+    )
+    assert np.isnan(heatmap.data[6]).all()
 
     widget.parameters.live_preview.value = False
-    assert 'tissue preview speed' not in viewer.layers
+    assert 'tissue speed' not in viewer.layers  # made for the preview only
+    _wait_threads_done(qtbot)
+
+
+def _masked_speed(field, params):
+    return np.where(
+        field.reliability >= params.reliability_threshold,
+        speed(field.w),
+        np.nan,
+    )
+
+
+def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
+    viewer, widget = docked
+    widget.start()
+    _wait_idle(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    heatmap = viewer.layers['tissue speed']
+    vectors = viewer.layers['tissue flow vectors']
+    run_frame = np.array(heatmap.data[9])
+    qtbot.waitUntil(lambda: len(vectors.data) > 0, timeout=RUN_TIMEOUT_MS)
+
+    viewer.dims.set_current_step(0, 9)
+    widget.parameters.sigma.value = 2.5
+    widget.parameters.live_preview.value = True
+    qtbot.waitUntil(
+        lambda: widget.preview.last_result is not None,
+        timeout=RUN_TIMEOUT_MS,
+    )
+    # no second heatmap or vector layer: the run's show the preview
+    assert [layer.name for layer in viewer.layers] == names
+    params = FlowParams().replace(sigma=2.5)
+    expected = estimate_flow(tissue.stack[0], tissue.stack[9], params)
+    np.testing.assert_array_equal(
+        heatmap.data[9], _masked_speed(expected, params)
+    )
+    data, _ = frame_vectors(
+        expected.w,
+        9,
+        style=widget._vector_style(),
+        reliability=expected.reliability,
+        image=tissue.stack[0],
+    )
+    np.testing.assert_array_equal(vectors.data, data)
+    # the run's results are untouched, and come back with the preview off
+    np.testing.assert_array_equal(
+        heatmap.data[3], widget.outputs['speed'].data[3]
+    )
+    widget.parameters.live_preview.value = False
+    np.testing.assert_array_equal(heatmap.data[9], run_frame)
+    assert [layer.name for layer in viewer.layers] == names
     _wait_threads_done(qtbot)
 
 
@@ -481,10 +548,81 @@ def test_preview_of_another_source_gets_its_own_layers(docked, qtbot, tissue):
     other = viewer.add_image(tissue.stack[:, ::-1].copy(), name='mirrored')
     widget.reference.source.value = other
     qtbot.waitUntil(
-        lambda: 'mirrored preview speed' in viewer.layers,
+        lambda: 'mirrored speed' in viewer.layers,
         timeout=RUN_TIMEOUT_MS,
     )
     qtbot.waitUntil(lambda: preview.worker is None, timeout=RUN_TIMEOUT_MS)
     names = [layer.name for layer in viewer.layers]
-    assert 'tissue preview speed' not in names
-    assert 'mirrored preview flow vectors' in names
+    assert 'tissue speed' not in names
+    assert 'mirrored flow vectors' in names
+
+
+def _drawn_in_steps(vectors, step):
+    """Arrow lengths of a Vectors layer as drawn, in grid steps."""
+    return np.hypot(*vectors.data[:, 1, 1:].T) * vectors.length / step
+
+
+def test_heatmaps_are_hidden_where_the_vectors_are(docked, qtbot, tissue):
+    viewer, widget = docked
+    widget.run_panel.outputs['vx'].value = True
+    widget.start()
+    _wait_idle(qtbot, widget)
+    t = 12
+    viewer.dims.set_current_step(0, t)
+    vectors = viewer.layers['tissue flow vectors']
+    # hide the darker half of each frame, as for a background
+    widget.run_panel.intensity_percentile.value = 50.0
+    qtbot.waitUntil(lambda: len(vectors.data) > 0, timeout=RUN_TIMEOUT_MS)
+    step = widget.outputs.style.step
+    rows = np.arange(step // 2, 96, step)
+    shown = np.zeros((96, 96), bool)
+    y, x = vectors.data[:, 0, 1:].astype(int).T
+    shown[y, x] = True
+    grid = np.ix_(rows, rows)
+    assert 0.3 < shown[grid].mean() < 0.7
+    for role in ('speed', 'vx', 'vy'):
+        heatmap = viewer.layers[f'tissue {role}'].data[t]
+        np.testing.assert_array_equal(np.isfinite(heatmap[grid]), shown[grid])
+    # between grid points too: about half of the heatmap is hidden
+    assert np.isfinite(viewer.layers['tissue speed'].data[t]).mean() < 0.6
+    widget.run_panel.intensity_percentile.value = 0.0
+    assert np.isfinite(viewer.layers['tissue speed'].data[t]).mean() > 0.9
+
+
+@pytest.mark.realdata
+def test_default_vectors_on_beating_cardiomyocytes_can_be_seen(
+    make_napari_viewer_proxy, qtbot, real_data
+):
+    stack = tifffile.imread(
+        real_data / 'cardiomyocyte_beating' / 'adult_gray.tif'
+    )
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(stack, name='heart')
+    _, widget = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion correction'
+    )
+    widget.start()  # every setting at its default
+    _wait_idle(qtbot, widget)
+    outputs = widget.outputs
+    vectors = viewer.layers['heart flow vectors']
+    step = outputs.style.step
+    assert outputs.style.length is None  # automatic by default
+    # arrows are a median 0.15 px long: drawn 1:1 they are invisible
+    scale = widget.results.displacement_scale
+    assert vectors.length == pytest.approx(0.8 * step / scale)
+    assert 10 < vectors.length < 40
+    drawn = {}
+    for t in range(1, len(stack)):
+        outputs.show_vectors(t)
+        drawn[t] = _drawn_in_steps(vectors, step)
+    p95 = {t: np.percentile(lengths, 95) for t, lengths in drawn.items()}
+    # the scale is held over the run: no frame's arrows run far past
+    # their grid cell, and the frames of each contraction show arrows at
+    # least a third of a cell long
+    assert max(p95.values()) < 1.2
+    contracting = [t for t in p95 if p95[t] > 0.5 * max(p95.values())]
+    assert len(contracting) > 10
+    assert min(p95[t] for t in contracting) >= 0.3
+    assert p95[21] >= 0.3
+    assert np.median(drawn[21]) > 0.1
+    widget.close_run()

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
 from qtpy.QtCore import QTimer
 
 from napari_flowscope.engine import curl, decimate_flow, divergence, speed
 
 __all__ = [
+    'AUTO_ARROW_STEPS',
     'MAX_VECTORS',
     'OUTPUT_LAYERS',
     'FieldMap',
@@ -38,7 +40,10 @@ __all__ = [
     'OutputLayers',
     'RunResults',
     'VectorStyle',
+    'auto_length',
     'current_frame',
+    'display_mask',
+    'displacement_scale',
     'frame_vectors',
     'frames_on_screen',
     'layer_geometry',
@@ -49,6 +54,35 @@ __all__ = [
 
 #: Vectors shown at once stay below this (napari redraws all of them).
 MAX_VECTORS = 100_000
+#: Automatic arrow length: the 95th percentile displacement of a frame is
+#: drawn this many grid steps long (matplotlib's quiver autoscale idea).
+AUTO_ARROW_STEPS = 0.8
+#: The automatic length follows a larger displacement only past this ratio,
+#: so that it stays steady over a run.
+AUTO_LENGTH_SLACK = 1.25
+
+
+def _speed_colormap():
+    """magma without its black end, transparent where nothing moves.
+
+    Over the registered image: still parts (below a tenth of the scale)
+    show the image itself, moving parts a colour that gets more opaque
+    with speed (85 % from half the scale on), never the additive glare
+    that hid the image.
+    """
+    colors = np.array(AVAILABLE_COLORMAPS['magma'].colors[48:], np.float32)
+    positions = np.linspace(0.0, 1.0, len(colors), dtype=np.float32)
+    colors[:, 3] = 0.85 * np.clip((positions - 0.1) / 0.4, 0.0, 1.0)
+    return Colormap(colors, controls=positions, name='flowscope speed')
+
+
+#: Colours of the speed heatmap (magma hues, alpha growing with speed).
+SPEED_COLORMAP = _speed_colormap()
+#: Arrow colours by speed, cyan to white: apart from the heatmap's hues.
+VECTOR_COLORMAP = Colormap(
+    [[0.0, 0.75, 1.0, 1.0], [0.85, 1.0, 1.0, 1.0]],
+    name='flowscope vectors',
+)
 
 
 class FrameFields(NamedTuple):
@@ -59,16 +93,32 @@ class FrameFields(NamedTuple):
     w : ndarray, shape (n, *frame, D), float32
         Displacement, components in ``[x, y(, z)]`` order.
     reliability : ndarray, shape (n, *frame), float32
+    image : ndarray, shape (n, *frame[, C]), optional
+        The frames the flow belongs to (registered), for the intensity
+        mask.
     """
 
     w: np.ndarray
     reliability: np.ndarray
+    image: np.ndarray | None = None
 
     @classmethod
     def take(cls, fields, frames) -> FrameFields:
         """Frames ``frames`` (a slice or index array) of ``fields``, an
         object with the arrays of a whole run (e.g. a ``MemorySink``)."""
-        return cls(fields.w[frames], fields.reliability[frames])
+        image = getattr(fields, 'registered', None)
+        return cls(
+            fields.w[frames],
+            fields.reliability[frames],
+            None if image is None else image[frames],
+        )
+
+    def gray(self) -> np.ndarray:
+        """``image`` without its channel axis (their mean), float32."""
+        image = np.asarray(self.image, np.float32)
+        if image.ndim == self.w.ndim:  # channels last
+            image = image.mean(axis=-1)
+        return image
 
 
 def _speed(fields):
@@ -116,7 +166,7 @@ class OutputLayer:
         ``values(FrameFields) -> ndarray (n, *frame)`` of an image role.
     stored : str, optional
         Sink attribute of a stack role.
-    colormap : str or None
+    colormap : str, Colormap or None
         None: the source layer's.
     limits : str or None
         Contrast limits, fixed from the first batch of a run so colours
@@ -124,6 +174,9 @@ class OutputLayer:
         ``'speed'`` (0 to the speed scale), ``'signed speed'``,
         ``'robust'`` (0 to a robust maximum of the values),
         ``'signed robust'``; None: the source layer's.
+    masked : bool
+        Hidden (NaN) where the vectors are hidden (:func:`display_mask`),
+        so a heatmap never shows motion the arrows do not trust.
     default : bool
         Whether its output box starts ticked.
     visible, opacity, blending
@@ -136,8 +189,9 @@ class OutputLayer:
     kind: str = 'image'
     values: Callable | None = None
     stored: str | None = None
-    colormap: str | None = None
+    colormap: str | Colormap | None = None
     limits: str | None = None
+    masked: bool = False
     default: bool = False
     visible: bool = False
     opacity: float = 0.7
@@ -172,6 +226,7 @@ OUTPUT_LAYERS = (
         values=_divergence,
         colormap='PuOr',
         limits='signed robust',
+        masked=True,
     ),
     OutputLayer(
         'curl',
@@ -180,6 +235,7 @@ OUTPUT_LAYERS = (
         values=_curl,
         colormap='PiYG',
         limits='signed robust',
+        masked=True,
     ),
     OutputLayer(
         'vx',
@@ -188,6 +244,7 @@ OUTPUT_LAYERS = (
         values=_component(0),
         colormap='RdBu_r',
         limits='signed speed',
+        masked=True,
     ),
     OutputLayer(
         'vy',
@@ -196,24 +253,26 @@ OUTPUT_LAYERS = (
         values=_component(1),
         colormap='RdBu_r',
         limits='signed speed',
+        masked=True,
     ),
     OutputLayer(
         'speed',
         'speed',
         'speed',
         values=_speed,
-        colormap='plasma',
+        colormap=SPEED_COLORMAP,
         limits='speed',
+        masked=True,
         default=True,
         visible=True,
-        blending='additive',
+        opacity=1.0,
     ),
     OutputLayer(
         'vectors',
         'flow vectors',
         'vectors',
         kind='vectors',
-        colormap='plasma',
+        colormap=VECTOR_COLORMAP,
         limits='speed',
         default=True,
         visible=True,
@@ -234,8 +293,10 @@ class VectorStyle:
     step : int
         Grid spacing in pixels (coarsened automatically when a frame would
         show more than ``MAX_VECTORS`` vectors).
-    length : float
-        Display multiplier of the arrows (napari ``Vectors.length``).
+    length : float or None
+        Display multiplier of the arrows (napari ``Vectors.length``);
+        None: automatic, the 95th percentile displacement drawn
+        ``AUTO_ARROW_STEPS`` grid steps long (see :func:`auto_length`).
     reliability_threshold : float or None
         Hide vectors whose reliability is below this.
     intensity_percentile : float or None
@@ -246,10 +307,66 @@ class VectorStyle:
     """
 
     step: int = 16
-    length: float = 1.0
+    length: float | None = None
     reliability_threshold: float | None = None
     intensity_percentile: float | None = None
     min_speed: float = 0.0
+
+    def masks(self) -> bool:
+        """Whether anything is hidden."""
+        return (
+            self.reliability_threshold is not None
+            or self.intensity_percentile is not None
+            or self.min_speed > 0
+        )
+
+
+def display_mask(fields: FrameFields, style: VectorStyle):
+    """Where vectors (and masked heatmaps) are shown, pixel by pixel.
+
+    The same rules as :func:`napari_flowscope.engine.decimate_flow`
+    applies to the grid points: reliability at least the threshold, the
+    registered frame at least its ``intensity_percentile`` (per frame),
+    speed at least ``min_speed``.
+
+    Returns
+    -------
+    ndarray, shape (n, *frame), bool, or None
+        None when nothing is hidden.
+    """
+    if not style.masks():
+        return None
+    keep = np.ones(fields.reliability.shape, bool)
+    if style.reliability_threshold is not None:
+        keep &= fields.reliability >= style.reliability_threshold
+    if style.intensity_percentile is not None and fields.image is not None:
+        image = fields.gray()
+        axes = tuple(range(1, image.ndim))
+        cutoff = np.percentile(
+            image, style.intensity_percentile, axis=axes, keepdims=True
+        )
+        keep &= image >= cutoff
+    if style.min_speed > 0:
+        keep &= speed(fields.w) >= style.min_speed
+    return keep
+
+
+def displacement_scale(fields: FrameFields) -> float:
+    """The largest per-frame 95th percentile displacement (px) of a few
+    frames, on a strided sample; what the automatic arrow length draws
+    ``AUTO_ARROW_STEPS`` grid steps long."""
+    sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
+    lengths = speed(fields.w[sample])
+    per_frame = np.percentile(lengths.reshape(len(lengths), -1), 95, axis=1)
+    return float(per_frame.max(initial=0.0))
+
+
+def auto_length(scale: float, step: int) -> float:
+    """Arrow length multiplier drawing ``scale`` px as
+    ``AUTO_ARROW_STEPS`` grid steps (1 when there is no motion)."""
+    if not scale > 1e-3:
+        return 1.0
+    return AUTO_ARROW_STEPS * step / scale
 
 
 class FieldMap:
@@ -274,11 +391,16 @@ class FieldMap:
     ----------
     preview : (int, FrameFields) or None
         A frame shown instead of the run's (fields with one frame).
+    mask : callable or None
+        ``mask(FrameFields) -> bool array (n, *frame)`` or None: values
+        where it is False are NaN (napari draws NaN transparent).
+    done : ndarray of bool, shape (T,), optional
+        Frames computed so far; the others are NaN (nothing to show yet).
     """
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, values, shape, fields=None, *, fill=0.0):
+    def __init__(self, values, shape, fields=None, *, fill=np.nan):
         self.values = values
         self.shape = tuple(int(size) for size in shape)
         self.ndim = len(self.shape)
@@ -286,6 +408,8 @@ class FieldMap:
         self.fields = fields
         self.fill = np.float32(fill)
         self.preview = None
+        self.mask = None
+        self.done = None
 
     def __len__(self):
         return self.shape[0]
@@ -311,15 +435,25 @@ class FieldMap:
         if self.fields is None:
             maps = np.full((len(indices), *self.shape[1:]), self.fill)
         else:
-            maps = np.asarray(
-                self.values(FrameFields.take(self.fields, time)), np.float32
-            )
+            maps = self._compute(FrameFields.take(self.fields, time))
+            if self.done is not None:
+                pending = ~self.done[indices]
+                if pending.any():
+                    maps = np.array(maps)
+                    maps[pending] = self.fill
         if self.preview is not None:
             frame, fields = self.preview
             rows = np.flatnonzero(indices == frame)
             if len(rows):
                 maps = np.array(maps)  # never write into the run's arrays
-                maps[rows] = self.values(fields)[0]
+                maps[rows] = self._compute(fields)[0]
+        return maps
+
+    def _compute(self, fields):
+        maps = np.asarray(self.values(fields), np.float32)
+        keep = None if self.mask is None else self.mask(fields)
+        if keep is not None:
+            maps = np.where(keep, maps, np.float32(np.nan))
         return maps
 
 
@@ -494,6 +628,10 @@ class RunResults:
     limits : dict of str to (float, float) or None
         Contrast limits fixed from the first batch (see
         :func:`output_limits`).
+    displacement_scale : float
+        What the automatic arrow length is based on (px): the largest
+        per-frame 95th percentile displacement seen, updated only when a
+        batch exceeds it by ``AUTO_LENGTH_SLACK`` (steady over a run).
     """
 
     def __init__(self, session, roles=()):
@@ -501,9 +639,9 @@ class RunResults:
 
         sink = MemorySink()
         sink.open(session)
-        # np.zeros pages are mapped lazily: frames not computed yet show
-        # as zero (not garbage) without touching the memory up front
-        # (np.zeros, not zeros_like: zeros_like writes every page)
+        # np.zeros pages are mapped lazily: frames not computed yet
+        # cost no memory (np.zeros, not zeros_like: zeros_like writes
+        # every page)
         for name in ('registered', 'w', 'reliability'):
             array = getattr(sink, name)
             setattr(sink, name, np.zeros(array.shape, array.dtype))
@@ -513,6 +651,7 @@ class RunResults:
         self.sink = sink
         self.roles = list(roles)
         self.limits = None
+        self.displacement_scale = 0.0
 
     @property
     def n_frames(self) -> int:
@@ -531,25 +670,36 @@ class RunResults:
     def write(self, batch):
         """Store a batch (worker thread); the first one sets the limits."""
         self.sink.write(batch)
+        fields = FrameFields(batch.w, batch.reliability)
         if self.limits is None:
-            self.limits = output_limits(
-                FrameFields(batch.w, batch.reliability), self.roles
-            )
+            self.limits = output_limits(fields, self.roles)
+        scale = displacement_scale(fields)
+        if scale > AUTO_LENGTH_SLACK * self.displacement_scale:
+            self.displacement_scale = scale
 
 
 class OutputLayers:
-    """The layers one widget's runs write into, created once, reused.
+    """The layers one widget's runs and previews write into, created once,
+    reused.
 
     Layers are tracked by the objects this class created, not by name: a
     second run reuses its own layers (data replaced in place when shapes
     match) and a layer the user removed is created again.  Roles not asked
-    for by a run are removed, so no stale result stays on screen.
+    for by a run are removed, so no stale result stays on screen.  A live
+    preview shows its frame in the same layers (:meth:`show_preview`).
 
     Parameters
     ----------
     viewer : napari.Viewer or ViewerModel
     label : str
         Inserted in layer names: ``'<source> <label> <suffix>'``.
+
+    Attributes
+    ----------
+    results : RunResults or None
+        The run the layers show.
+    style : VectorStyle
+        How vectors are drawn, and the mask of masked heatmaps.
     """
 
     def __init__(self, viewer, *, label=''):
@@ -568,6 +718,8 @@ class OutputLayers:
         self._on_ready = None
         self._generation = 0
         self._preview = None
+        self._preview_scale = 0.0
+        self._length = None
 
     def __getitem__(self, role):
         """The live layer of ``role`` (KeyError when absent)."""
@@ -595,6 +747,11 @@ class OutputLayers:
             if layer in self._viewer.layers
         ]
         return [self[role] for role in self._layers if role in self] + (extras)
+
+    @property
+    def source(self):
+        """The layer the current outputs belong to, or None."""
+        return self._source
 
     @property
     def _n_frames(self):
@@ -648,6 +805,7 @@ class OutputLayers:
         self._done = np.zeros(self._n_frames, bool)
         self._limits_set = False
         self._reference = None
+        self._length = None
         # bottom to top: the table's order, then the extra layers
         self._pending = [
             functools.partial(self._prepare_role, spec, source)
@@ -727,6 +885,9 @@ class OutputLayers:
             )
         else:
             data = FieldMap(spec.values, self._shape, fields)
+            data.done = self._done
+            if spec.masked:
+                data.mask = self._mask()
             if self._preview is not None:
                 data.preview = self._preview[:2]
             self._layers[spec.role] = self._image(
@@ -813,13 +974,27 @@ class OutputLayers:
             edge_contrast_limits=(0.0, 1.0),
             edge_width=max(1.0, float(np.mean(geometry['scale'][1:]))),
             vector_style='arrow',
-            length=self.style.length,
+            length=self.vector_length,
+            opacity=spec.opacity,
             **geometry,
         )
 
     def _remove(self, layer):
         if layer in self._viewer.layers:
             self._viewer.layers.remove(layer)
+
+    def _detach(self):
+        """Let go of the layers of another source's run: they stay as
+        they are (the user's now); a pure preview's go."""
+        if self.results is None:
+            self.remove_layers()
+            return
+        self.cancel_pending()
+        self._layers = {}
+        self._extra_layers = []
+        self._source = None
+        self.results = None
+        self._preview = None
 
     # -- a run's batches -------------------------------------------------
 
@@ -842,6 +1017,7 @@ class OutputLayers:
                     self['reference'].reset_contrast_limits()
         if not self._limits_set and self.results.limits is not None:
             self._set_limits(self.results.limits)
+        length_changed = self._update_length()
         if not frames_on_screen(
             self._viewer, self._source, batch.start, batch.stop
         ):
@@ -856,7 +1032,7 @@ class OutputLayers:
                 layer.refresh()
         if 'vectors' in self:
             t = current_frame(self._viewer, self._source, self._n_frames)
-            if batch.start <= t < batch.stop:
+            if batch.start <= t < batch.stop or length_changed:
                 # In an event-loop turn of its own: napari redraws the
                 # Vectors thumbnail in a Python loop (about 30 ms), on top
                 # of the refreshes above.
@@ -896,8 +1072,11 @@ class OutputLayers:
 
     # -- a preview -------------------------------------------------------
 
-    def show_preview(self, source, frame, fields, vectors, limits) -> None:
-        """Show one frame's flow in the preview roles' layers.
+    def show_preview(
+        self, source, frame, fields, vectors, limits, scale=0.0
+    ) -> None:
+        """Show one frame's flow in the layers (the run's, when they
+        belong to ``source``; created otherwise).
 
         Parameters
         ----------
@@ -909,42 +1088,61 @@ class OutputLayers:
         vectors : (ndarray, ndarray)
             ``frame_vectors`` of the frame.
         limits : dict
-            :func:`output_limits` of the frame.
+            :func:`output_limits` of the frame (used without a run; a
+            run's limits stay, so colours keep their meaning).
+        scale : float
+            :func:`displacement_scale` of the frame, for the automatic
+            arrow length without a run.
         """
         if self._source is not None and self._source != source:
-            self.remove_layers()
+            self._detach()
         if self._source is None:
             self._source = source
             self._shape = (int(source.data.shape[0]), *fields.w.shape[1:-1])
             self._done = np.zeros(self._n_frames, bool)
+            self._length = None
         self._preview = (frame, fields, vectors)
+        self._preview_scale = scale
         for role in PREVIEW_ROLES:
             if role not in self:
                 self._prepare_role(SPECS[role], source)
-        for role in PREVIEW_ROLES:
-            spec = SPECS[role]
-            if spec.kind == 'image':
+        for role in self._layers:
+            if role in self and SPECS[role].kind == 'image':
                 self[role].data.preview = (frame, fields)
                 self[role].refresh()
-        self._set_limits(limits, roles=PREVIEW_ROLES)
-        self._show_preview_vectors()
+        if self.results is None or self.results.limits is None:
+            self._set_limits(limits, roles=list(self._layers))
+        self._update_length()
+        self.show_current_vectors()
 
-    def _show_preview_vectors(self):
-        _frame, _fields, (data, lengths) = self._preview
-        layer = self['vectors']
-        self._set_vectors(layer, data, lengths)
-        if layer.length != self.style.length:
-            layer.length = self.style.length
+    def end_preview(self) -> None:
+        """Stop showing the preview: a run's layers show the run again,
+        layers made only for the preview are removed."""
+        if self.results is None:
+            self.remove_layers()
+            return
+        self._preview = None
+        for role in self._layers:
+            if role in self and SPECS[role].kind == 'image':
+                self[role].data.preview = None
+                self[role].refresh()
+        self._update_length()
+        self.show_current_vectors()
 
     def restyle_preview(self, vectors) -> None:
         """Show the preview frame's vectors drawn in a new style."""
-        if self._preview is not None and 'vectors' in self:
+        if self._preview is not None:
             frame, fields, _ = self._preview
             self._preview = (frame, fields, vectors)
-            self._show_preview_vectors()
+            self.show_current_vectors()
+
+    @property
+    def previewing(self) -> bool:
+        """Whether a preview frame is shown."""
+        return self._preview is not None
 
     def remove_layers(self) -> None:
-        """Remove every layer and forget the run (preview switched off)."""
+        """Remove every layer and forget the run."""
         self.cancel_pending()
         for layer in self.layers:
             self._viewer.layers.remove(layer)
@@ -954,12 +1152,48 @@ class OutputLayers:
         self._shape = None
         self._done = None
         self._preview = None
+        self._length = None
         self.results = None
 
     # -- vectors ---------------------------------------------------------
 
+    def _mask(self):
+        style = self.style
+        if not style.masks():
+            return None
+        return functools.partial(display_mask, style=style)
+
+    @property
+    def displacement_scale(self) -> float:
+        """What the automatic arrow length draws ``AUTO_ARROW_STEPS``
+        grid steps long (px): the run's, else the preview frame's."""
+        if self.results is not None and self.results.displacement_scale:
+            return self.results.displacement_scale
+        return self._preview_scale
+
+    @property
+    def vector_length(self) -> float:
+        """The arrow length multiplier in use."""
+        if self.style.length is not None:
+            return self.style.length
+        step = self.style.step
+        if self._shape is not None:
+            step = vector_step(self._shape[1:], step)
+        return auto_length(self.displacement_scale, step)
+
+    def _update_length(self) -> bool:
+        """Give the vectors layer the current length; whether it changed."""
+        length = self.vector_length
+        if length == self._length:
+            return False
+        self._length = length
+        if 'vectors' in self:
+            self['vectors'].length = length
+        return True
+
     def set_style(self, style: VectorStyle) -> None:
-        """Change how vectors are drawn and redraw the current frame.
+        """Change how vectors are drawn (and heatmaps masked) and redraw
+        the current frame.
 
         Nothing happens for the style already set: napari redraws the
         layer's thumbnail on every assignment (about 30 ms for a 512²
@@ -967,40 +1201,47 @@ class OutputLayers:
         """
         if style == self.style:
             return
-        self.style = style
-        if 'vectors' in self:
-            self['vectors'].length = style.length
-            self.show_current_vectors()
+        old, self.style = self.style, style
+        self._update_length()
+        if display_mask_changed(old, style):
+            mask = self._mask()
+            for role in self._layers:
+                if role in self and SPECS[role].masked:
+                    self[role].data.mask = mask
+                    self[role].refresh()
+        self.show_current_vectors()
 
     def show_current_vectors(self) -> None:
         """Show the vectors of the frame under the time slider."""
-        if self.results is None or 'vectors' not in self:
+        if self._source is None or 'vectors' not in self:
             return
         self.show_vectors(
             current_frame(self._viewer, self._source, self._n_frames)
         )
 
     def show_vectors(self, t: int) -> None:
-        """Show the vectors of frame ``t`` (none if not computed yet).
+        """Show the vectors of frame ``t`` (the preview's, the run's, or
+        none if not computed yet).
 
         Only one frame is held by the layer: reassigning all vectors of a
         whole stack would stall the event loop (NAPARI.md section 5).
         """
         layer = self['vectors']
-        if not self._done[t]:
+        if self._preview is not None and self._preview[0] == t:
+            self._set_vectors(layer, *self._preview[2])
+            return
+        if not self._done[t] or self.results is None:
             if len(layer.data):
                 self._set_vectors(layer, *_no_vectors(layer.data.shape[-1]))
             return
         sink = self.results.sink
-        image = sink.registered[t]
-        if image.ndim == sink.w.ndim - 1:  # channels last
-            image = image.mean(axis=-1)
+        fields = FrameFields.take(sink, slice(t, t + 1))
         data, lengths = frame_vectors(
             sink.w[t],
             t,
             style=self.style,
             reliability=sink.reliability[t],
-            image=image,
+            image=fields.gray()[0],
         )
         self._set_vectors(layer, data, lengths)
 
@@ -1011,6 +1252,15 @@ class OutputLayers:
         # over up to 1024 vectors (about 30 ms).
         layer.data = data
         layer.features = {'speed': lengths}
+
+
+def display_mask_changed(old: VectorStyle, new: VectorStyle) -> bool:
+    """Whether two styles hide different pixels."""
+    return (
+        old.reliability_threshold,
+        old.intensity_percentile,
+        old.min_speed,
+    ) != (new.reliability_threshold, new.intensity_percentile, new.min_speed)
 
 
 def _restore(layer, name, geometry):

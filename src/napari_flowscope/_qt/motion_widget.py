@@ -24,19 +24,20 @@ import os
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
-    QGroupBox,
+    QFrame,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from napari_flowscope.session import MotionSession
 
 from .events import RunInfo, run_events
-from .layers import OutputLayers, RunResults, current_frame
+from .layers import FieldMap, OutputLayers, RunResults, current_frame
 from .parameters import ParametersPanel
 from .preview import PreviewController
 from .reference import ReferencePanel
@@ -96,7 +97,12 @@ class MotionCorrectionWidget(QWidget):
         self._run_source = None
 
         self.outputs = OutputLayers(napari_viewer)
-        self.preview = PreviewController(napari_viewer, self._describe_preview)
+        self.preview = PreviewController(
+            napari_viewer,
+            self._describe_preview,
+            outputs=self.outputs,
+            on_shown=self._show_vector_length,
+        )
         self.reference = ReferencePanel(
             napari_viewer, is_output=self._is_output
         )
@@ -112,30 +118,50 @@ class MotionCorrectionWidget(QWidget):
     # -- layout and wiring ------------------------------------------------
 
     def _build_layout(self):
+        # Pinned: the run buttons, progress and live preview stay on
+        # screen however short the dock gets (napari stacks docks in one
+        # column); the sections below fold and scroll.
+        header = QWidget()
+        header_column = QVBoxLayout(header)
+        header_column.setContentsMargins(6, 4, 6, 2)
+        header_column.addWidget(self.run_panel.controls.native)
+        header_column.addWidget(self.parameters.live_preview.native)
         content = QWidget()
         column = QVBoxLayout(content)
-        column.setContentsMargins(4, 4, 4, 4)
-        for title, panel in (
-            ('Reference', self.reference),
-            ('Parameters', self.parameters),
-            ('Run', self.run_panel),
+        column.setContentsMargins(4, 0, 4, 4)
+        self.sections = {}
+        for title, panel, expanded in (
+            ('Reference', self.reference, True),
+            ('Parameters', self.parameters, True),
+            ('Outputs', self.run_panel, True),
+            ('Vector display', self.run_panel.vector_options, False),
         ):
-            box = QGroupBox(title)
-            box_layout = QVBoxLayout(box)
-            box_layout.setContentsMargins(6, 6, 6, 6)
-            box_layout.addWidget(panel.native)
-            column.addWidget(box)
+            section = QCollapsible(title)
+            section.addWidget(panel.native)
+            if expanded:
+                section.expand(animate=False)
+            column.addWidget(section)
+            self.sections[title] = section
         column.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(
             Qt.ScrollBarPolicy.ScrollBarAlwaysOff
         )
         scroll.setWidget(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.setSpacing(0)
+        outer.addWidget(header)
+        outer.addWidget(scroll, stretch=1)
         self.setMinimumWidth(340)
+
+    def sizeHint(self):
+        # napari's dock column is shared by size hints: the scroll area's
+        # would ask for every section unfolded; this leaves the plot dock
+        # beside it about as much (and the pinned buttons need far less).
+        return QSize(380, 480)
 
     def _connect(self):
         run = self.run_panel
@@ -146,6 +172,7 @@ class MotionCorrectionWidget(QWidget):
         for widget in (
             run.vector_step,
             run.vector_length,
+            run.auto_length,
             run.mask_reliability,
             run.intensity_percentile,
             run.min_speed,
@@ -167,7 +194,8 @@ class MotionCorrectionWidget(QWidget):
         self.destroyed.connect(_make_teardown(self))
 
     def _is_output(self, layer):
-        return layer in self.outputs.layers or layer in self.preview.layers
+        # FieldMap: heatmaps of an earlier source's run stay in the viewer
+        return layer in self.outputs.layers or isinstance(layer.data, FieldMap)
 
     def _update_enabled(self, _value=None):
         running = self.worker is not None
@@ -248,11 +276,13 @@ class MotionCorrectionWidget(QWidget):
         run_events(self.viewer).started.emit(
             _run_info(source, session, self.parameters.params, results.sink.w)
         )
+        self.preview.pause()  # the layers show the run until it ends
         # napari needs about 100 ms to add a layer, which nothing can split:
         # one layer per event-loop turn, and the computation starts only
         # once they exist, so that it does not compete with them for the
         # GIL (which made each take two to three times longer).
         self.outputs.set_style(self._vector_style())
+        self._show_vector_length()
         self.outputs.prepare(
             source,
             results,
@@ -329,6 +359,7 @@ class MotionCorrectionWidget(QWidget):
     def _on_batch(self, batch):
         # already written into self.results
         self.outputs.update(batch)
+        self._show_vector_length()
         self.run_panel.show_progress(batch.stop, self.session.n_frames)
         run_events(self.viewer).batch.emit(batch)
 
@@ -371,6 +402,8 @@ class MotionCorrectionWidget(QWidget):
                 f'stopped after {done} / {n_frames} frames'
             )
         self._update_enabled()
+        self.preview.resume()
+        self._request_preview()
         run_events(self.viewer).finished.emit()
 
     def _on_saved(self, folder):
@@ -420,13 +453,18 @@ class MotionCorrectionWidget(QWidget):
         style = self._vector_style()
         self.outputs.set_style(style)
         self.preview.restyle(style)
+        self._show_vector_length()
+
+    def _show_vector_length(self):
+        self.run_panel.show_vector_length(
+            self.outputs.vector_length, self.outputs.displacement_scale
+        )
 
     def _on_live_preview(self, on):
         if on:
             self.preview.request_now()
         else:
-            self.preview.request.cancel()
-            self.preview.remove_layers()
+            self.preview.end()
 
     def _request_preview(self, _value=None):
         if self.parameters.live_preview.value:

@@ -192,7 +192,7 @@ class ParametersPanel(Container):
         self.advanced_section = QCollapsible('Advanced')
         self.advanced_section.addWidget(self._advanced.native)
         self.native.layout().addWidget(self.advanced_section)
-        self.append(self.live_preview)
+        # live_preview is placed by the dock, beside the run buttons
         self.margins = (0, 0, 0, 0)
 
         self._applying_preset = False

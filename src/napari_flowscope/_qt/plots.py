@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_warning
 from napari.utils.theme import get_theme
-from qtpy.QtCore import Qt, QThreadPool
+from qtpy.QtCore import QSize, Qt, QThreadPool
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import create_worker, qthrottled
 
+from napari_flowscope._qt.docking import share_tabs
 from napari_flowscope._qt.events import run_events
 from napari_flowscope.roi import (
     AREA_SHAPE_TYPES,
@@ -127,8 +128,14 @@ class MotionPlotWidget(QWidget):
         self._connect()
         self._refresh_roi_layers()
         self._on_current_step()
+        share_tabs(self)  # with the tracking dock, not a third slice
 
     # ----------------------------------------------------------------- UI
+    def sizeHint(self):
+        # Qt shares napari's dock column by size hints: ask for enough to
+        # read three stacked axes, no more than the motion dock gets.
+        return QSize(360, 400)
+
     def _build_controls(self):
         self._roi_layer_combo = QComboBox()
         self._roi_layer_combo.setToolTip(
@@ -162,7 +169,8 @@ class MotionPlotWidget(QWidget):
         self._plot_label.setSizePolicy(
             QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored
         )
-        self._plot_label.setMinimumSize(240, 360)
+        # small enough to share napari's dock column with the other docks
+        self._plot_label.setMinimumSize(240, 150)
         self._plot_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
         layout = QVBoxLayout(self)

@@ -3,8 +3,10 @@
 Requests are debounced (a slider drag gives one computation, not dozens)
 and numbered: one worker runs at a time, a request made while it runs is
 computed next, and a result that is no longer the latest request is
-dropped.  Results go into two preview layers that cover only the previewed
-frame, so they never show on a frame they were not computed for.
+dropped.  The session computes the flow (``MotionSession.estimate_frame``);
+the result is shown in the dock's output layers, on the previewed frame
+only: after a run, in the run's own layers (no second heatmap or vector
+layer), which show the run again when the preview ends.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .layers import (
     PREVIEW_ROLES,
     FrameFields,
     OutputLayers,
+    displacement_scale,
     frame_vectors,
     output_limits,
 )
@@ -60,6 +63,8 @@ class PreviewResult:
         Contrast limits of the preview roles (``output_limits``).
     vectors : (ndarray, ndarray)
         ``frame_vectors`` of the frame.
+    scale : float
+        ``displacement_scale`` of the frame (automatic arrow length).
     """
 
     request: PreviewRequest
@@ -68,6 +73,7 @@ class PreviewResult:
     fields: FrameFields
     limits: dict
     vectors: tuple
+    scale: float
 
 
 def compute_preview(session, request: PreviewRequest) -> PreviewResult:
@@ -79,7 +85,9 @@ def compute_preview(session, request: PreviewRequest) -> PreviewResult:
     """
     flow = session.estimate_frame(request.frame, params=request.params)
     reference = session.reference_image
-    fields = FrameFields(flow.w[np.newaxis], flow.reliability[np.newaxis])
+    fields = FrameFields(
+        flow.w[np.newaxis], flow.reliability[np.newaxis], reference[None]
+    )
     return PreviewResult(
         request,
         reference,
@@ -87,6 +95,7 @@ def compute_preview(session, request: PreviewRequest) -> PreviewResult:
         fields,
         output_limits(fields, PREVIEW_ROLES),
         _vectors(flow, request.frame, request.style, reference),
+        displacement_scale(fields),
     )
 
 
@@ -125,8 +134,10 @@ class PreviewController:
         session_kwargs, vector_style)`` for the request to make, or None
         when nothing can be previewed.
     outputs : OutputLayers, optional
-        The layers the preview is shown in (default: layers of its own,
-        named ``'<source> preview <output>'``).
+        The layers the preview is shown in (the dock's, which its runs
+        write into); default: layers of its own.
+    on_shown : callable, optional
+        Called after a result is shown.
 
     Attributes
     ----------
@@ -136,20 +147,34 @@ class PreviewController:
         The computation in flight.
     """
 
-    def __init__(self, viewer, describe, outputs=None):
+    def __init__(self, viewer, describe, outputs=None, on_shown=None):
         self._viewer = viewer
         self._describe = describe
         if outputs is None:
             outputs = OutputLayers(viewer, label='preview')
         self._outputs = outputs
+        self._on_shown = on_shown
         self._requests = 0
         self._pending = False
         self._session = (None, None)
         self._source = None
+        self._paused = False
         self.worker = None
         self._done = None
         self.last_result = None
         self.request = qdebounced(self.request_now, timeout=DEBOUNCE_MS)
+
+    def pause(self) -> None:
+        """Ignore requests, and drop the result in flight (a run goes)."""
+        self._paused = True
+        self.request.cancel()
+        self._pending = False
+        self._requests += 1
+        self.last_result = None
+
+    def resume(self) -> None:
+        """Take requests again."""
+        self._paused = False
 
     @property
     def layers(self) -> list:
@@ -158,6 +183,8 @@ class PreviewController:
 
     def request_now(self) -> None:
         """Preview now (``request`` is the debounced version)."""
+        if self._paused:
+            return
         if self.worker is not None:
             # superseded: the newest state is computed when this one ends
             self._pending = True
@@ -206,7 +233,10 @@ class PreviewController:
             result.fields,
             result.vectors,
             result.limits,
+            result.scale,
         )
+        if self._on_shown is not None:
+            self._on_shown()
 
     def _on_error(self, error: Exception) -> None:
         show_error(f'Motion correction preview failed: {error}')
@@ -229,9 +259,13 @@ class PreviewController:
                 )
             )
 
-    def remove_layers(self) -> None:
-        """Remove the preview layers (preview switched off)."""
-        self._outputs.remove_layers()
+    def end(self) -> None:
+        """Preview switched off: the layers show the run again (layers
+        made for the preview only are removed)."""
+        self.request.cancel()
+        self._pending = False
+        self._requests += 1  # a result in flight is dropped
+        self._outputs.end_preview()
         self.last_result = None
 
     def shutdown(self, timeout_s: float = 5.0) -> None:

@@ -14,19 +14,17 @@ import time
 from magicgui.widgets import (
     CheckBox,
     Container,
-    FloatSlider,
     FloatSpinBox,
     Label,
     PushButton,
     SpinBox,
 )
 from qtpy.QtCore import Qt, QThreadPool
-from superqt import QCollapsible
 
 from napari_flowscope.session import FlowBatch
 from napari_flowscope.session.sinks import DiskSink
 
-from .layers import OUTPUT_LAYERS, VectorStyle
+from .layers import AUTO_ARROW_STEPS, OUTPUT_LAYERS, VectorStyle
 
 __all__ = [
     'MotionCorrectionError',
@@ -149,7 +147,20 @@ def format_progress(done, total, elapsed):
 
 
 class RunControlPanel(Container):
-    """Buttons, batch size, outputs, vector display and progress."""
+    """Run buttons, progress, outputs and vector display.
+
+    The panel itself holds the outputs section (batch size, output
+    boxes); :attr:`controls` (the buttons and the progress) and
+    :attr:`vector_options` are separate containers, so that the dock can
+    pin the buttons above its scrolling sections.
+
+    Attributes
+    ----------
+    controls : Container
+        Start / Pause / Cancel / Save and the progress line.
+    vector_options : Container
+        Grid step, arrow length (automatic or manual) and masks.
+    """
 
     def __init__(self):
         self.start_button = PushButton(text='Start')
@@ -161,17 +172,16 @@ class RunControlPanel(Container):
             tooltip='Write registered.tif, flow.npy, reliability.npy, '
             'params.json and stats.csv of the last complete run.',
         )
-        buttons = Container(
-            layout='horizontal',
-            widgets=[
-                self.start_button,
-                self.pause_button,
-                self.cancel_button,
-                self.save_button,
-            ],
-            labels=False,
+        buttons = _row(
+            self.start_button,
+            self.pause_button,
+            self.cancel_button,
+            self.save_button,
         )
-        buttons.margins = (0, 0, 0, 0)
+        self.progress = Label(value='ready')
+        self.controls = Container(widgets=[buttons, self.progress])
+        self.controls.margins = (0, 0, 0, 0)
+
         self.batch_size = SpinBox(
             label='batch size',
             value=8,
@@ -191,25 +201,31 @@ class RunControlPanel(Container):
             layout='vertical',
             labels=False,
             label='outputs',
-            widgets=[
-                Container(
-                    layout='horizontal',
-                    labels=False,
-                    widgets=boxes[i : i + 2],
-                )
-                for i in range(0, len(boxes), 2)
-            ],
+            widgets=[_row(*boxes[i : i + 2]) for i in range(0, len(boxes), 2)],
         )
         grid.margins = (0, 0, 0, 0)
-        for row in grid:
-            row.margins = (0, 0, 0, 0)
-        self.progress = Label(value='ready')
+
         self.vector_step = SpinBox(
             label='grid step (px)', value=16, min=2, max=256
         )
-        self.vector_length = FloatSlider(
-            label='arrow length ×', value=1.0, min=0.5, max=20.0, step=0.5
+        self.auto_length = CheckBox(
+            text='auto',
+            value=True,
+            tooltip='Draw the 95th percentile displacement of the frame '
+            f'{AUTO_ARROW_STEPS:g} grid steps long (set from the first '
+            'batch, steady over a run).',
         )
+        self.vector_length = FloatSpinBox(
+            value=1.0,
+            min=0.01,
+            max=10_000.0,
+            step=0.5,
+            enabled=False,
+            tooltip='Arrows are this many times their displacement.',
+        )
+        length_row = _row(self.vector_length, self.auto_length)
+        length_row.label = 'arrow length ×'
+        self.vector_scale = Label(value='')
         self.mask_reliability = CheckBox(
             text='hide unreliable vectors', value=True
         )
@@ -229,21 +245,19 @@ class RunControlPanel(Container):
             max=100.0,
             step=0.1,
         )
-        self._vector_options = Container(
+        self.vector_options = Container(
             widgets=[
                 self.vector_step,
-                self.vector_length,
+                length_row,
+                self.vector_scale,
                 self.mask_reliability,
                 self.intensity_percentile,
                 self.min_speed,
             ]
         )
-        super().__init__(
-            widgets=[self.batch_size, grid, buttons, self.progress]
-        )
-        self.vectors_section = QCollapsible('Vector display')
-        self.vectors_section.addWidget(self._vector_options.native)
-        self.native.layout().addWidget(self.vectors_section)
+        self.vector_options.margins = (0, 0, 0, 0)
+        self.auto_length.changed.connect(self._on_auto_length)
+        super().__init__(widgets=[self.batch_size, grid])
         self.margins = (0, 0, 0, 0)
         self._started_at = None
 
@@ -263,13 +277,44 @@ class RunControlPanel(Container):
         percentile = float(self.intensity_percentile.value)
         return VectorStyle(
             step=int(self.vector_step.value),
-            length=float(self.vector_length.value),
+            length=(
+                None
+                if self.auto_length.value
+                else float(self.vector_length.value)
+            ),
             reliability_threshold=(
                 reliability_threshold if self.mask_reliability.value else None
             ),
             intensity_percentile=percentile if percentile > 0 else None,
             min_speed=float(self.min_speed.value),
         )
+
+    def _on_auto_length(self, auto):
+        # manual length starts from the automatic one on screen
+        self.vector_length.enabled = not auto
+
+    def show_vector_length(self, length: float, scale: float) -> None:
+        """Show the arrow length in use and, when automatic, its basis.
+
+        Parameters
+        ----------
+        length : float
+            The multiplier the vectors layer uses.
+        scale : float
+            The displacement (px) drawn ``AUTO_ARROW_STEPS`` grid steps
+            long; 0 before anything is computed.
+        """
+        if self.auto_length.value:
+            with self.vector_length.changed.blocked():
+                self.vector_length.value = round(length, 2)
+            self.vector_scale.value = (
+                f'auto: {scale:.2g} px (95th pct) drawn as '
+                f'{AUTO_ARROW_STEPS:g} grid steps'
+                if scale > 0
+                else 'auto: set by the first batch or preview'
+            )
+        else:
+            self.vector_scale.value = f'1 px drawn {length:.3g} px long'
 
     def set_running(self, running: bool) -> None:
         """Enable the buttons that make sense while running or not."""
@@ -290,6 +335,12 @@ class RunControlPanel(Container):
     def show_progress(self, done: int, total: int) -> None:
         elapsed = time.perf_counter() - (self._started_at or 0.0)
         self.progress.value = format_progress(done, total, elapsed)
+
+
+def _row(*widgets):
+    row = Container(layout='horizontal', widgets=widgets, labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
 
 
 def relay(generator):

@@ -35,6 +35,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 from superqt.utils import qthrottled
 
+from napari_flowscope._qt.docking import scroll_contents, share_tabs
 from napari_flowscope._qt.layers import layer_geometry
 from napari_flowscope.roi import AREA_SHAPE_TYPES, shape_mask
 from napari_flowscope.tracking import TrackingParams, Tracks, iter_tracks
@@ -299,6 +300,9 @@ class FeatureTrackingWidget(Container):
                 self.status,
             ]
         )
+        # beside the other docks it must not demand its full height
+        scroll_contents(self)
+        share_tabs(self)
         self._redraw = qthrottled(
             self._draw, timeout=REDRAW_INTERVAL_MS, parent=self.native
         )
