@@ -1,8 +1,9 @@
 """The "Motion correction" dock: reference, parameters, run.
 
 A thin controller over :class:`napari_flowscope.session.MotionSession`:
-the session runs in a napari ``thread_worker`` (it only computes and
-yields), and the main-thread handlers here write each batch into layers
+the session runs in a :class:`~napari_flowscope._qt.workers.Job` (it only
+computes and yields), and the main-thread handlers here write each batch
+into layers
 (:class:`~napari_flowscope._qt.layers.OutputLayers`) and announce it on
 the viewer's :func:`~napari_flowscope._qt.events.run_events`.
 
@@ -22,7 +23,6 @@ import math
 import os
 
 import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
@@ -41,14 +41,8 @@ from .layers import FieldMap, OutputLayers, RunResults, current_frame
 from .parameters import ParametersPanel
 from .preview import PreviewController
 from .reference import ReferencePanel
-from .run_control import (
-    RunControlPanel,
-    relay,
-    save_run,
-    stop_and_wait,
-    stream_batches,
-    track,
-)
+from .run_control import RunControlPanel, save_run, stream_batches
+from .workers import start_job
 
 __all__ = ['MotionCorrectionWidget']
 
@@ -65,9 +59,9 @@ class MotionCorrectionWidget(QWidget):
 
     Attributes
     ----------
-    worker : GeneratorWorker or None
-        The running session worker (None when idle).
-    save_worker : GeneratorWorker or None
+    worker : Job or None
+        The running session (None when idle).
+    save_worker : Job or None
         The running save (None when idle).
     session : MotionSession or None
         The session of the last run.
@@ -89,11 +83,6 @@ class MotionCorrectionWidget(QWidget):
         self.results = None
         self.complete = False
         self._batches = None
-        self._done = None
-        self._save_done = None
-        self._save_generator = None
-        self._worker_slots = {}
-        self._save_slots = {}
         self._run_source = None
 
         self.outputs = OutputLayers(napari_viewer)
@@ -248,28 +237,23 @@ class MotionCorrectionWidget(QWidget):
         self._run_source = source
         self._batches = session.iter_batches(into=results.sink)
         n_batches = math.ceil(session.n_frames / session.batch_size)
-        worker = create_worker(
-            relay,
+        worker = start_job(
             stream_batches(self._batches, results=results),
-            # errors go to _on_error (a notification), not re-raised
-            _ignore_errors=True,
-            _progress={
+            handlers={
+                'yielded': self._on_batch,
+                'returned': self._on_returned,
+                'errored': self._on_error,
+                'paused': self._on_paused,
+                'resumed': self._on_resumed,
+                'finished': self._on_finished,
+            },
+            progress={
                 'total': n_batches,
                 'desc': f'Motion correction: {source.name}',
             },
+            start=False,
         )
-        self._worker_slots = {
-            'yielded': self._on_batch,
-            'returned': self._on_returned,
-            'errored': self._on_error,
-            'paused': self._on_paused,
-            'resumed': self._on_resumed,
-            'finished': self._on_finished,
-        }
-        for name, slot in self._worker_slots.items():
-            getattr(worker, name).connect(slot)
         self.worker = worker
-        self._done = track(worker)
         self.run_panel.set_running(True)
         self.run_panel.show_progress(0, session.n_frames)
         self._update_enabled()
@@ -306,7 +290,7 @@ class MotionCorrectionWidget(QWidget):
         """Stop the run after the batch in progress (UI resets on finish)."""
         if self.worker is not None:
             # a paused worker also sees this (it polls while paused)
-            self.worker.quit()
+            self.worker.cancel()
             self.run_panel.progress.value = 'cancelling…'
 
     def save(self, folder) -> None:
@@ -322,37 +306,29 @@ class MotionCorrectionWidget(QWidget):
         if self.save_worker is not None:
             return
         source = self._run_source
-        self._save_generator = save_run(
-            folder,
-            self.session,
-            self.results.sink,
-            scale=tuple(source.scale)[-3:],
-            units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
-            source=source.name,
-            batch_size=self.session.batch_size,
-        )
-        worker = create_worker(
-            relay,
-            self._save_generator,
-            _ignore_errors=True,
-            _progress={
+        self.save_worker = start_job(
+            save_run(
+                folder,
+                self.session,
+                self.results.sink,
+                scale=tuple(source.scale)[-3:],
+                units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
+                source=source.name,
+                batch_size=self.session.batch_size,
+            ),
+            handlers={
+                'returned': self._on_saved,
+                'errored': self._on_save_error,
+                'finished': self._on_save_finished,
+            },
+            progress={
                 'total': math.ceil(
                     self.session.n_frames / self.session.batch_size
                 ),
                 'desc': f'Saving to {folder}',
             },
         )
-        self._save_slots = {
-            'returned': self._on_saved,
-            'errored': self._on_save_error,
-            'finished': self._on_save_finished,
-        }
-        for name, slot in self._save_slots.items():
-            getattr(worker, name).connect(slot)
-        self.save_worker = worker
-        self._save_done = track(worker)
         self._update_enabled()
-        worker.start()
 
     # -- worker handlers (main thread) ------------------------------------
 
@@ -378,19 +354,14 @@ class MotionCorrectionWidget(QWidget):
         self.run_panel.set_paused(False)
 
     def _toggle_pause(self, _value=None):
-        if self.worker is None:
-            return
-        if self.worker.is_paused:
-            self.resume()
-        else:
-            self.pause()
+        if self.worker is not None:
+            self.worker.toggle_pause()
 
     def _on_finished(self):
         batches, self._batches = self._batches, None
         if batches is not None:
             batches.close()
         self.worker = None
-        self._done = None
         self.outputs.flush()  # a short run can end before its layers exist
         self.run_panel.set_running(False)
         n_frames = self.session.n_frames
@@ -413,11 +384,7 @@ class MotionCorrectionWidget(QWidget):
         show_error(f'Motion correction results were not saved: {error}')
 
     def _on_save_finished(self):
-        generator, self._save_generator = self._save_generator, None
-        if generator is not None:
-            generator.close()
         self.save_worker = None
-        self._save_done = None
         self._update_enabled()
 
     def _ask_save_folder(self, _value=None):
@@ -516,27 +483,18 @@ def _shutdown(state):
     reference = state.get('reference')
     if reference is not None:
         reference.disconnect_viewer()
-    for worker_key, done_key, slots_key, generator_key in (
-        ('worker', '_done', '_worker_slots', '_batches'),
-        ('save_worker', '_save_done', '_save_slots', '_save_generator'),
-    ):
-        worker, done = state.get(worker_key), state.get(done_key)
-        if worker is not None:
-            # only this widget's slots: napari's progress bar and the
-            # end-of-thread event must still hear ``finished``
-            for name, slot in state.get(slots_key, {}).items():
-                with contextlib.suppress(TypeError, RuntimeError):
-                    getattr(worker, name).disconnect(slot)
-            stop_and_wait(worker, done)
-            state[worker_key] = None
-        generator, state[generator_key] = state.get(generator_key), None
-        if generator is not None:
-            # runs its clean-up (thread pool shut down, partial files
-            # removed); a worker that has not started yet then stops at
-            # its first step.  Only a worker that outlived the wait is
-            # still inside it: it stops at its next batch.
-            with contextlib.suppress(ValueError):
-                generator.close()
+    for key in ('worker', 'save_worker'):
+        job, state[key] = state.get(key), None
+        if job is not None:
+            # no handler runs any more; the save's partial files are
+            # removed when its generator closes
+            job.stop()
+    batches, state['_batches'] = state.get('_batches'), None
+    if batches is not None:
+        # runs the session's clean-up (its thread pool shut down); a job
+        # that outlived the wait stops at its next batch instead
+        with contextlib.suppress(ValueError):
+            batches.close()
     outputs = state.get('outputs')
     if outputs is not None:
         outputs.cancel_pending()  # no layers for a closing dock

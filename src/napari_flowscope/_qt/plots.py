@@ -19,6 +19,7 @@ of a Shapes layer; their mean displacement and speed per frame are computed
 by the headless :mod:`napari_flowscope.roi`.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_warning
 from napari.utils.theme import get_theme
-from qtpy.QtCore import QSize, Qt, QThreadPool
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
@@ -42,10 +43,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt.utils import create_worker, qthrottled
+from superqt.utils import qthrottled
 
 from napari_flowscope._qt.docking import share_tabs
 from napari_flowscope._qt.events import run_events
+from napari_flowscope._qt.workers import start_job
 from napari_flowscope.roi import (
     AREA_SHAPE_TYPES,
     RoiMotion,
@@ -110,11 +112,6 @@ class MotionPlotWidget(QWidget):
         self._figure = _MotionFigure()
         self._job = None
         self._render_pending = False
-        # A pool of its own, a child of this widget: when the dock is
-        # deleted, the pool's destructor waits for a draw still running,
-        # so no worker outlives the objects it reports to.
-        self._render_pool = QThreadPool(self)
-        self._render_pool.setMaxThreadCount(1)
         self._alive = True
         self.render_count = 0
 
@@ -201,10 +198,17 @@ class MotionPlotWidget(QWidget):
             emitter.connect(callback)
 
         def forget(*_):
-            # The viewer (and a render worker) can outlive this dock: stop
+            # The viewer (and a render job) can outlive this dock: stop
             # listening once Qt has deleted the widgets the callbacks use.
+            # A render still running is not waited for (it holds no Qt
+            # object and its result is dropped): waiting here, in Qt's
+            # teardown with the GIL held, froze napari when that render
+            # needed the GIL to finish.
             self._alive = False
             _disconnect_all(connections + self._layer_connections)
+            job, self._job = self._job, None
+            if job is not None:
+                job.stop(timeout_s=0)
 
         self.destroyed.connect(forget)
         self._layer_connections = []
@@ -581,14 +585,17 @@ class MotionPlotWidget(QWidget):
             roi_version=self._roi_version,
         )
         self._roi_chunks, self._flow_copies = [], []
-        worker = create_worker(
-            _run_job, self._figure, job, _start_thread=False
+        # One render at a time (the figure is not thread-safe), on a daemon
+        # thread: nothing ever waits for it (see `forget` in `_connect`).
+        self._job = start_job(
+            functools.partial(_run_job, self._figure, job),
+            handlers={
+                'returned': self._on_job_done,
+                'errored': self._on_render_error,
+                'finished': self._on_job_finished,
+            },
+            napari_task=False,
         )
-        worker.returned.connect(self._on_job_done)
-        worker.errored.connect(self._on_render_error)
-        worker.finished.connect(self._on_job_finished)
-        self._job = worker
-        self._render_pool.start(worker)
 
     def _on_job_done(self, result):
         rgba, roi_results, roi_version = result

@@ -11,11 +11,10 @@ layer), which show the run again when the preview ends.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from superqt.utils import qdebounced
 
@@ -29,7 +28,7 @@ from .layers import (
     frame_vectors,
     output_limits,
 )
-from .run_control import stop_and_wait, track
+from .workers import start_job
 
 __all__ = ['PreviewController', 'PreviewRequest', 'compute_preview']
 
@@ -143,7 +142,7 @@ class PreviewController:
     ----------
     last_result : PreviewResult or None
         The result shown in the preview layers.
-    worker : FunctionWorker or None
+    worker : Job or None
         The computation in flight.
     """
 
@@ -160,7 +159,6 @@ class PreviewController:
         self._source = None
         self._paused = False
         self.worker = None
-        self._done = None
         self.last_result = None
         self.request = qdebounced(self.request_now, timeout=DEBOUNCE_MS)
 
@@ -212,15 +210,14 @@ class PreviewController:
             number=self._requests, frame=frame, params=params, style=style
         )
         self._source = source
-        worker = create_worker(
-            compute_preview, session, request, _ignore_errors=True
+        self.worker = start_job(
+            functools.partial(compute_preview, session, request),
+            handlers={
+                'returned': self._on_result,
+                'errored': self._on_error,
+                'finished': self._on_finished,
+            },
         )
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._done = track(worker)
-        worker.start()
 
     def _on_result(self, result: PreviewResult) -> None:
         if result.request.number != self._requests:
@@ -243,7 +240,6 @@ class PreviewController:
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._done = None
         if self._pending:
             self._pending = False
             self.request_now()
@@ -272,14 +268,6 @@ class PreviewController:
         """Drop pending requests and wait for the computation in flight."""
         self.request.cancel()
         self._pending = False
-        worker, done = self.worker, self._done
-        if worker is not None:
-            for signal, slot in (
-                (worker.returned, self._on_result),
-                (worker.errored, self._on_error),
-                (worker.finished, self._on_finished),
-            ):
-                with contextlib.suppress(TypeError, RuntimeError):
-                    signal.disconnect(slot)
-            stop_and_wait(worker, done, timeout_s)
-            self.worker = None
+        job, self.worker = self.worker, None
+        if job is not None:
+            job.stop(timeout_s)

@@ -1,14 +1,13 @@
 """The "Run" section: start / pause / cancel, outputs, progress and save.
 
 The widgets here only show state; :class:`~napari_flowscope._qt.
-motion_widget.MotionCorrectionWidget` owns the worker.  The two functions
+motion_widget.MotionCorrectionWidget` owns the jobs.  The two functions
 that run in workers (:func:`stream_batches`, :func:`save_run`) take plain
 arrays and session objects, never layers.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 from magicgui.widgets import (
@@ -19,7 +18,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import Qt, QThreadPool
 
 from napari_flowscope.session import FlowBatch
 from napari_flowscope.session.sinks import DiskSink
@@ -31,11 +29,8 @@ __all__ = [
     'RunControlPanel',
     'format_progress',
     'output_boxes',
-    'relay',
     'save_run',
-    'stop_and_wait',
     'stream_batches',
-    'track',
 ]
 
 
@@ -341,47 +336,3 @@ def _row(*widgets):
     row = Container(layout='horizontal', widgets=widgets, labels=False)
     row.margins = (0, 0, 0, 0)
     return row
-
-
-def relay(generator):
-    """Worker body running ``generator`` (values sent are passed on).
-
-    Lets the caller keep the generator, so it can ``close()`` it after
-    the worker ends: a worker that was asked to quit stops between yields
-    and leaves its generator suspended; closing it runs its clean-up
-    (thread pools shut down, partial files removed).
-    """
-    return (yield from generator)
-
-
-def track(worker) -> threading.Event:
-    """An event set (in the worker's thread) when ``worker`` ends."""
-    done = threading.Event()
-    worker.finished.connect(done.set, Qt.ConnectionType.DirectConnection)
-    return done
-
-
-def stop_and_wait(worker, done, timeout_s=10.0) -> bool:
-    """Ask ``worker`` to quit and wait until its thread has let go of it.
-
-    Call after disconnecting the handlers that touch layers.  A worker
-    still queued (not started) is taken off the thread pool.
-
-    Returns
-    -------
-    bool
-        True when the worker is known to have ended.
-    """
-    if done.is_set():
-        return True  # the pool may already have deleted the worker
-    try:
-        worker.quit()
-        if QThreadPool.globalInstance().tryTake(worker):
-            return True
-        if not worker.is_running and not done.is_set():
-            # started with QTimer.singleShot and not yet handed to the
-            # pool: it sees the quit request before its first step
-            return False
-    except RuntimeError:  # deleted by the pool: it has ended
-        return True
-    return done.wait(timeout_s)

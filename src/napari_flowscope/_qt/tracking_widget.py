@@ -1,10 +1,11 @@
 """The "Feature tracking" dock: sparse tracks into a napari Tracks layer.
 
 A thin controller over the headless :func:`napari_flowscope.tracking.
-iter_tracks`: it reads the chosen layers, runs the generator in a napari
-``thread_worker`` and draws what it yields. The worker only computes; the
-``yielded`` handler (main thread) updates one Tracks layer, coloured by
-speed, and one Points layer of the tracked positions. Both are created on
+iter_tracks`: it reads the chosen layers, runs the generator in a
+:class:`~napari_flowscope._qt.workers.Job` and draws what it yields. The
+job only computes; the ``yielded`` handler (main thread) updates one
+Tracks layer, coloured by speed, and one Points layer of the tracked
+positions. Both are created on
 the first frame of the first run and updated in place afterwards; a second
 run replaces their contents.
 
@@ -29,7 +30,6 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Points, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
@@ -37,6 +37,7 @@ from superqt.utils import qthrottled
 
 from napari_flowscope._qt.docking import scroll_contents, share_tabs
 from napari_flowscope._qt.layers import layer_geometry
+from napari_flowscope._qt.workers import start_job
 from napari_flowscope.roi import AREA_SHAPE_TYPES, shape_mask
 from napari_flowscope.tracking import TrackingParams, Tracks, iter_tracks
 
@@ -88,8 +89,8 @@ class FeatureTrackingWidget(Container):
 
     Attributes
     ----------
-    worker : GeneratorWorker or None
-        The running worker, None when idle (as in the motion dock); tests
+    worker : Job or None
+        The running job, None when idle (as in the motion dock); tests
         take it right after :meth:`start` and wait on its ``finished``.
     tracks : Tracks or None
         The result of the last run (partial while running or if cancelled).
@@ -333,6 +334,10 @@ class FeatureTrackingWidget(Container):
         def disconnect():
             for emitter in emitters:
                 emitter.disconnect(self.reset_choices)
+            # no handler may touch the layers of a closing viewer
+            job, self.worker = self.worker, None
+            if job is not None:
+                job.stop()
 
         self.native.destroyed.connect(disconnect)
 
@@ -429,15 +434,16 @@ class FeatureTrackingWidget(Container):
         self._steps = []
         self.tracks = None
         n_frames = image.data.shape[0]
-        worker = thread_worker(stream_tracks)(
-            *arguments,
-            _progress={'total': n_frames, 'desc': 'Feature tracking'},
-            # _on_error reports it; superqt would also re-raise it.
-            _ignore_errors=True,
+        worker = start_job(
+            stream_tracks(*arguments),
+            handlers={
+                'yielded': self._on_step,
+                'errored': self._on_error,
+                'finished': self._on_finished,
+            },
+            progress={'total': n_frames, 'desc': 'Feature tracking'},
+            start=False,
         )
-        worker.yielded.connect(self._on_step)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
         self.status.value = f'tracking {image.name!r}…'
@@ -450,7 +456,7 @@ class FeatureTrackingWidget(Container):
         """Stop the running worker after its current frame."""
         if self.worker is not None:
             # Also works before the worker's thread has started.
-            self.worker.quit()
+            self.worker.cancel()
             self.status.value = 'cancelling…'
 
     def _on_step(self, step) -> None:
