@@ -119,5 +119,6 @@ def test_dock_and_viewer_close_within_2_s_during_a_redraw(cpu_load):
             seconds[key], seconds[f'{key}_idle'], strict=True
         ):
             # Within 2 s; on a machine so loaded that napari itself needs
-            # longer to close, no slower than closing with no render.
-            assert during < max(2.0, idle + 0.5), seconds
+            # longer to close, about as fast as closing with no render (a
+            # deadlock never ends: the script times out).
+            assert during < max(2.0, 1.5 * idle), seconds
