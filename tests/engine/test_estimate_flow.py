@@ -1,7 +1,5 @@
 """estimate_flow / FlowEstimator against exactly known motion."""
 
-import sys
-import types
 import warnings
 
 import numpy as np
@@ -145,14 +143,17 @@ def test_reliability_is_zero_in_flat_regions_and_their_flow_is_filled(
 
 
 @pytest.mark.parametrize('which', ['reference', 'moving'])
-def test_constant_frame_gives_zero_flow_and_zero_reliability(blobs, which):
+def test_constant_frame_gives_zero_flow_and_zero_confidence(blobs, which):
     frames = {'reference': blobs(SHAPE), 'moving': blobs(SHAPE, (1, 1))}
     frames[which] = np.full(SHAPE, 17, np.uint16)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         field = estimate_flow(frames['reference'], frames['moving'])
-    assert not field.w.any() and not field.reliability.any()
-    assert field.w.dtype == field.reliability.dtype == np.float32
+    assert not field.w.any() and not field.confidence.any()
+    # reliability describes the reference alone
+    assert field.reliability.any() == (which == 'moving')
+    for array in (field.w, field.reliability, field.confidence):
+        assert array.dtype == np.float32
 
 
 @pytest.mark.parametrize(
@@ -229,29 +230,6 @@ def test_estimator_reference_is_normalised_float32(blobs):
     low, high = np.percentile(normalised, (0.5, 99.5))
     assert low == pytest.approx(0, abs=0.02)
     assert high == pytest.approx(1, abs=0.02)
-
-
-def test_variational_method_runs_the_shared_pyramid(blobs, monkeypatch):
-    calls = []
-
-    def solve_level(reference, moving, w, *, params):
-        calls.append((reference.shape, moving.dtype, w.copy(), params))
-        assert reference.dtype == np.float32 and w.dtype == np.float32
-        assert moving.shape == reference.shape == w.shape[:2]
-        w = w + np.float32(1)  # every level adds 1 px of its own
-        return w, np.full(reference.shape, 0.5, np.float32)
-
-    fake = types.ModuleType('napari_flowscope.engine.variational')
-    fake.solve_level = solve_level
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    params = FlowParams(method='variational', levels=3)
-    field = estimate_flow(blobs((64, 50)), blobs((64, 50)), params)
-    assert [shape for shape, *_ in calls] == [(16, 13), (32, 25), (64, 50)]
-    assert all(passed is params for *_, passed in calls)
-    # coarse to fine: 0 at the coarsest, then (0 + 1) * 2, then (2 + 1) * 2
-    assert [float(w.mean()) for _, _, w, _ in calls] == [0.0, 2.0, 6.0]
-    np.testing.assert_allclose(field.w, 7.0)
-    np.testing.assert_allclose(field.reliability, 0.5)
 
 
 def test_levels_stop_before_images_get_smaller_than_8_px():

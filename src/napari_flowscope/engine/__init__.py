@@ -7,6 +7,12 @@ holding ``[x, y, z]`` in voxels (:mod:`.volume`).  Nothing here imports
 Qt or napari.
 """
 
+from .confidence import (
+    COLLAPSED_TRUSTED_FRACTION,
+    CONFIDENCE_THRESHOLD,
+    match_confidence,
+    trusted_fraction,
+)
 from .estimator import FlowEstimator, FlowField, estimate_flow
 from .fields import (
     VectorGrid,
@@ -16,15 +22,21 @@ from .fields import (
     flow_to_row_col,
     speed,
 )
+from .methods import METHODS, LevelSolver, Method, register_method
 from .params import FlowParams
 from .smoothing import smooth_temporal
 from .volume import VolumeFlowEstimator, estimate_volume_flow, warp_volume
 from .warp import warp
 
 __all__ = [
+    'COLLAPSED_TRUSTED_FRACTION',
+    'CONFIDENCE_THRESHOLD',
+    'METHODS',
     'FlowEstimator',
     'FlowField',
     'FlowParams',
+    'LevelSolver',
+    'Method',
     'VectorGrid',
     'VolumeFlowEstimator',
     'curl',
@@ -33,8 +45,11 @@ __all__ = [
     'estimate_flow',
     'estimate_volume_flow',
     'flow_to_row_col',
+    'match_confidence',
+    'register_method',
     'smooth_temporal',
     'speed',
+    'trusted_fraction',
     'warp',
     'warp_volume',
 ]

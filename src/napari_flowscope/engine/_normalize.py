@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ._filters import gaussian, gaussian_window
+
 # Percentiles mapped to 0 and 1.  Robust to hot pixels and saturation; when
 # they coincide (a sparse image that is mostly background) the extremes are
 # used instead.
@@ -13,10 +15,9 @@ _HIGH_PERCENTILE = 99.5
 # Percentiles are estimated on a regular subsample of at most this many
 # pixels, which keeps normalisation well under a millisecond at 512 x 512.
 _MAX_SAMPLES = 1 << 14
-# Local contrast normalisation: pyramid depth of the local window
-# (2 ** depth px) and the variance floor (fraction of the mean deviation).
-_CONTRAST_DEPTH = 2
-_CONTRAST_FLOOR = 0.2
+#: Default floor of the local deviation in :func:`local_normalize`, as a
+#: fraction of the image's mean local deviation.
+LOCAL_FLOOR = 0.2
 _TINY = np.finfo(np.float32).tiny
 # Frames whose magnitude is outside this range are rescaled (by a power of
 # two, which is exact) so that squared intensities neither overflow nor
@@ -136,46 +137,42 @@ def match_statistics(image, mean, std):
     return matched, False
 
 
-def local_contrast(image, *, depth=_CONTRAST_DEPTH, floor=_CONTRAST_FLOOR):
+def local_normalize(image, *, sigma, floor=LOCAL_FLOOR, presmooth=0.0):
     """Locally normalised image: zero local mean, unit local deviation.
 
-    Smooth illumination changes (bleaching, a moving lamp, vignetting)
-    multiply and offset intensities locally; after this normalisation they
-    cancel, so brightness constancy holds again.
+    The one local normalisation of the engine.  Smooth illumination
+    changes (bleaching, a moving lamp, vignetting) multiply and offset
+    intensities locally; after this normalisation they cancel, so
+    brightness constancy holds again.
 
     Parameters
     ----------
     image : ndarray, shape (H, W), float32
-    depth : int
-        The local mean and variance are Gaussian pyramid blurs
-        (``depth`` times ``cv2.pyrDown``, then back up), i.e. a window of
-        about ``2 ** depth`` px.
+    sigma : float
+        Standard deviation (px) of the Gaussian window of the local mean
+        and variance.
     floor : float
         The local variance is floored at ``floor ** 2`` times its image
         mean, so flat, noisy regions are not amplified to full contrast.
+    presmooth : float
+        Standard deviation (px) of a Gaussian applied first, against
+        noise (0: none).
 
     Returns
     -------
     ndarray, shape (H, W), float32
+        A new array.
     """
-    centred = image - _pyramid_blur(image, depth)
-    variance = _pyramid_blur(centred * centred, depth)
+    if presmooth > 0:
+        image = gaussian(image, presmooth)
+    centred = image - gaussian_window(image, sigma)
+    variance = gaussian_window(centred * centred, sigma)
     np.maximum(variance, 0, out=variance)
     # The floor is relative, so the result does not depend on the scale of
     # the input; ``tiny`` only guards an all-zero variance.
     variance += np.float32(floor**2 * float(variance.mean())) + _TINY
     centred /= np.sqrt(variance, out=variance)
     return centred
-
-
-def _pyramid_blur(image, depth):
-    shapes = []
-    for _ in range(depth):
-        shapes.append(image.shape)
-        image = cv2.pyrDown(image)
-    for height, width in reversed(shapes):
-        image = cv2.pyrUp(image, dstsize=(width, height))
-    return image
 
 
 def as_float32(image):

@@ -10,30 +10,32 @@ import numpy as np
 from ._normalize import (
     as_float32,
     check_frame,
-    local_contrast,
+    local_normalize,
     match_statistics,
     normalize,
 )
-from .lucas_kanade import (
-    LucasKanadeLevel,
-    gradients,
-    min_eigenvalue,
-    structure_tensor,
+from .confidence import (
+    CONFIDENCE_WINDOW,
+    LocalCorrelation,
+    combine_scores,
+    match_score,
+    texture_score,
 )
+from .methods import get_method
 from .params import FlowParams
 from .pyramid import build_pyramid, coarse_to_fine, level_count
+from .reliability import reliability_map
 
 __all__ = ['FlowEstimator', 'FlowField', 'estimate_flow']
 
-#: Lucas-Kanade warps added at every level but the two finest.  Those
-#: levels cost a sixteenth of the finest or less, and the extra
-#: linearisations make noisy, large motions converge (2-photon data).
-COARSE_EXTRA_WARPS = 2
+#: Window (px) of the local normalisation of ``'local'`` methods: that of
+#: a two-level pyramid blur, which it replaced.
+LOCAL_WINDOW = 10**0.5
 
 
 @dataclass(frozen=True)
 class FlowField:
-    """A dense displacement field and its reliability.
+    """A dense displacement field, its reliability and its confidence.
 
     Attributes
     ----------
@@ -43,23 +45,28 @@ class FlowField:
     reliability : ndarray, shape (H, W), float32
         Smallest eigenvalue of the Gaussian-weighted structure tensor of the
         normalised reference (see :func:`estimate_flow`); 0 where nothing
-        can be measured.  For Lucas-Kanade it depends on the reference
-        only, so all estimates of one :class:`FlowEstimator` share one
-        read-only array.
+        can be measured.  It depends on the reference only, so all
+        estimates of one :class:`FlowEstimator` share one read-only array.
+    confidence : ndarray, shape (H, W), float32
+        0 to 1: whether this estimate actually matched, combined with the
+        texture reliability; ``>= CONFIDENCE_THRESHOLD`` (0.5) means
+        "trust this displacement" (see
+        :mod:`napari_flowscope.engine.confidence`).
     """
 
     w: np.ndarray
     reliability: np.ndarray
+    confidence: np.ndarray
 
 
 class FlowEstimator:
     """Flow from many moving frames to one fixed reference.
 
     Everything that depends only on the reference (normalisation, pyramid,
-    gradients, structure tensor and its inverse, reliability) is computed
-    once here, so :meth:`estimate` costs only the moving side.  One
-    estimator may be used from several threads at once.  See
-    :func:`estimate_flow` for the method and the reliability scale.
+    each level's solver state, reliability, the reference side of the
+    confidence) is computed once here, so :meth:`estimate` costs only the
+    moving side.  One estimator may be used from several threads at once.
+    See :func:`estimate_flow` for the methods and the reliability scale.
 
     Parameters
     ----------
@@ -73,6 +80,8 @@ class FlowEstimator:
     reference : ndarray, shape (H, W), float32
         The normalised reference (robust 0.5 and 99.5 percentiles mapped
         to 0 and 1).
+    reliability : ndarray, shape (H, W), float32
+        The reference's texture reliability (read-only).
     params : FlowParams
     """
 
@@ -85,41 +94,46 @@ class FlowEstimator:
             )
         reference = check_frame(reference, 'reference')
         self.params = params
+        self.method = get_method(params.method)
         self.shape = reference.shape
         self.reference, self._constant = normalize(reference)
-        self._lucas_kanade = params.method == 'lucas_kanade'
-        if not self._lucas_kanade:
+        self._local = self.method.intensities == 'local'
+        if not self._local:
             mean, std = cv2.meanStdDev(self.reference)
             self._mean, self._std = float(mean[0, 0]), float(std[0, 0])
         levels = level_count(self.shape, params.levels)
+        # Reliability keeps its documented scale: it is measured on the
+        # globally normalised reference, whatever the solver matches.
+        reliability = (
+            np.zeros(self.shape, np.float32)
+            if self._constant
+            else reliability_map(self.reference, params.sigma)
+        )
+        reliability.flags.writeable = False
+        self.reliability = reliability
         self._pyramid = build_pyramid(self._prepare(self.reference), levels)
         self._shapes = [level.shape for level in self._pyramid]
-        self._lk_levels = None
-        if self._lucas_kanade and not self._constant:
-            # Reliability keeps its documented scale: it is measured on the
-            # globally normalised reference, not on the contrast-normalised
-            # images that Lucas-Kanade matches.
-            reliability = min_eigenvalue(
-                *structure_tensor(*gradients(self.reference), params.sigma)
-            )
-            self._lk_levels = [
-                LucasKanadeLevel(
-                    image,
-                    sigma=params.sigma,
-                    reliability=reliability if index == 0 else None,
-                    reliability_threshold=(
-                        params.reliability_threshold if index == 0 else None
-                    ),
-                )
+        self._solver = self.method.make_solver(params, reliability)
+        self._states = None
+        if not self._constant:
+            self._states = [
+                self._solver.prepare(image, level=index)
                 for index, image in enumerate(self._pyramid)
             ]
+            # The match is judged on the plain (globally normalised)
+            # frames, where noise in dim regions is not blown up, and at
+            # half resolution: pyrDown smooths photon noise, and the wide
+            # window costs a quarter.
+            self._correlation = LocalCorrelation(
+                cv2.pyrDown(self.reference), window=CONFIDENCE_WINDOW / 2
+            )
+            self._texture = texture_score(
+                reliability, params.reliability_threshold
+            )
 
     def _prepare(self, normalized):
-        # Lucas-Kanade matches locally contrast-normalised images, so that
-        # bleaching and uneven or moving illumination do not read as
-        # motion; the variational solver normalises on its own.
-        if self._lucas_kanade and not self._constant:
-            return local_contrast(normalized)
+        if self._local and not self._constant:
+            return local_normalize(normalized, sigma=LOCAL_WINDOW)
         return normalized
 
     def estimate(self, moving, *, init=None):
@@ -151,9 +165,9 @@ class FlowEstimator:
                 )
             if not np.isfinite(init).all():
                 raise ValueError('init contains NaN or infinite values')
-        if self._lucas_kanade:
-            # Local contrast normalisation ignores gain and offset, so the
-            # moving frame needs no intensity matching.
+        if self._local:
+            # Local normalisation ignores gain and offset, so the moving
+            # frame needs no intensity matching.
             moving, moving_constant = as_float32(moving)
         else:
             moving, moving_constant = match_statistics(
@@ -162,53 +176,54 @@ class FlowEstimator:
         if self._constant or moving_constant:
             return FlowField(
                 w=np.zeros((*self.shape, 2), np.float32),
-                reliability=np.zeros(self.shape, np.float32),
+                reliability=self.reliability,
+                confidence=np.zeros(self.shape, np.float32),
             )
         moving_pyramid = build_pyramid(
             self._prepare(moving), len(self._pyramid)
         )
-        if self.params.method == 'lucas_kanade':
-            solve = self._lucas_kanade_solver(moving_pyramid)
-        else:
-            solve = self._variational_solver(moving_pyramid)
-        w, reliability = coarse_to_fine(self._shapes, solve, init=init)
-        return FlowField(w=w, reliability=reliability)
+        half_moving = cv2.pyrDown(moving)
+        solver, states = self._solver, self._states
 
-    def _lucas_kanade_solver(self, moving_pyramid):
-        warps = self.params.warps
+        def solve_level(level, w):
+            return solver.solve(states[level], moving_pyramid[level], w)
 
-        def solve(level, w):
-            lk_level = self._lk_levels[level]
-            lk_level.solve(
-                moving_pyramid[level],
-                w,
-                warps=warps if level < 2 else warps + COARSE_EXTRA_WARPS,
-            )
-            if level == 0:
-                w = lk_level.average_reliable(w)
-            # Only the finest level's reliability is kept by the driver; it
-            # depends on the reference alone, so every estimate shares it.
-            return w, lk_level.reliability if level == 0 else None
+        w = coarse_to_fine(self._shapes, solve_level, init=init)
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        return FlowField(
+            w=w,
+            reliability=self.reliability,
+            confidence=self._confidence(w, half_moving),
+        )
 
-        return solve
+    def _confidence(self, w, moving):
+        """Match score of the half-resolution warp, with the texture score.
 
-    def _variational_solver(self, moving_pyramid):
-        # Imported here so the engine works without the variational module.
-        from .variational import solve_level
-
-        def solve(level, w):
-            w, reliability = solve_level(
-                self._pyramid[level],
-                moving_pyramid[level],
-                w,
-                params=self.params,
-            )
-            return (
-                np.asarray(w, dtype=np.float32),
-                np.asarray(reliability, dtype=np.float32),
-            )
-
-        return solve
+        ``moving`` is the half-resolution moving frame.
+        """
+        height, width = moving.shape
+        half_w = cv2.pyrDown(w, dstsize=(width, height))
+        half_w *= np.float32(0.5)
+        # Centred and scaled, so that local variances of raw (e.g. uint16)
+        # intensities keep their float32 precision.
+        mean, std = (float(value[0, 0]) for value in cv2.meanStdDev(moving))
+        moving = (moving - np.float32(mean)) * np.float32(1 / max(std, 1e-30))
+        warped = cv2.remap(
+            moving,
+            half_w,
+            None,
+            cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        # Nothing was compared where x + w(x) lies outside the moving frame
+        # (by more than half a pixel, where bilinear samples still agree).
+        x = half_w[..., 0] + np.arange(width, dtype=np.float32)
+        y = half_w[..., 1] + np.arange(height, dtype=np.float32)[:, None]
+        inside = (x >= -0.5) & (x <= width - 0.5)
+        inside &= (y >= -0.5) & (y <= height - 0.5)
+        match = match_score(self._correlation(warped), inside)
+        match = cv2.pyrUp(match, dstsize=self.shape[::-1])
+        return combine_scores(match, self._texture)
 
 
 def estimate_flow(reference, moving, params=None, *, init=None):
@@ -233,8 +248,8 @@ def estimate_flow(reference, moving, params=None, *, init=None):
     FlowField
         ``w`` float32 (H, W, 2) ``[x, y]`` displacement such that
         ``registered(x) = moving(x + w(x)) ~ reference(x)``
-        (see :func:`napari_flowscope.engine.warp`), and ``reliability``
-        float32 (H, W).
+        (see :func:`napari_flowscope.engine.warp`), ``reliability`` and
+        ``confidence``, each float32 (H, W).
 
     Notes
     -----
@@ -260,8 +275,18 @@ def estimate_flow(reference, moving, params=None, *, init=None):
     from ever wider neighbourhoods.  So no pixel gets the unstable
     solution of an ill-conditioned system.
 
-    When either frame is constant the flow and the reliability are all
-    zero.
+    **Confidence** (0 to 1, ``>= 0.5`` trusted) says whether this
+    estimate matched: the local correlation between the reference and the
+    moving frame warped with ``w``, combined with the reliability (see
+    :mod:`napari_flowscope.engine.confidence`).  Unlike the reliability
+    it drops where the match failed: motion beyond the pyramid's reach,
+    an unrelated frame, noise, content that left the frame.
+
+    **Methods** come from the method table
+    (:mod:`napari_flowscope.engine.methods`); ``params.method`` picks one.
+
+    When either frame is constant the flow and the confidence are all
+    zero (the reliability is the reference's: zero for a constant one).
 
     Raises
     ------

@@ -14,7 +14,9 @@ only and are computed once.  Each warp then costs one remap, one Gaussian
 blur of the two-channel ``[Ix r, Iy r]`` and a few multiplications.
 
 ``J`` is regularised as ``J + LAMBDA I`` (Tikhonov) so that flat regions
-get a small update instead of an exploding one.
+get a small update instead of an exploding one.  At full resolution the
+per-pixel solutions are then averaged over the window again, using only the
+reliable pixels (see :meth:`LucasKanadeLevel.average_reliable`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import cv2
 import numpy as np
 
 from ._fill import PushPullFill
+from ._filters import gaussian, gaussian_window, half_resolution_sigma
+from .reliability import gradients, structure_tensor
 
-__all__ = [
-    'LucasKanadeLevel',
-    'gradients',
-    'min_eigenvalue',
-    'structure_tensor',
-]
+__all__ = ['COARSE_EXTRA_WARPS', 'LucasKanadeLevel', 'LucasKanadeSolver']
+
+#: Warps added at every level but the two finest.  Those levels cost a
+#: sixteenth of the finest or less, and the extra linearisations make noisy,
+#: large motions converge (2-photon data).
+COARSE_EXTRA_WARPS = 2
 
 # Tikhonov weight, in (contrast-normalised intensity / px) ** 2, where
 # textured regions have eigenvalues of 1e-2 to 1: it only matters where
@@ -41,32 +45,44 @@ _TIKHONOV = np.float32(1e-5)
 # Pixels whose window holds less than this (weighted) fraction of reliable
 # pixels are filled from wider neighbourhoods.
 _MIN_SUPPORT = np.float32(0.05)
-# Windows at least this wide (px) are computed at half resolution.
-_HALF_RESOLUTION_SIGMA = 2.0
 
 
-def gradients(image):
-    """Scharr derivatives ``(Ix, Iy)`` of a float32 image, per pixel."""
-    ix = cv2.Scharr(image, cv2.CV_32F, 1, 0, scale=1 / 32)
-    iy = cv2.Scharr(image, cv2.CV_32F, 0, 1, scale=1 / 32)
-    return ix, iy
+class LucasKanadeSolver:
+    """The ``'lucas_kanade'`` level solver (see :mod:`.methods`).
 
+    Parameters
+    ----------
+    params : FlowParams
+        Uses ``sigma`` (window), ``warps`` and ``reliability_threshold``.
+    reliability : ndarray, shape (H, W), float32
+        Full-resolution reliability of the reference: pixels below the
+        threshold get their flow from reliable neighbours.
+    """
 
-def structure_tensor(ix, iy, sigma):
-    """Gaussian-weighted structure tensor components ``(Jxx, Jxy, Jyy)``."""
-    return (
-        _blur(ix * ix, sigma),
-        _blur(ix * iy, sigma),
-        _blur(iy * iy, sigma),
-    )
+    def __init__(self, params, reliability):
+        self.sigma = float(params.sigma)
+        self.warps = int(params.warps)
+        self.reliability_threshold = float(params.reliability_threshold)
+        self.reliability = reliability
 
+    def prepare(self, reference_level, *, level):
+        coarse = level >= 2
+        return LucasKanadeLevel(
+            reference_level,
+            sigma=self.sigma,
+            warps=self.warps + COARSE_EXTRA_WARPS if coarse else self.warps,
+            reliable=(
+                self.reliability >= np.float32(self.reliability_threshold)
+                if level == 0
+                else None
+            ),
+        )
 
-def min_eigenvalue(jxx, jxy, jyy):
-    """Smaller eigenvalue of a field of symmetric 2 x 2 matrices (>= 0)."""
-    half_trace = (jxx + jyy) * np.float32(0.5)
-    half_difference = (jxx - jyy) * np.float32(0.5)
-    root = np.sqrt(half_difference * half_difference + jxy * jxy)
-    return np.maximum(half_trace - root, np.float32(0))
+    def solve(self, state, moving_level, w):
+        state.solve(moving_level, w)
+        if state.reliable is not None:
+            w = state.average_reliable(w)
+        return w
 
 
 class LucasKanadeLevel:
@@ -78,43 +94,22 @@ class LucasKanadeLevel:
         Normalised reference image of this level.
     sigma : float
         Standard deviation (px) of the Gaussian window.
-    reliability : ndarray, shape (H, W), float32, optional
-        Reliability map to use instead of the smallest eigenvalue of this
-        level's own structure tensor (e.g. one computed on a differently
-        normalised reference).
-    reliability_threshold : float or None
-        Given for the finest level only.  Pixels whose reliability is below
-        it are *unreliable*: they receive no update at this level (they
-        keep the flow interpolated from the next coarser level, whose
-        window is twice as large) and :meth:`average_reliable` replaces
-        them by the mean of reliable neighbours.
-
-    Attributes
-    ----------
-    reliability : ndarray, shape (H, W), float32, or None
-        ``reliability`` if given, else (with a threshold) the smallest
-        eigenvalue of the structure tensor, else None (read-only).
+    warps : int
+        Warp-and-solve iterations of :meth:`solve`.
+    reliable : ndarray of bool, shape (H, W), optional
+        Given for the finest level only: the pixels whose reliability
+        reaches the threshold.  :meth:`average_reliable` averages their
+        flow and fills the others from them.
     """
 
-    def __init__(
-        self,
-        reference,
-        *,
-        sigma,
-        reliability=None,
-        reliability_threshold=None,
-    ):
+    def __init__(self, reference, *, sigma, warps, reliable=None):
         self.reference = reference
         self.sigma = float(sigma)
+        self.warps = int(warps)
+        self.reliable = reliable
         self._thread_local = threading.local()
         ix, iy = gradients(reference)
         jxx, jxy, jyy = structure_tensor(ix, iy, self.sigma)
-        if reliability is None and reliability_threshold is not None:
-            reliability = min_eigenvalue(jxx, jxy, jyy)
-        if reliability is not None:
-            reliability = np.array(reliability, dtype=np.float32)
-            reliability.flags.writeable = False
-        self.reliability = reliability
         jxx += _TIKHONOV
         jyy += _TIKHONOV
         inverse_det = np.float32(1) / (jxx * jyy - jxy * jxy)
@@ -132,24 +127,21 @@ class LucasKanadeLevel:
         # runs at half resolution: the window is wide, the flow smooth.
         self._unreliable = None
         self._fill = None
-        if reliability_threshold is None:
-            return
-        reliable = self.reliability >= np.float32(reliability_threshold)
-        if not reliable.any():
+        if reliable is None or not reliable.any():
             # Nothing to fill from: plain averaging.
             return
         if not reliable.all():
             self._unreliable = np.flatnonzero(~reliable)
         self._fill = PushPullFill(
-            _gaussian(
+            gaussian(
                 cv2.pyrDown(reliable.astype(np.float32)),
-                _half_resolution_sigma(self.sigma),
+                half_resolution_sigma(self.sigma),
             ),
             _MIN_SUPPORT,
             channels=2,
         )
 
-    def solve(self, moving, w, *, warps):
+    def solve(self, moving, w):
         """Refine the flow ``w`` in place.
 
         Parameters
@@ -158,8 +150,6 @@ class LucasKanadeLevel:
             Normalised moving image of this level.
         w : ndarray, shape (H, W, 2), float32
             ``[x, y]`` flow (C-contiguous), updated in place.
-        warps : int
-            Number of warp-and-solve iterations.
         """
         work = self._workspace()
         temporal, residual, pair, b = (
@@ -168,10 +158,7 @@ class LucasKanadeLevel:
             work.pair,
             work.b,
         )
-        flat_w = w.reshape(-1, 2)
-        if self._unreliable is not None:
-            kept = flat_w[self._unreliable]
-        for _ in range(warps):
+        for _ in range(self.warps):
             # Where x + w falls outside the frame the warped value would be
             # made up: sample NaN there and zero the temporal difference
             # (trust the current flow).  A zero flow samples nothing
@@ -204,14 +191,12 @@ class LucasKanadeLevel:
             # so the residual is duplicated into both channels first.
             cv2.merge((residual, residual), dst=pair)
             np.multiply(self._gradient, pair, out=pair)
-            _blur(pair, self.sigma, dst=b)
+            gaussian_window(pair, self.sigma, dst=b)
             # w = J^-1 b, with J^-1 = [[d_x, o], [o, d_y]].
             np.multiply(self._inverse_diagonal, b, out=w)
             np.multiply(self._inverse_off_diagonal, b, out=pair)
             w[..., 0] += pair[..., 1]
             w[..., 1] += pair[..., 0]
-        if self._unreliable is not None:
-            flat_w[self._unreliable] = kept
 
     def _workspace(self):
         # Per-thread scratch arrays: one estimator serves several threads,
@@ -250,42 +235,8 @@ class LucasKanadeLevel:
         if self._unreliable is not None:
             w = w.copy()
             w.reshape(-1, 2)[self._unreliable] = 0
-        # At half resolution, like the wide windows of _blur.
-        half = _gaussian(cv2.pyrDown(w), _half_resolution_sigma(self.sigma))
+        # At half resolution, like the wide windows of gaussian_window.
+        half = gaussian(cv2.pyrDown(w), half_resolution_sigma(self.sigma))
         if self._fill is not None:
             half = self._fill(half)
         return cv2.pyrUp(half, dstsize=w.shape[1::-1])
-
-
-def _blur(image, sigma, dst=None):
-    """Gaussian window of standard deviation ``sigma`` (px).
-
-    Wide windows on large images run at half resolution: ``cv2.pyrDown``
-    and ``cv2.pyrUp`` each add a variance of about 1 px^2, so a blur of
-    ``sqrt(sigma^2 - 2) / 2`` half-resolution pixels in between gives the
-    same width for a third of the work (measured: equal or lower endpoint
-    errors on the synthetic sequences).
-    """
-    height, width = image.shape[:2]
-    if sigma < _HALF_RESOLUTION_SIGMA or min(height, width) < 32:
-        return _gaussian(image, sigma, dst)
-    return cv2.pyrUp(
-        _gaussian(cv2.pyrDown(image), _half_resolution_sigma(sigma)),
-        dst=dst,
-        dstsize=(width, height),
-    )
-
-
-def _half_resolution_sigma(sigma):
-    """Half-resolution blur that is ``sigma`` between pyrDown and pyrUp."""
-    return np.sqrt(max(sigma * sigma - 2, 0.25)) / 2
-
-
-def _gaussian(image, sigma, dst=None):
-    # The window is truncated at 2 sigma (OpenCV's float default is 4):
-    # on synthetic motion, sigma=4 truncated at 2 sigma is both faster and
-    # more accurate than sigma=3 truncated at 3 sigma.
-    size = 2 * int(np.ceil(2 * sigma)) + 1
-    return cv2.GaussianBlur(
-        image, (size, size), sigma, dst=dst, borderType=cv2.BORDER_REFLECT
-    )

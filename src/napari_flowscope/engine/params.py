@@ -7,10 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ['FlowParams', 'METHODS', 'PRESETS']
+from .methods import METHODS, get_method
 
-#: Flow methods understood by :func:`napari_flowscope.engine.estimate_flow`.
-METHODS = ('lucas_kanade', 'variational')
+__all__ = ['FlowParams', 'METHODS', 'PRESETS']
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,9 @@ class FlowParams:
 
     Parameters
     ----------
-    method : {'lucas_kanade', 'variational'}
+    method : str
+        A name in the method table
+        :data:`napari_flowscope.engine.methods.METHODS`.
         ``'lucas_kanade'``: dense pyramidal Lucas-Kanade with warping on
         locally contrast-normalised frames (fast; bleaching and smooth
         illumination changes cancel).  ``'variational'``: robust
@@ -72,11 +73,7 @@ class FlowParams:
     )
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(
-                f'method must be one of {", ".join(map(repr, METHODS))}; '
-                f'got {self.method!r}'
-            )
+        get_method(self.method)  # raises, naming the registered methods
         _set(self, 'sigma', _real(self, 'sigma', 0.3, 50.0))
         _set(
             self,

@@ -116,18 +116,16 @@ def coarse_to_fine(shapes, solve_level, *, init=None):
     shapes : sequence of tuple of int
         ``(h, w)`` of each level, finest first.
     solve_level : callable
-        ``solve_level(level, w) -> (w, reliability)``: refines the float32
-        ``(h, w, 2)`` flow ``w`` of level ``level`` (in that level's pixels)
-        and returns it with a float32 ``(h, w)`` reliability map (which may
-        be None except at level 0: only the finest one is kept).
+        ``solve_level(level, w) -> w``: refines the float32 ``(h, w, 2)``
+        flow ``w`` of level ``level`` (in that level's pixels; it may be
+        modified in place) and returns the refined flow.
     init : ndarray, shape (H, W, 2), optional
         Initial full-resolution flow (warm start); zero when omitted.
 
     Returns
     -------
-    w : ndarray, shape (H, W, 2), float32
-    reliability : ndarray, shape (H, W), float32
-        The finest level's reliability.
+    ndarray, shape (H, W, 2), float32
+        The finest level's flow.
     """
     coarsest = len(shapes) - 1
     height, width = shapes[coarsest]
@@ -135,9 +133,8 @@ def coarse_to_fine(shapes, solve_level, *, init=None):
         w = np.zeros((height, width, 2), np.float32)
     else:
         w = downsample_flow(init, shapes[coarsest], coarsest)
-    reliability = None
     for level in range(coarsest, -1, -1):
         if level < coarsest:
             w = upsample_flow(w, shapes[level])
-        w, reliability = solve_level(level, w)
-    return w, reliability
+        w = solve_level(level, w)
+    return w

@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .lucas_kanade import gradients, min_eigenvalue, structure_tensor
+from ._normalize import local_normalize
 
-__all__ = ['solve_level']
+__all__ = ['VariationalSolver']
 
 # Weights gamma of the brightness channel (N) and of each gradient channel
 # (dN/dx, dN/dy).
@@ -67,93 +67,95 @@ _DERIVATIVE = np.array([[1, -8, 0, 8, -1]], np.float32) / 12
 _NEIGHBOURS = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], np.float32)
 
 
-def solve_level(reference, moving, w, *, params):
-    """Refine the flow of one pyramid level.
+class VariationalSolver:
+    """The ``'variational'`` level solver (see :mod:`.methods`).
 
     Parameters
     ----------
-    reference, moving : ndarray, shape (H, W), float32
-        Normalised intensity images of one pyramid level.
-    w : ndarray, shape (H, W, 2), float32
-        Initial ``[x, y]`` flow at this level, in this level's pixels, with
-        ``moving(x + w(x)) ~ reference(x)``.
     params : FlowParams
-        Uses ``alpha`` (smoothness weight), ``warps`` (linearisations),
-        ``iterations`` (relaxation sweeps per warp) and ``sigma`` (window
-        of the reliability structure tensor, as for Lucas-Kanade).
-
-    Returns
-    -------
-    w : ndarray, shape (H, W, 2), float32
-        Refined flow.  Levels whose shorter side is below 8 px return
-        ``w`` unchanged.
+        Uses ``alpha`` (smoothness weight), ``warps`` (linearisations) and
+        ``iterations`` (relaxation sweeps per warp).
     reliability : ndarray, shape (H, W), float32
-        Smallest eigenvalue of the Gaussian-weighted structure tensor of
-        ``reference``, exactly as Lucas-Kanade reports it.
+        Not used: smoothness fills untextured regions.
     """
-    reference = np.ascontiguousarray(reference, dtype=np.float32)
-    moving = np.ascontiguousarray(moving, dtype=np.float32)
-    reliability = min_eigenvalue(
-        *structure_tensor(*gradients(reference), params.sigma)
-    )
-    height, width = reference.shape
-    if min(height, width) < _MIN_SOLVED_SIZE:
-        return np.array(w, dtype=np.float32, copy=True), reliability
 
-    u = np.ascontiguousarray(w[..., 0], dtype=np.float32)
-    v = np.ascontiguousarray(w[..., 1], dtype=np.float32)
-    alpha = np.float32(params.alpha)
-    reference_channels = _channels(_normalise_locally(reference))
-    # Cubic B-spline warps: bilinear ones blur by an amount that depends
-    # on the sub-pixel position, and OpenCV 5's bicubic remap does not
-    # reproduce a ramp; either biases the fixed point by 0.01-0.03 px.
-    coefficients = ndimage.spline_filter(
-        _normalise_locally(moving), order=3, mode='nearest', output=np.float32
-    )
-    grid_x = np.broadcast_to(
-        np.arange(width, dtype=np.float32), (height, width)
-    )
-    grid_y = np.broadcast_to(
-        np.arange(height, dtype=np.float32)[:, None], (height, width)
-    )
-    for _ in range(params.warps):
-        map_x = grid_x + u
-        map_y = grid_y + v
-        warped = ndimage.map_coordinates(
-            coefficients,
-            (map_y, map_x),
-            order=3,
-            mode='nearest',
-            prefilter=False,
-            output=np.float32,
+    def __init__(self, params, reliability=None):
+        self.alpha = np.float32(params.alpha)
+        self.warps = int(params.warps)
+        self.iterations = int(params.iterations)
+
+    def prepare(self, reference_level, *, level):
+        """The reference's data channels (None for a level too small)."""
+        reference = np.ascontiguousarray(reference_level, dtype=np.float32)
+        if min(reference.shape) < _MIN_SOLVED_SIZE:
+            return None
+        return _channels(_normalise(reference))
+
+    def solve(self, state, moving_level, w):
+        """Refine ``w``; levels whose shorter side is below 8 px pass it."""
+        if state is None:
+            return np.array(w, dtype=np.float32, copy=True)
+        reference_channels = state
+        moving = np.ascontiguousarray(moving_level, dtype=np.float32)
+        height, width = moving.shape
+        u = np.ascontiguousarray(w[..., 0], dtype=np.float32)
+        v = np.ascontiguousarray(w[..., 1], dtype=np.float32)
+        # Cubic B-spline warps: bilinear ones blur by an amount that
+        # depends on the sub-pixel position, and OpenCV 5's bicubic remap
+        # does not reproduce a ramp; either biases the fixed point by
+        # 0.01-0.03 px.
+        coefficients = ndimage.spline_filter(
+            _normalise(moving), order=3, mode='nearest', output=np.float32
         )
-        # Replicated border values are made up: no data term there.
-        inside = (
-            (map_x >= 0)
-            & (map_x <= width - 1)
-            & (map_y >= 0)
-            & (map_y <= height - 1)
-        ).astype(np.float32)
-        terms = _linearise(reference_channels, _channels(warped), inside)
-        du, dv = _solve_increment(terms, u, v, alpha, params.iterations)
-        u = u + np.clip(
-            cv2.medianBlur(du, _MEDIAN_KSIZE), -_MAX_STEP, _MAX_STEP
+        grid_x = np.broadcast_to(
+            np.arange(width, dtype=np.float32), (height, width)
         )
-        v = v + np.clip(
-            cv2.medianBlur(dv, _MEDIAN_KSIZE), -_MAX_STEP, _MAX_STEP
+        grid_y = np.broadcast_to(
+            np.arange(height, dtype=np.float32)[:, None], (height, width)
         )
-    return cv2.merge((u, v)), reliability
+        for _ in range(self.warps):
+            map_x = grid_x + u
+            map_y = grid_y + v
+            warped = ndimage.map_coordinates(
+                coefficients,
+                (map_y, map_x),
+                order=3,
+                mode='nearest',
+                prefilter=False,
+                output=np.float32,
+            )
+            # Replicated border values are made up: no data term there.
+            inside = (
+                (map_x >= 0)
+                & (map_x <= width - 1)
+                & (map_y >= 0)
+                & (map_y <= height - 1)
+            ).astype(np.float32)
+            terms = _linearise(reference_channels, _channels(warped), inside)
+            du, dv = _solve_increment(terms, u, v, self.alpha, self.iterations)
+            u = u + np.clip(
+                cv2.medianBlur(du, _MEDIAN_KSIZE), -_MAX_STEP, _MAX_STEP
+            )
+            v = v + np.clip(
+                cv2.medianBlur(dv, _MEDIAN_KSIZE), -_MAX_STEP, _MAX_STEP
+            )
+        return cv2.merge((u, v))
 
 
-def _normalise_locally(image):
-    """Zero mean, unit variance in a Gaussian window (bleaching-invariant)."""
-    image = cv2.GaussianBlur(image, (0, 0), _PRESMOOTHING_SIGMA)
+def _normalise(image):
+    """Locally normalised level (bleaching-invariant), noise pre-smoothed.
+
+    On coarse levels a fixed window would span the whole illumination
+    pattern, which then dominates the data term, so the window is at most
+    a share of the level's shorter side.
+    """
     sigma = min(_NORMALISATION_SIGMA, min(image.shape) * _NORMALISATION_SHARE)
-    mean = cv2.GaussianBlur(image, (0, 0), sigma)
-    centred = image - mean
-    variance = cv2.GaussianBlur(centred * centred, (0, 0), sigma)
-    floor = _NORMALISATION_FLOOR**2 * float(variance.mean()) + 1e-12
-    return centred / np.sqrt(variance + np.float32(floor))
+    return local_normalize(
+        image,
+        sigma=sigma,
+        floor=_NORMALISATION_FLOOR,
+        presmooth=_PRESMOOTHING_SIGMA,
+    )
 
 
 def _derivatives(image):
