@@ -61,6 +61,29 @@ def test_correct_round_trips_a_tiff(tmp_path, sequence, stack_uint16, capsys):
     assert f'results: {out}' in captured.out
     assert '10/10 frames' in captured.err
     assert 'ETA' in captured.err
+    assert 'trusted: ' in captured.out
+    assert 'collapsed' not in captured.err
+
+
+def test_correct_warns_about_frames_whose_match_collapsed(
+    tmp_path, stack_uint16, capsys
+):
+    stack = stack_uint16[:5].copy()
+    # frames 2 and 3 show another field of view
+    stack[2] = np.rot90(stack_uint16[9])
+    stack[3] = stack_uint16[7][::-1]
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack, 'TYX')
+
+    status = cli.main(['correct', str(source), '-o', str(tmp_path / 'out')])
+
+    assert status == 0
+    captured = capsys.readouterr()
+    assert 'match collapsed in 2 of 5 frames' in captured.err
+    assert 'trusted): 2, 3.' in captured.err
+    stats = (tmp_path / 'out' / 'stats.csv').read_text().splitlines()
+    assert stats[0].endswith(',trusted_fraction,collapsed')
+    assert [row[-1] for row in stats[1:]] == ['0', '0', '1', '1', '0']
 
 
 def test_correct_multichannel_keeps_axes(tmp_path, stack_uint16):

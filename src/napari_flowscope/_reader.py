@@ -24,8 +24,9 @@ What opens, and how:
 * Any other ``.npy`` of 3 or 4 dimensions opens as a ``(T, Y, X[, C])``
   stack.
 * The output folder of a finished run (``registered.tif``, ``flow.npy`` +
-  ``flow.json``, ``reliability.npy``, ``params.json``) opens as the
-  registered stack plus hidden ``vx``, ``vy`` and reliability layers.
+  ``flow.json``, ``reliability.npy``, ``confidence.npy``, ``params.json``)
+  opens as the registered stack plus hidden ``vx``, ``vy``, reliability
+  and confidence layers.
 
 A single 2-D image is not a time-lapse: the reader function raises a
 ``ValueError`` that says so, as it does for corrupt or truncated files.
@@ -48,6 +49,7 @@ _RESULT_FILES = {
     'registered': 'registered.tif',
     'flow': 'flow.npy',
     'reliability': 'reliability.npy',
+    'confidence': 'confidence.npy',
     'params': 'params.json',
 }
 
@@ -271,8 +273,10 @@ def _is_results_folder(path):
 def read_results_folder(path):
     """Read the output folder of a motion-correction run.
 
-    The registered stack, the flow as ``vx`` / ``vy`` and the reliability,
-    each on the recorded scale, named after the folder.
+    The registered stack, the flow as ``vx`` / ``vy``, the reliability and
+    the confidence (contrast limits 0-1), each on the recorded scale, named
+    after the folder.  Folders of older runs without ``confidence.npy``
+    open without it.
 
     Returns
     -------
@@ -300,22 +304,24 @@ def read_results_folder(path):
         geometry = {
             key: kwargs[key] for key in ('scale', 'units', 'axis_labels')
         }
-    reliability = folder / _RESULT_FILES['reliability']
-    if reliability.is_file():
+    maps = {
+        'reliability': {'colormap': 'viridis'},
+        'confidence': {'colormap': 'magma', 'contrast_limits': (0.0, 1.0)},
+    }
+    for key, style in maps.items():
+        path = folder / _RESULT_FILES[key]
+        if not path.is_file():
+            continue
         if len(geometry.get('scale', ())) == 4:
             # (T, Z, Y, X): not a stack with channels
-            data = np.load(reliability, mmap_mode='r')
+            data = np.load(path, mmap_mode='r')
             if data.nbytes <= formats.lazy_threshold_bytes():
                 data = np.array(data)
             kwargs, layer_type = {}, 'image'
         else:
-            [(data, kwargs, layer_type)] = read_npy_stack(reliability)
+            [(data, kwargs, layer_type)] = read_npy_stack(path)
         kwargs.update(geometry)
-        kwargs.update(
-            name=f'{folder.name} reliability',
-            colormap='viridis',
-            visible=False,
-        )
+        kwargs.update(style, name=f'{folder.name} {key}', visible=False)
         layers.append((data, kwargs, layer_type))
     return layers
 

@@ -160,7 +160,8 @@ def build_parser():
         description=(
             'Register every frame of a TIFF time-lapse to a reference and '
             'write registered.tif, flow.npy + flow.json, reliability.npy, '
-            'stats.csv and params.json to OUTDIR. Files appear under their '
+            'confidence.npy, stats.csv and params.json to OUTDIR. Files '
+            'appear under their '
             'final names only when the run is complete.'
         ),
     )
@@ -486,7 +487,14 @@ def _read_stats(sink):
         rows = list(csv.DictReader(file))
     return {
         key: np.array([float(row[key]) for row in rows], np.float32)
-        for key in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
+        for key in (
+            'mean_speed',
+            'max_speed',
+            'ncc_before',
+            'ncc_after',
+            'trusted_fraction',
+            'collapsed',
+        )
     }
 
 
@@ -508,10 +516,39 @@ def _print_summary(session, directory, stats, *, extra_lines=()):
             f'NCC with the reference: before {before:.3f}, after '
             f'{after:.3f} (mean over frames)'
         ),
+        _trust_line(stats),
         *extra_lines,
         f'results: {directory}',
     ]
     print('\n'.join(lines))
+    collapsed = np.flatnonzero(stats['collapsed'])
+    if collapsed.size:
+        print(_collapse_warning(collapsed, session.n_frames), file=sys.stderr)
+
+
+def _trust_line(stats):
+    fractions = stats['trusted_fraction']
+    if np.isnan(fractions).all():
+        return 'trusted: none (the reference has no texture)'
+    return (
+        f'trusted: {np.nanmean(fractions):.0%} of the textured pixels '
+        f'(lowest frame {np.nanmin(fractions):.0%})'
+    )
+
+
+def _collapse_warning(frames, n_frames):
+    from napari_flowscope.engine import COLLAPSED_TRUSTED_FRACTION
+
+    shown = ', '.join(str(frame) for frame in frames[:10])
+    if frames.size > 10:
+        shown += f', ... ({frames.size - 10} more)'
+    return (
+        f'{PROG}: warning: the match collapsed in {frames.size} of '
+        f'{n_frames} frames (fewer than '
+        f'{COLLAPSED_TRUSTED_FRACTION:.0%} of the textured pixels trusted): '
+        f'{shown}. Their flow is unreliable (motion beyond reach, a '
+        'different scene, or noise); see stats.csv and confidence.npy.'
+    )
 
 
 # -- demo -------------------------------------------------------------------

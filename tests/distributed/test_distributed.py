@@ -35,6 +35,7 @@ RESULT_FILES = (
     'flow.npy',
     'flow.json',
     'reliability.npy',
+    'confidence.npy',
     'stats.csv',
     'params.json',
 )
@@ -77,6 +78,7 @@ def read_results(directory):
         'flow': np.load(directory / 'flow.npy'),
         'flow_json': json.loads((directory / 'flow.json').read_text()),
         'reliability': np.load(directory / 'reliability.npy'),
+        'confidence': np.load(directory / 'confidence.npy'),
         'stats': (directory / 'stats.csv').read_text(),
         'params': json.loads((directory / 'params.json').read_text()),
     }
@@ -86,7 +88,7 @@ def assert_identical(directory, expected_directory):
     """Bitwise equal arrays, statistics and metadata."""
     result = read_results(directory)
     expected = read_results(expected_directory)
-    for name in ('registered', 'flow', 'reliability'):
+    for name in ('registered', 'flow', 'reliability', 'confidence'):
         assert result[name].dtype == expected[name].dtype
         np.testing.assert_array_equal(result[name], expected[name])
     assert result['stats'] == expected['stats']

@@ -385,6 +385,7 @@ def test_results_folder_opens_as_registered_flow_and_reliability(tmp_path):
     registered = rng.integers(0, 4000, (4, 10, 12), dtype=np.uint16)
     w = rng.normal(size=(4, 10, 12, 2)).astype(np.float32)
     reliability = rng.random((4, 10, 12)).astype(np.float32)
+    confidence = rng.random((4, 10, 12)).astype(np.float32)
     scale, units = (0.5, 0.2, 0.2), ('s', 'um', 'um')
     run = tmp_path / 'run1'
     run.mkdir()
@@ -393,19 +394,23 @@ def test_results_folder_opens_as_registered_flow_and_reliability(tmp_path):
     )
     formats.write_flow(run / 'flow.npy', w, scale=scale, units=units)
     np.save(run / 'reliability.npy', reliability)
+    np.save(run / 'confidence.npy', confidence)
     assert get_reader(str(run)) is None  # unfinished: no params.json yet
     (run / 'params.json').write_text('{}')
-    stack, vx, vy, rel = _read(run)
+    stack, vx, vy, rel, conf = _read(run)
     np.testing.assert_array_equal(stack[0], registered)
     np.testing.assert_array_equal(vx[0], w[..., 0])
     np.testing.assert_array_equal(vy[0], w[..., 1])
     np.testing.assert_array_equal(rel[0], reliability)
-    assert [layer[1]['name'] for layer in (stack, vx, vy, rel)] == [
+    np.testing.assert_array_equal(conf[0], confidence)
+    assert conf[1]['contrast_limits'] == (0.0, 1.0)
+    assert [layer[1]['name'] for layer in (stack, vx, vy, rel, conf)] == [
         'run1 registered',
         'run1 vx',
         'run1 vy',
         'run1 reliability',
+        'run1 confidence',
     ]
-    for layer in (stack, vx, vy, rel):
+    for layer in (stack, vx, vy, rel, conf):
         assert layer[1]['scale'] == pytest.approx(scale)
         assert layer[1]['units'] == units

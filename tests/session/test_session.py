@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from napari_flowscope import synthetic
-from napari_flowscope.engine import FlowParams, warp
+from napari_flowscope.engine import (
+    FlowEstimator,
+    FlowParams,
+    trusted_fraction,
+    warp,
+)
 from napari_flowscope.session import (
     AdaptiveReference,
     FlowBatch,
@@ -53,8 +58,9 @@ def test_batches_cover_every_frame_once_in_order(drifting, drifting_uint16):
         assert isinstance(batch, FlowBatch)
         assert batch.w.shape == (n, 80, 80, 2)
         assert batch.w.dtype == np.float32
-        assert batch.reliability.shape == (n, 80, 80)
-        assert batch.reliability.dtype == np.float32
+        for name in ('reliability', 'confidence'):
+            assert getattr(batch, name).shape == (n, 80, 80)
+            assert getattr(batch, name).dtype == np.float32
         assert batch.registered.shape == (n, 80, 80)
         assert batch.registered.dtype == np.uint16
         for values in batch.stats.as_columns().values():
@@ -71,6 +77,30 @@ def test_batches_cover_every_frame_once_in_order(drifting, drifting_uint16):
     stats = batches[1].stats
     assert stats.ncc_after.min() > stats.ncc_before.max()
     np.testing.assert_array_equal(batches[0].reference, drifting_uint16[0])
+
+
+def test_confidence_and_trust_statistics_flag_an_unrelated_frame(
+    drifting_uint16,
+):
+    stack = drifting_uint16[:6].copy()
+    # frame 4 shows another field of view: its match must collapse
+    stack[4] = np.rot90(drifting_uint16[20])
+    sink = MotionSession(stack, batch_size=4).run()
+
+    estimator = FlowEstimator(stack[0])
+    for t in (2, 4):
+        field = estimator.estimate(stack[t])
+        np.testing.assert_array_equal(sink.confidence[t], field.confidence)
+        assert sink.stats.trusted_fraction[t] == pytest.approx(
+            trusted_fraction(
+                field.confidence,
+                field.reliability,
+                FlowParams().reliability_threshold,
+            )
+        )
+    assert sink.stats.trusted_fraction[[1, 2, 3, 5]].min() > 0.8
+    assert sink.stats.trusted_fraction[4] < 0.1
+    assert sink.stats.collapsed.tolist() == [False] * 4 + [True, False]
 
 
 def test_callbacks_deliver_every_frame_once(drifting_uint16):
@@ -116,7 +146,7 @@ def test_batch_size_does_not_change_results(drifting, options):
     ]
     first = runs[0]
     for other in runs[1:]:
-        for name in ('w', 'reliability', 'registered'):
+        for name in ('w', 'reliability', 'confidence', 'registered'):
             np.testing.assert_array_equal(
                 _joined(other, name), _joined(first, name)
             )

@@ -54,6 +54,9 @@ def test_disk_sink_writes_every_file(drifting_uint16, tmp_path):
     np.testing.assert_array_equal(
         np.load(out / 'reliability.npy'), memory.reliability
     )
+    confidence = np.load(out / 'confidence.npy')
+    assert confidence.dtype == np.float32
+    np.testing.assert_array_equal(confidence, memory.confidence)
 
     with open(out / 'stats.csv', newline='') as file:
         rows = list(csv.DictReader(file))
@@ -62,6 +65,8 @@ def test_disk_sink_writes_every_file(drifting_uint16, tmp_path):
         np.testing.assert_allclose(
             [float(row[key]) for row in rows], values, rtol=1e-5, atol=1e-6
         )
+    assert [int(row['collapsed']) for row in rows] == [0] * 24
+    assert min(float(row['trusted_fraction']) for row in rows) > 0.8
 
     params = json.loads((out / 'params.json').read_text())
     assert FlowParams.from_dict(params['params']) == FlowParams()

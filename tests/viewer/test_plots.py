@@ -26,12 +26,13 @@ def batches(w):
     rng = np.random.default_rng(1)
     for start in range(0, N_FRAMES, BATCH):
         stop = start + BATCH
-        stats = FrameStats(*rng.random((4, BATCH), dtype=np.float32))
+        stats = FrameStats(*rng.random((5, BATCH), dtype=np.float32))
         yield FlowBatch(
             start=start,
             stop=stop,
             w=w[start:stop],
             reliability=np.ones((BATCH, *FRAME_SHAPE), np.float32),
+            confidence=np.ones((BATCH, *FRAME_SHAPE), np.float32),
             registered=np.zeros((BATCH, *FRAME_SHAPE), np.float32),
             stats=stats,
             reference=np.zeros(FRAME_SHAPE, np.float32),

@@ -116,6 +116,7 @@ def save_run(folder, session, results, *, scale, units, source, batch_size):
                     stop=stop,
                     w=results.w[frames],
                     reliability=results.reliability[frames],
+                    confidence=results.confidence[frames],
                     registered=results.registered[frames],
                     stats=stats,
                     reference=results.reference,

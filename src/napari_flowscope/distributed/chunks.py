@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Arrays stored per chunk, by the :class:`FlowBatch` attribute they hold.
-CHUNK_ARRAYS = ('registered', 'w', 'reliability')
+CHUNK_ARRAYS = ('registered', 'w', 'reliability', 'confidence')
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ def correct_chunk(
         'registered': ((n, *frame_shape, *channels), session.dtype),
         'w': ((n, *frame_shape, session.flow_components), np.float32),
         'reliability': ((n, *frame_shape), np.float32),
+        'confidence': ((n, *frame_shape), np.float32),
     }
     paths = chunk_paths(chunk_dir, start, stop)
     writers = {

@@ -64,7 +64,8 @@ def correct_distributed(
     scheduler), registers them and writes them to per-chunk files in
     ``output_dir``.  The client copies finished chunks, in frame order,
     into the same files a single-process run writes (``registered.tif``,
-    ``flow.npy`` + ``flow.json``, ``reliability.npy``, ``stats.csv``,
+    ``flow.npy`` + ``flow.json``, ``reliability.npy``,
+    ``confidence.npy``, ``stats.csv``,
     ``params.json``; see :class:`~napari_flowscope.session.DiskSink`).
 
     Parameters
@@ -389,6 +390,7 @@ def _copy_chunk(
                 stop=start + last,
                 w=arrays['w'][part],
                 reliability=arrays['reliability'][part],
+                confidence=arrays['confidence'][part],
                 registered=arrays['registered'][part],
                 stats=FrameStats(
                     *(column[part] for column in stats.as_columns().values())

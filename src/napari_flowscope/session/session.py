@@ -26,6 +26,7 @@ from napari_flowscope.engine import (
     FlowEstimator,
     FlowParams,
     smooth_temporal,
+    trusted_fraction,
     warp,
     warp_volume,
 )
@@ -66,13 +67,18 @@ class FlowBatch:
         ``[x, y]`` (volumes: ``[x, y, z]``) displacement with
         ``frame(x + w(x)) ~ reference(x)``.
     reliability : ndarray, shape (n, Y, X) or (n, Z, Y, X), float32
-        Reliability of the flow (see
+        Texture reliability of the reference (see
         :func:`napari_flowscope.engine.estimate_flow`).
+    confidence : ndarray, shape of ``reliability``, float32
+        0 to 1, whether each displacement actually matched; ``>= 0.5``
+        (:data:`napari_flowscope.engine.CONFIDENCE_THRESHOLD`) means
+        trusted (see :mod:`napari_flowscope.engine.confidence`).
     registered : ndarray, shape (n, Y, X[, C]) or (n, Z, Y, X[, C])
         Corrected frames; integer input keeps its dtype (values rounded
         and clipped to the dtype's range), any other input gives float32.
     stats : FrameStats
-        Per-frame speed and normalised cross-correlation.
+        Per-frame speed, normalised cross-correlation and trusted
+        fraction.
     reference : ndarray, shape (Y, X) or (Z, Y, X), float32
         The reference after this batch (it changes only for
         :class:`~napari_flowscope.session.AdaptiveReference`).
@@ -85,6 +91,7 @@ class FlowBatch:
     stop: int
     w: np.ndarray
     reliability: np.ndarray
+    confidence: np.ndarray
     registered: np.ndarray
     stats: FrameStats
     reference: np.ndarray
@@ -376,8 +383,8 @@ class MotionSession:
         Returns
         -------
         FlowField
-            ``w`` (Y, X, 2) and ``reliability`` (Y, X), float32; volumes
-            ``(Z, Y, X, 3)`` and ``(Z, Y, X)``.
+            ``w`` (Y, X, 2), ``reliability`` and ``confidence`` (Y, X),
+            float32; volumes ``(Z, Y, X, 3)`` and ``(Z, Y, X)``.
         """
         if not -self.n_frames <= index < self.n_frames:
             raise IndexError(
@@ -590,6 +597,7 @@ class MotionSession:
         registered = self.warp(inputs.frames[i], field.w)
         out.w[i] = field.w
         out.reliability[i] = field.reliability
+        out.confidence[i] = field.confidence
         out.registered[i] = _cast(registered, self.dtype)
         for frames, registered_extra in zip(
             inputs.extras, out.extras, strict=True
@@ -607,6 +615,11 @@ class MotionSession:
         out.stats.max_speed[i] = frame_speed.max()
         out.stats.ncc_before[i] = correlation(inputs.plain[i])
         out.stats.ncc_after[i] = correlation(registered_image)
+        out.stats.trusted_fraction[i] = trusted_fraction(
+            field.confidence,
+            field.reliability,
+            estimator.params.reliability_threshold,
+        )
         return registered_image
 
     def run(
@@ -776,6 +789,7 @@ class _BatchArrays(NamedTuple):
 
     w: np.ndarray  # (n, *frame, 2 or 3) float32
     reliability: np.ndarray  # (n, *frame) float32
+    confidence: np.ndarray  # (n, *frame) float32
     registered: np.ndarray  # (n, *frame[, C]) output dtype
     stats: FrameStats
     extras: tuple = ()  # (n, *frame[, C]) registered extra stacks
@@ -786,6 +800,7 @@ class _BatchArrays(NamedTuple):
     ):
         return cls(
             np.empty((n, *frame_shape, components), np.float32),
+            np.empty((n, *frame_shape), np.float32),
             np.empty((n, *frame_shape), np.float32),
             np.empty(frames_shape, dtype),
             FrameStats.empty(n),
@@ -798,6 +813,7 @@ class _BatchArrays(NamedTuple):
             stop,
             self.w,
             self.reliability,
+            self.confidence,
             self.registered,
             self.stats,
             reference=reference,

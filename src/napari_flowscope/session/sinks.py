@@ -33,6 +33,7 @@ class MemorySink:
         Registered frames, dtype of :attr:`MotionSession.dtype`.
     w : ndarray, shape (T, Y, X, 2) or (T, Z, Y, X, 3), float32
     reliability : ndarray, shape (T, Y, X) or (T, Z, Y, X), float32
+    confidence : ndarray, shape of ``reliability``, float32
     stats : FrameStats
         Per-frame statistics, length T.
     reference : ndarray, shape (Y, X) or (Z, Y, X), float32
@@ -47,6 +48,7 @@ class MemorySink:
         self.registered = None
         self.w = None
         self.reliability = None
+        self.confidence = None
         self.stats = None
         self.reference = None
         self.extras = []
@@ -63,6 +65,7 @@ class MemorySink:
             (n_frames, *frame_shape, session.flow_components), np.float32
         )
         self.reliability = np.empty((n_frames, *frame_shape), np.float32)
+        self.confidence = np.empty((n_frames, *frame_shape), np.float32)
         self.stats = FrameStats.empty(n_frames)
         self.extras = [
             np.empty(shape, dtype)
@@ -78,7 +81,7 @@ class MemorySink:
 
         Returns
         -------
-        w, reliability, registered : ndarray
+        w, reliability, confidence, registered : ndarray
         stats : FrameStats
         extras : tuple of ndarray
         """
@@ -86,6 +89,7 @@ class MemorySink:
         return (
             self.w[frames],
             self.reliability[frames],
+            self.confidence[frames],
             self.registered[frames],
             FrameStats(
                 *(
@@ -102,6 +106,7 @@ class MemorySink:
             self.registered[frames] = batch.registered
             self.w[frames] = batch.w
             self.reliability[frames] = batch.reliability
+            self.confidence[frames] = batch.confidence
             for name, values in batch.stats.as_columns().items():
                 getattr(self.stats, name)[frames] = values
             for extra, registered in zip(
@@ -123,12 +128,13 @@ class DiskSink:
     Files (see ``docs/architecture.md``): ``registered.tif`` (ImageJ
     hyperstack, axes ``TYX`` or ``TYXC`` stored as ImageJ's ``TCYX``, dtype
     of :attr:`MotionSession.dtype`, scale kept), ``flow.npy`` + ``flow.json``
-    (``(T, Y, X, 2)`` float32), ``reliability.npy`` (``(T, Y, X)``
-    float32), ``stats.csv`` (one row per frame) and ``params.json``.
-    Volumes: ``registered.tif`` is ``TZYX`` (``TZCYX`` with channels, z
-    spacing kept), ``flow.npy`` ``(T, Z, Y, X, 3)`` and ``reliability.npy``
-    ``(T, Z, Y, X)``.  The registered ``extra_stacks`` of a session are not
-    written (only :class:`MemorySink` keeps them).
+    (``(T, Y, X, 2)`` float32), ``reliability.npy`` and ``confidence.npy``
+    (each ``(T, Y, X)`` float32), ``stats.csv`` (one row per frame) and
+    ``params.json``.  Volumes: ``registered.tif`` is ``TZYX`` (``TZCYX``
+    with channels, z spacing kept), ``flow.npy`` ``(T, Z, Y, X, 3)``,
+    ``reliability.npy`` and ``confidence.npy`` ``(T, Z, Y, X)``.  The
+    registered ``extra_stacks`` of a session are not written (only
+    :class:`MemorySink` keeps them).
 
     Every file is written as ``<name>.partial`` and renamed only when the
     whole run is complete (``params.json`` last), so a cancelled or crashed
@@ -175,7 +181,8 @@ class DiskSink:
     ----------
     paths : dict of str to Path
         Final path of each file, by key ``'registered'``, ``'flow'``,
-        ``'flow_metadata'``, ``'reliability'``, ``'stats'``, ``'params'``.
+        ``'flow_metadata'``, ``'reliability'``, ``'confidence'``,
+        ``'stats'``, ``'params'``.
     complete : bool
         True once every file has its final name.
     """
@@ -185,6 +192,7 @@ class DiskSink:
         'flow': 'flow.npy',
         'flow_metadata': 'flow.json',
         'reliability': 'reliability.npy',
+        'confidence': 'confidence.npy',
         'stats': 'stats.csv',
         'params': 'params.json',
     }
@@ -233,6 +241,7 @@ class DiskSink:
             * formats.imagej_dtype(session.dtype).itemsize,
             'flow': session.flow_components * np.dtype(np.float32).itemsize,
             'reliability': np.dtype(np.float32).itemsize,
+            'confidence': np.dtype(np.float32).itemsize,
         }
         small_files = (1 << 20) + 128 * session.n_frames
         return pixels * sum(bytes_per_pixel.values()) + small_files
@@ -295,6 +304,13 @@ class DiskSink:
                 dtype='float32',
             )
             self._writers.append(self._reliability)
+            self._confidence = formats.NpyStackWriter(
+                self.paths['confidence'],
+                n_frames=n_frames,
+                frame_shape=frame_shape,
+                dtype='float32',
+            )
+            self._writers.append(self._confidence)
         except BaseException:
             self.abort()
             raise
@@ -313,6 +329,7 @@ class DiskSink:
         self._registered.write(batch.registered)
         self._flow.write(batch.w)
         self._reliability.write(batch.reliability)
+        self._confidence.write(batch.confidence)
         frames = slice(batch.start, batch.stop)
         for name, values in batch.stats.as_columns().items():
             getattr(self._stats, name)[frames] = values
@@ -328,7 +345,7 @@ class DiskSink:
             for writer in self._writers:
                 writer.finish()
             small_files = {
-                'stats': self._stats_csv(),
+                'stats': stats_csv(self._stats),
                 'params': json.dumps(self._params_record(session), indent=2)
                 + '\n',
             }
@@ -370,14 +387,6 @@ class DiskSink:
             _remove(path)
         self._committed = []
 
-    def _stats_csv(self):
-        columns = self._stats.as_columns()
-        lines = [','.join(['frame', *columns])]
-        for frame in range(len(self._stats)):
-            values = (f'{column[frame]:.6g}' for column in columns.values())
-            lines.append(','.join([str(frame), *values]))
-        return '\n'.join(lines) + '\n'
-
     def _params_record(self, session):
         from napari_flowscope import __version__
 
@@ -395,6 +404,20 @@ class DiskSink:
         }
         record.update(self.extra)
         return record
+
+
+def stats_csv(stats):
+    """``stats.csv`` text: a row per frame, the stored statistics and
+    ``collapsed`` (1 for a frame whose match collapsed, else 0)."""
+    columns = stats.as_columns()
+    collapsed = stats.collapsed
+    lines = [','.join(['frame', *columns, 'collapsed'])]
+    for frame in range(len(stats)):
+        values = (f'{column[frame]:.6g}' for column in columns.values())
+        lines.append(
+            ','.join([str(frame), *values, str(int(collapsed[frame]))])
+        )
+    return '\n'.join(lines) + '\n'
 
 
 def _partial(path):

@@ -1,4 +1,4 @@
-"""Per-frame statistics of a motion-correction run: speed and NCC."""
+"""Per-frame statistics of a motion-correction run: speed, NCC, trust."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_flowscope.engine import COLLAPSED_TRUSTED_FRACTION
+
 __all__ = ['FrameStats', 'normalized_cross_correlation']
 
-STAT_NAMES = ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
+STAT_NAMES = (
+    'mean_speed',
+    'max_speed',
+    'ncc_before',
+    'ncc_after',
+    'trusted_fraction',
+)
 
 
 @dataclass(frozen=True)
@@ -22,12 +30,18 @@ class FrameStats:
     ncc_before, ncc_after : ndarray, shape (n,), float32
         Normalised cross-correlation (-1 to 1) of each frame with the
         reference it was registered to, before and after correction.
+    trusted_fraction : ndarray, shape (n,), float32
+        Share (0 to 1) of the textured pixels (reliability at or above the
+        threshold) whose displacement is trusted (confidence >= 0.5), see
+        :func:`napari_flowscope.engine.trusted_fraction`; NaN when the
+        reference has no textured pixel.
     """
 
     mean_speed: np.ndarray
     max_speed: np.ndarray
     ncc_before: np.ndarray
     ncc_after: np.ndarray
+    trusted_fraction: np.ndarray
 
     def __post_init__(self):
         for name in STAT_NAMES:
@@ -40,7 +54,12 @@ class FrameStats:
     @classmethod
     def empty(cls, n_frames: int) -> FrameStats:
         """Stats of ``n_frames`` frames, all NaN (filled in place)."""
-        return cls(*(np.full(n_frames, np.nan, np.float32) for _ in range(4)))
+        return cls(
+            *(
+                np.full(n_frames, np.nan, np.float32)
+                for _ in range(len(STAT_NAMES))
+            )
+        )
 
     @classmethod
     def concatenate(cls, parts) -> FrameStats:
@@ -55,8 +74,20 @@ class FrameStats:
             )
         )
 
+    @property
+    def collapsed(self) -> np.ndarray:
+        """Frames whose match collapsed, bool ``(n,)``.
+
+        True where :attr:`trusted_fraction` is below
+        :data:`napari_flowscope.engine.COLLAPSED_TRUSTED_FRACTION` (0.3):
+        most of what could be measured did not match (motion beyond the
+        pyramid's reach, an unrelated frame, noise).  False where the
+        fraction is NaN.
+        """
+        return self.trusted_fraction < np.float32(COLLAPSED_TRUSTED_FRACTION)
+
     def as_columns(self) -> dict[str, np.ndarray]:
-        """The four statistics by name, in file-column order."""
+        """The stored statistics by name, in file-column order."""
         return {name: getattr(self, name) for name in STAT_NAMES}
 
 
