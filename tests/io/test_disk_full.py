@@ -140,8 +140,9 @@ def test_free_space_is_checked_before_anything_is_computed(
     out = tmp_path / 'out'
     assert cli.main(['correct', str(source), '-o', str(out), '-q']) == 1
     error = capsys.readouterr().err
-    # 12 frames of 64 x 64: uint16 registered + flow + reliability + 1 MB
-    needed = 12 * 64 * 64 * (2 + 8 + 4) + (1 << 20) + 128 * 12
+    # 12 frames of 64 x 64: uint16 registered + flow + reliability +
+    # confidence + 1 MB
+    needed = 12 * 64 * 64 * (2 + 8 + 4 + 4) + (1 << 20) + 128 * 12
     assert f'need {formats.format_size(needed)}' in error
     assert 'only 3 MB are free' in error
     assert computed == []

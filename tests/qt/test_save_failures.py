@@ -52,8 +52,9 @@ def test_save_without_room_says_how_much_is_needed(
     )
     (message,) = _save_and_collect_messages(qtbot, finished_run, tmp_path)
     assert message.startswith('Motion correction results were not saved')
-    # 6 frames of 40 x 48 px x 14 bytes (uint16, flow, reliability) + 1 MB
-    needed = 6 * 40 * 48 * 14 + (1 << 20) + 6 * 128
+    # 6 frames of 40 x 48 px x 18 bytes (uint16, flow, reliability,
+    # confidence) + 1 MB
+    needed = 6 * 40 * 48 * 18 + (1 << 20) + 6 * 128
     assert f'need {formats.format_size(needed)}' in message
     assert 'only 1 kB are free' in message
     assert list(tmp_path.iterdir()) == []

@@ -195,8 +195,9 @@ def test_results_folder_of_a_run_opens(make_napari_viewer_proxy, tmp_path):
         'run vx',
         'run vy',
         'run reliability',
+        'run confidence',
     ]
-    registered, vx, vy, reliability = layers
+    registered, vx, vy, reliability, confidence = layers
     assert registered.data.dtype == np.uint16
     np.testing.assert_array_equal(
         registered.data, tifffile.imread(out / 'registered.tif')
@@ -204,5 +205,9 @@ def test_results_folder_of_a_run_opens(make_napari_viewer_proxy, tmp_path):
     w, _ = formats.read_flow(out / 'flow.npy')
     np.testing.assert_array_equal(vx.data, w[..., 0])
     np.testing.assert_array_equal(vy.data, w[..., 1])
+    np.testing.assert_array_equal(
+        confidence.data, np.load(out / 'confidence.npy')
+    )
+    assert tuple(confidence.contrast_limits) == (0, 1)
     for layer in layers:
         np.testing.assert_allclose(layer.scale, (0.5, 0.2, 0.2))
