@@ -122,3 +122,27 @@ def test_trusted_fraction_counts_textured_pixels_only():
         2 / 3
     )
     assert np.isnan(trusted_fraction(confidence, reliability * 0, 1e-4))
+
+
+def test_volume_flow_reports_the_same_confidence():
+    from napari_flowscope.engine.volume import VolumeFlowEstimator
+
+    sequence = synthetic.drifting_volume(n_frames=3, shape=(16, 64, 64))
+    estimator = VolumeFlowEstimator(sequence.reference)
+    good = estimator.estimate(sequence.stack[2])
+    noise = np.random.default_rng(5).permutation(sequence.stack[2].ravel())
+    failed = estimator.estimate(noise.reshape(sequence.reference.shape))
+    threshold = estimator.params.reliability_threshold
+
+    assert good.confidence.shape == sequence.reference.shape
+    assert good.confidence.dtype == np.float32
+    # content that left the volume (the last planes) has nothing to match
+    valid = sequence.valid
+    assert (
+        trusted_fraction(
+            good.confidence[valid], good.reliability[valid], threshold
+        )
+        > 0.95
+    )
+    assert (good.confidence[-1] < CONFIDENCE_THRESHOLD).all()
+    assert (failed.confidence >= CONFIDENCE_THRESHOLD).mean() <= 0.1

@@ -6,38 +6,47 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ['gaussian', 'gaussian_window', 'half_resolution_sigma']
+__all__ = [
+    'gaussian',
+    'gaussian_nd',
+    'gaussian_window',
+    'half_resolution_sigma',
+]
 
 # Windows at least this wide (px) are computed at half resolution.
 _HALF_RESOLUTION_SIGMA = 2.0
 
 
 def gaussian(image, sigma, dst=None):
-    """Gaussian blur truncated at 2 sigma, reflected borders.
+    """Gaussian blur of a 2-D image, truncated at 2 sigma, borders reflected.
 
-    2-D arrays (with an optional trailing channel axis of up to 4) go
-    through OpenCV; other arrays through :func:`scipy.ndimage.gaussian_filter`
-    over every axis, so the same definitions hold for volumes.
+    ``image`` is ``(H, W)`` or ``(H, W, C)`` with up to 4 channels, each
+    blurred alone (OpenCV).
     """
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] <= 4):
-        # The window is truncated at 2 sigma (OpenCV's float default is
-        # 4): on synthetic motion, sigma=4 truncated at 2 sigma is both
-        # faster and more accurate than sigma=3 truncated at 3 sigma.
-        size = 2 * int(np.ceil(2 * sigma)) + 1
-        return cv2.GaussianBlur(
-            image,
-            (size, size),
-            sigma,
-            dst=dst,
-            borderType=cv2.BORDER_REFLECT,
-        )
+    # The window is truncated at 2 sigma (OpenCV's float default is 4): on
+    # synthetic motion, sigma=4 truncated at 2 sigma is both faster and
+    # more accurate than sigma=3 truncated at 3 sigma.
+    size = 2 * int(np.ceil(2 * sigma)) + 1
+    return cv2.GaussianBlur(
+        image, (size, size), sigma, dst=dst, borderType=cv2.BORDER_REFLECT
+    )
+
+
+def gaussian_nd(image, sigma):
+    """:func:`gaussian` for an image of any dimension (no channel axis).
+
+    ``sigma`` may be one value per axis.  2-D images take the OpenCV path
+    when ``sigma`` is a single value.
+    """
+    if image.ndim == 2 and np.ndim(sigma) == 0:
+        return gaussian(image, sigma)
     return ndimage.gaussian_filter(
-        image, sigma, mode='reflect', truncate=2.0, output=dst
+        image, sigma, mode='reflect', truncate=2.0, output=np.float32
     )
 
 
 def gaussian_window(image, sigma, dst=None):
-    """Gaussian window of standard deviation ``sigma`` (px).
+    """Gaussian window of standard deviation ``sigma`` (px), 2-D images.
 
     Wide windows on large 2-D images run at half resolution:
     ``cv2.pyrDown`` and ``cv2.pyrUp`` each add a variance of about 1 px^2,
@@ -46,12 +55,7 @@ def gaussian_window(image, sigma, dst=None):
     or lower endpoint errors on the synthetic sequences).
     """
     height, width = image.shape[:2]
-    if (
-        sigma < _HALF_RESOLUTION_SIGMA
-        or min(height, width) < 32
-        or image.ndim > 3
-        or (image.ndim == 3 and image.shape[-1] > 4)
-    ):
+    if sigma < _HALF_RESOLUTION_SIGMA or min(height, width) < 32:
         return gaussian(image, sigma, dst)
     return cv2.pyrUp(
         gaussian(cv2.pyrDown(image), half_resolution_sigma(sigma)),

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._filters import gaussian
+from ._filters import gaussian_nd
 
 __all__ = [
     'COLLAPSED_TRUSTED_FRACTION',
@@ -46,6 +46,7 @@ __all__ = [
     'combine_scores',
     'match_confidence',
     'match_score',
+    'standardize',
     'texture_score',
     'trusted_fraction',
 ]
@@ -77,16 +78,17 @@ class LocalCorrelation:
     ----------
     reference : ndarray, shape (M, N[, P]), float32
         Reference image (or volume), already smoothed as wanted.
-    window : float
-        Standard deviation (px of ``reference``) of the Gaussian window.
+    window : float or sequence of float
+        Standard deviation (px of ``reference``, or one per axis) of the
+        Gaussian window.
     """
 
     def __init__(self, reference, *, window):
         reference = np.ascontiguousarray(reference, dtype=np.float32)
-        self.window = float(window)
+        self.window = window
         self._reference = reference
-        self._mean = gaussian(reference, self.window)
-        variance = gaussian(reference * reference, self.window)
+        self._mean = gaussian_nd(reference, self.window)
+        variance = gaussian_nd(reference * reference, self.window)
         variance -= self._mean * self._mean
         self._variance = np.maximum(variance, np.float32(0))
         self._floor = np.float32(
@@ -107,11 +109,11 @@ class LocalCorrelation:
             -1 to 1; 0 where either image is flat in the window.
         """
         image = np.asarray(image, dtype=np.float32)
-        mean = gaussian(image, self.window)
-        variance = gaussian(image * image, self.window)
+        mean = gaussian_nd(image, self.window)
+        variance = gaussian_nd(image * image, self.window)
         variance -= mean * mean
         np.maximum(variance, 0, out=variance)
-        covariance = gaussian(image * self._reference, self.window)
+        covariance = gaussian_nd(image * self._reference, self.window)
         covariance -= mean * self._mean
         floor = np.float32(_FLAT_VARIANCE * float(variance.mean()) + 1e-30)
         flat = (variance < floor) | (self._variance < self._floor)
@@ -180,6 +182,7 @@ def match_confidence(
     reliability_threshold,
     inside=None,
     window=CONFIDENCE_WINDOW,
+    smoothing=1.0,
 ):
     """Confidence of a flow estimate, from its result (any dimension).
 
@@ -195,23 +198,37 @@ def match_confidence(
         Reliability at which the texture score is 0.5.
     inside : ndarray of bool, shape (M, N[, P]), optional
         Where ``x + w(x)`` lies inside the moving frame.
-    window : float
-        Correlation window (px).  The images are smoothed with a 1 px
-        Gaussian first, as the 2-D estimator's half-resolution pyramid
-        level is.
+    window : float or sequence of float
+        Correlation window (px, or per axis for anisotropic voxels).
+    smoothing : float or sequence of float
+        Gaussian applied to both images first, against noise (the 2-D
+        estimator's half-resolution pyramid level smooths about as much
+        as the default).
 
     Returns
     -------
     ndarray, shape (M, N[, P]), float32
         Confidence 0-1; ``>= CONFIDENCE_THRESHOLD`` means trusted.
     """
-    reference = gaussian(np.asarray(reference, np.float32), 1.0)
-    registered = gaussian(np.asarray(registered, np.float32), 1.0)
+    reference = gaussian_nd(standardize(reference), smoothing)
+    registered = gaussian_nd(standardize(registered), smoothing)
     rho = LocalCorrelation(reference, window=window)(registered)
     return combine_scores(
         match_score(rho, inside),
         texture_score(reliability, reliability_threshold),
     )
+
+
+def standardize(image):
+    """float32 copy with zero mean and unit deviation (0 if constant).
+
+    Local variances of raw intensities (``E[x^2] - E[x]^2`` of uint16
+    values) lose most of their float32 precision; of these, none.
+    """
+    image = np.asarray(image, np.float32)
+    std = float(image.std(dtype=np.float64))
+    centred = image - np.float32(image.mean(dtype=np.float64))
+    return centred * np.float32(1 / std) if std > 0 else centred
 
 
 def trusted_fraction(confidence, reliability, reliability_threshold):

@@ -19,6 +19,7 @@ from .confidence import (
     LocalCorrelation,
     combine_scores,
     match_score,
+    standardize,
     texture_score,
 )
 from .methods import get_method
@@ -204,12 +205,8 @@ class FlowEstimator:
         height, width = moving.shape
         half_w = cv2.pyrDown(w, dstsize=(width, height))
         half_w *= np.float32(0.5)
-        # Centred and scaled, so that local variances of raw (e.g. uint16)
-        # intensities keep their float32 precision.
-        mean, std = (float(value[0, 0]) for value in cv2.meanStdDev(moving))
-        moving = (moving - np.float32(mean)) * np.float32(1 / max(std, 1e-30))
         warped = cv2.remap(
-            moving,
+            standardize(moving),
             half_w,
             None,
             cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,

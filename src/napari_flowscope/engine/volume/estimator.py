@@ -12,7 +12,12 @@ from napari_flowscope.engine._normalize import (
     match_statistics,
     normalize,
 )
-from napari_flowscope.engine.estimator import COARSE_EXTRA_WARPS, FlowField
+from napari_flowscope.engine.confidence import (
+    CONFIDENCE_WINDOW,
+    match_confidence,
+)
+from napari_flowscope.engine.estimator import FlowField
+from napari_flowscope.engine.lucas_kanade import COARSE_EXTRA_WARPS
 from napari_flowscope.engine.params import FlowParams
 
 from .filters import (
@@ -29,6 +34,7 @@ from .lucas_kanade import (
 )
 from .pyramid import build_pyramid, plan_levels
 from .variational import solve_level as solve_variational_level
+from .warp import warp_volume
 
 __all__ = ['VolumeFlowEstimator', 'check_spacing', 'estimate_volume_flow']
 
@@ -160,7 +166,8 @@ class VolumeFlowEstimator:
         Returns
         -------
         FlowField
-            ``w`` float32 (Z, Y, X, 3), ``reliability`` float32 (Z, Y, X).
+            ``w`` float32 (Z, Y, X, 3), ``reliability`` and ``confidence``
+            float32 (Z, Y, X).
         """
         moving = check_volume(moving, 'moving')
         if moving.shape != self.shape:
@@ -190,6 +197,7 @@ class VolumeFlowEstimator:
             return FlowField(
                 w=np.zeros((*self.shape, 3), np.float32),
                 reliability=np.zeros(self.shape, np.float32),
+                confidence=np.zeros(self.shape, np.float32),
             )
         moving = flat.reshape(self.shape)
         w = self._initial_flow(init)
@@ -223,7 +231,32 @@ class VolumeFlowEstimator:
                 )
         if self._lucas_kanade:
             w = self._solver_levels[0].average_reliable(w)
-        return FlowField(w=interleave(w), reliability=self.reliability)
+        w = interleave(w)
+        return FlowField(
+            w=w,
+            reliability=self.reliability,
+            confidence=self._confidence(moving, w),
+        )
+
+    def _confidence(self, moving, w):
+        """The 2-D engine's confidence (same definition), per voxel."""
+        inside = np.ones(self.shape, bool)
+        for component, axis in enumerate((2, 1, 0)):  # [x, y, z]
+            size = self.shape[axis]
+            position = np.arange(size, dtype=np.float32).reshape(
+                [size if a == axis else 1 for a in range(3)]
+            )
+            position = position + w[..., component]
+            inside &= (position >= -0.5) & (position <= size - 0.5)
+        return match_confidence(
+            self.reference,
+            warp_volume(moving, w),
+            self.reliability,
+            reliability_threshold=self.params.reliability_threshold,
+            inside=inside,
+            window=self._levels[0].window(CONFIDENCE_WINDOW),
+            smoothing=self._levels[0].window(1.0),
+        )
 
     def _initial_flow(self, init):
         """Planar flow at the coarsest level: zero, or ``init`` brought
