@@ -71,6 +71,7 @@ def test_correct_registers_volumes_in_3d(tmp_path, source, volumes, capsys):
         'out vy',
         'out vz',
         'out reliability',
+        'out confidence',
     ]
     for data, kwargs, _ in layers:
         assert data.shape == (4, 10, 40, 40)

@@ -45,7 +45,8 @@ class PlaneFlowEstimator:
         -------
         FlowField
             ``w`` float32 (Z, Y, X, 3) with ``w[..., 2] == 0``,
-            ``reliability`` float32 (Z, Y, X) of each plane.
+            ``reliability`` and ``confidence`` float32 (Z, Y, X) of each
+            plane.
         """
         moving = check_volume(moving, 'moving')
         if moving.shape != self.shape:
@@ -55,13 +56,15 @@ class PlaneFlowEstimator:
             )
         w = np.zeros((*self.shape, 3), np.float32)
         reliability = np.empty(self.shape, np.float32)
+        confidence = np.empty(self.shape, np.float32)
         for z, estimator in enumerate(self._planes):
             field = estimator.estimate(
                 moving[z], init=None if init is None else init[z, ..., :2]
             )
             w[z, ..., :2] = field.w
             reliability[z] = field.reliability
-        return FlowField(w=w, reliability=reliability)
+            confidence[z] = field.confidence
+        return FlowField(w=w, reliability=reliability, confidence=confidence)
 
 
 def volume_flow_estimator(
