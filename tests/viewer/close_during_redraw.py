@@ -62,16 +62,17 @@ def open_dock(viewer, app, *, mid_render):
     )
     rng = np.random.default_rng(0)
     for start in range(0, N_FRAMES, 10):
-        stats = FrameStats(*(rng.random(10, np.float32) for _ in range(4)))
+        stats = FrameStats(*(rng.random(10, np.float32) for _ in range(5)))
         events.batch.emit(
             FlowBatch(
                 start,
                 start + 10,
-                np.zeros((10, 8, 8, 2), np.float32),
-                np.zeros((10, 8, 8), np.float32),
-                np.zeros((10, 8, 8), np.float32),
-                stats,
-                np.zeros((8, 8), np.float32),
+                w=np.zeros((10, 8, 8, 2), np.float32),
+                reliability=np.zeros((10, 8, 8), np.float32),
+                confidence=np.zeros((10, 8, 8), np.float32),
+                registered=np.zeros((10, 8, 8), np.float32),
+                stats=stats,
+                reference=np.zeros((8, 8), np.float32),
             )
         )
     wait_for(lambda: rendering, app)
