@@ -30,7 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / 'screenshots'
 REAL_DATA = ROOT.parent / 'shared' / 'data' / 'real'
-WINDOW_SIZE = (1600, 1000)
+# What a user first meets: a laptop-sized window; the plugin's pictures
+# open every dock of the manifest with its default settings.
+WINDOW_SIZE = (1280, 800)
+MANIFEST_DOCKS = ('Motion correction', 'Motion over time', 'Feature tracking')
 
 
 # ---------------------------------------------------------------------------
@@ -322,14 +325,38 @@ class Session:
         print(f'wrote screenshots/{name}', flush=True)
         return name
 
+    def dock_all(self):
+        """Open every dock of the manifest as a user would, in its order,
+        at the sizes the plugin chooses; return the widgets by name."""
+        widgets = {}
+        for name in MANIFEST_DOCKS:
+            _, widgets[name] = self.viewer.window.add_plugin_dock_widget(
+                'napari-flowscope', name
+            )
+        self.wait(0.3)
+        return widgets
+
     def widget_shot(self, widget, name):
-        """The whole dock, including what its scroll area hides."""
+        """The whole motion dock: its pinned controls, then every section
+        unfolded, including what the scroll area hides."""
+        from qtpy.QtGui import QPainter, QPixmap
         from qtpy.QtWidgets import QScrollArea
 
+        for section in widget.sections.values():
+            section.expand(animate=False)
         self.wait(0.3)
-        area = widget.findChild(QScrollArea)
-        content = area.widget() if area is not None else widget
-        content.grab().save(str(SCREENSHOTS / name))
+        header = widget.layout().itemAt(0).widget().grab()
+        content = widget.findChild(QScrollArea).widget().grab()
+        picture = QPixmap(
+            max(header.width(), content.width()),
+            header.height() + content.height(),
+        )
+        picture.fill(widget.palette().window().color())
+        painter = QPainter(picture)
+        painter.drawPixmap(0, 0, header)
+        painter.drawPixmap(0, header.height(), content)
+        painter.end()
+        picture.save(str(SCREENSHOTS / name))
         print(f'wrote screenshots/{name}', flush=True)
         return name
 
@@ -350,7 +377,7 @@ def getting_started_pictures():
     viewer.open_sample('napari-flowscope', 'drifting_tissue')
     made.append(session.shot('step1_open_sample.png'))
 
-    motion = session.dock('Motion correction')
+    motion = session.dock_all()['Motion correction']
     reference = motion.reference
     reference.mode.value = reference.mode.choices[1]  # mean of a range
     session.wait(0.3)
@@ -362,7 +389,6 @@ def getting_started_pictures():
     made.append(session.shot('step3_preview.png'))
     motion.parameters.live_preview.value = False
 
-    session.dock('Motion over time')
     motion.start()
     session.wait(until=lambda: _idle(motion))
     viewer.dims.set_current_step(0, 25)
@@ -387,7 +413,6 @@ def getting_started_pictures():
 
 def real_data_pictures():
     """The README's first screen, on a real recording."""
-    import tifffile
 
     made = []
     heart = REAL_DATA / 'cardiomyocyte_beating' / 'adult_gray.tif'
@@ -396,17 +421,9 @@ def real_data_pictures():
         return made
     session = Session()
     viewer = session.viewer
-    viewer.add_image(
-        tifffile.imread(heart),
-        name='beating cardiomyocytes',
-        scale=(0.2, 1, 1),
-        units=('s', 'pixel', 'pixel'),
-        axis_labels=('t', 'y', 'x'),
-    )
-    motion = session.dock('Motion correction')
-    motion.run_panel.vector_step.value = 12
-    motion.run_panel.vector_length.value = 12
-    session.dock('Motion over time')
+    # opened with the plugin's reader, every setting at its default
+    viewer.open(heart, plugin='napari-flowscope')
+    motion = session.dock_all()['Motion correction']
     motion.start()
     session.wait(until=lambda: _idle(motion))
     viewer.dims.set_current_step(0, 21)

@@ -246,7 +246,7 @@ def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
 
     monkeypatch.setattr(napari, 'run', run_then_close)
     assert cli.main(['demo']) == 0
-    assert seen['layers'][0] == 'drifting tissue'
+    assert seen['layers'][-1] == 'drifting tissue'
     # the data, not the sample's hidden ground-truth maps
     assert seen['selected'] == seen['source'] == 'drifting tissue'
     assert seen['also correct'] == []

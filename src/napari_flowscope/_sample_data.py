@@ -97,17 +97,18 @@ def rotating_particles():
 def drifting_tissue():
     """Textured tissue with drift and smooth non-rigid motion.
 
-    Returns the stack and its ground-truth flow as two hidden layers
-    ``ground truth vx`` / ``ground truth vy`` (pixels; the full field is
-    ``napari_flowscope.synthetic.drifting_tissue().flow``).
+    Returns its ground-truth flow as two hidden layers ``ground truth
+    vx`` / ``ground truth vy`` (pixels; the full field is
+    ``napari_flowscope.synthetic.drifting_tissue().flow``), then the
+    stack: napari selects the layer added last, which should be the data.
     """
     sequence = _sequence('drifting_tissue')
     return [
-        _stack_layer(
-            sequence.stack, 'drifting tissue', _TISSUE_SCALE, _TISSUE_UNITS
-        ),
         *_flow_layers(
             sequence.flow, 'ground truth', _TISSUE_SCALE, _TISSUE_UNITS
+        ),
+        _stack_layer(
+            sequence.stack, 'drifting tissue', _TISSUE_SCALE, _TISSUE_UNITS
         ),
     ]
 

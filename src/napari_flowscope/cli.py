@@ -578,7 +578,7 @@ def _demo_headless(output):
     from napari_flowscope import _sample_data
     from napari_flowscope.session import DiskSink, MotionSession
 
-    stack_layer, flow_x, flow_y = _sample_data.drifting_tissue()
+    flow_x, flow_y, stack_layer = _sample_data.drifting_tissue()
     stack, stack_kwargs, _ = stack_layer
     truth = np.stack([flow_x[0], flow_y[0]], axis=-1)
     print(

@@ -21,7 +21,7 @@ SAMPLES = [
 @pytest.mark.parametrize('key', SAMPLES)
 def test_sample_is_a_calibrated_grey_time_lapse(key):
     layers = getattr(_sample_data, key)()
-    data, kwargs, layer_type = layers[0]
+    data, kwargs, layer_type = layers[-1]  # the data come last
     assert layer_type == 'image'
     assert data.ndim == 3
     assert data.dtype == np.float32
@@ -45,7 +45,7 @@ def test_moving_disk_is_the_notebook_disk():
 
 
 def test_drifting_tissue_returns_its_ground_truth_flow():
-    stack, vx, vy = _sample_data.drifting_tissue()
+    vx, vy, stack = _sample_data.drifting_tissue()
     truth = _sample_data._sequence('drifting_tissue').flow
     np.testing.assert_array_equal(vx[0], truth[..., 0])
     np.testing.assert_array_equal(vy[0], truth[..., 1])

@@ -155,7 +155,9 @@ def test_sample_opens(make_napari_viewer_proxy, key, n_layers):
     viewer = make_napari_viewer_proxy()
     viewer.open_sample(PLUGIN, key)
     assert len(viewer.layers) == n_layers
-    stack = viewer.layers[0]
+    stack = viewer.layers[-1]
+    # the data, added last, are selected (not a hidden ground-truth map)
+    assert viewer.layers.selection.active == stack
     expected = _sample_data._sequence(key).stack
     np.testing.assert_array_equal(stack.data, expected)
     assert tuple(stack.axis_labels) == ('t', 'y', 'x')

@@ -13,11 +13,10 @@ def open_demo() -> None:
     import napari
 
     viewer = napari.Viewer(title='napari-flowscope demo')
-    stack, *_ground_truth = viewer.open_sample(
+    *_ground_truth, stack = viewer.open_sample(
         'napari-flowscope', 'drifting_tissue'
     )
-    # the sample's last layer (a hidden ground-truth map) would be selected
-    viewer.layers.selection.active = stack
+    viewer.layers.selection.active = stack  # the sample adds it last
     viewer.window.add_plugin_dock_widget(
         'napari-flowscope', 'Motion correction'
     )

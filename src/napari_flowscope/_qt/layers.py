@@ -69,12 +69,13 @@ def _speed_colormap():
 
     Over the registered image: still parts (below a tenth of the scale)
     show the image itself, moving parts a colour that gets more opaque
-    with speed (85 % from half the scale on), never the additive glare
-    that hid the image.
+    with speed, up to 65 % from half the scale on, so that the image
+    shows through even where everything moves (a drift); never the
+    additive glare that hid the image.
     """
     colors = np.array(AVAILABLE_COLORMAPS['magma'].colors[48:], np.float32)
     positions = np.linspace(0.0, 1.0, len(colors), dtype=np.float32)
-    colors[:, 3] = 0.85 * np.clip((positions - 0.1) / 0.4, 0.0, 1.0)
+    colors[:, 3] = 0.65 * np.clip((positions - 0.1) / 0.4, 0.0, 1.0)
     return Colormap(colors, controls=positions, name='flowscope speed')
 
 
@@ -1262,6 +1263,11 @@ class OutputLayers:
         # over up to 1024 vectors (about 30 ms).
         layer.data = data
         layer.features = {'speed': lengths}
+        # napari 0.9 recolours the vectors from the features without
+        # telling its canvas, which drew new arrows in the colour of the
+        # feature default (invisible after a run) until the next redraw:
+        # this event makes it take the colours (no thumbnail redraw).
+        layer.events.edge_color()
 
 
 def display_mask_changed(old: VectorStyle, new: VectorStyle) -> bool:
