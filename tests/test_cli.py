@@ -231,9 +231,16 @@ def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
     import napari
 
     seen = {}
+    made = []
+    viewer_class = napari.Viewer
+
+    def make_viewer(*args, **kwargs):
+        # the demo's own viewer (current_viewer() may be another test's)
+        made.append(viewer_class(*args, **kwargs))
+        return made[-1]
 
     def run_then_close():
-        viewer = napari.current_viewer()
+        (viewer,) = made
         seen['layers'] = [layer.name for layer in viewer.layers]
         seen['docks'] = sorted(viewer.window.dock_widgets)
         seen['selected'] = viewer.layers.selection.active.name
@@ -244,6 +251,7 @@ def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
         seen['also correct'] = list(motion.reference.also_correct.choices)
         viewer.close()
 
+    monkeypatch.setattr(napari, 'Viewer', make_viewer)
     monkeypatch.setattr(napari, 'run', run_then_close)
     assert cli.main(['demo']) == 0
     assert seen['layers'][-1] == 'drifting tissue'
