@@ -472,11 +472,47 @@ def tracking_pictures():
     return made
 
 
+def volume_pictures():
+    """A volumetric time-lapse run, seen in napari's 3-D view."""
+    made = []
+    session = Session()
+    viewer = session.viewer
+    viewer.open_sample('napari-flowscope', 'drifting_volume')
+    source = viewer.layers['drifting volume']
+    motion = session.dock('Motion correction')
+    motion.reference.source.value = source
+    motion.run_panel.outputs['vx'].value = True
+    motion.run_panel.vector_length.value = 2.0
+    motion.start()
+    session.wait(until=lambda: _idle(motion))
+    for layer in viewer.layers:
+        if layer.name.startswith('ground truth'):
+            layer.visible = False
+    for suffix in ('vx', 'vy', 'vz', 'reference', 'registered'):
+        viewer.layers[f'drifting volume {suffix}'].visible = False
+    viewer.layers['drifting volume speed'].visible = False
+    source.rendering = 'attenuated_mip'
+    source.bounding_box.visible = True
+    viewer.axes.visible = True
+    viewer.axes.colored = True
+    viewer.dims.ndisplay = 3
+    viewer.dims.set_current_step(0, 9)
+    session.wait(0.3)
+    viewer.reset_view()
+    camera = viewer.scene.camera
+    camera.angles = (-25, 35, 120)
+    camera.zoom *= 0.8
+    made.append(session.shot('volume_3d_run.png'))
+    session.close()
+    return made
+
+
 GROUPS = {
     'parameters': parameter_pictures,
     'getting_started': getting_started_pictures,
     'real_data': real_data_pictures,
     'tracking': tracking_pictures,
+    'volumes': volume_pictures,
 }
 
 

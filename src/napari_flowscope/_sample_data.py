@@ -16,6 +16,7 @@ from napari_flowscope import synthetic
 __all__ = [
     'bleaching_tissue',
     'drifting_tissue',
+    'drifting_volume',
     'moving_disk',
     'rotating_particles',
 ]
@@ -29,20 +30,41 @@ _PIXEL_SCALE = (1.0, 1.0, 1.0)
 _PIXEL_UNITS = ('s', 'pixel', 'pixel')
 
 
+# The volume sample: a light-sheet-like stack, z planes twice as deep as
+# the 0.65 um pixels, a volume every 5 s.
+_VOLUME_SHAPE = (24, 96, 96)
+_VOLUME_SPACING = (2.0, 1.0, 1.0)
+_VOLUME_SCALE = (5.0, 1.3, 0.65, 0.65)
+_VOLUME_UNITS = ('s', 'um', 'um', 'um')
+_VOLUME_AXIS_LABELS = ('t', 'z', 'y', 'x')
+
+
 @cache
 def _sequence(name):
     # The tissue samples take seconds to render; opening one again is free.
     return getattr(synthetic, name)()
 
 
-def _stack_layer(stack, name, scale, units):
+@cache
+def _volume_sequence():
+    return synthetic.drifting_volume(
+        n_frames=10,
+        shape=_VOLUME_SHAPE,
+        spacing=_VOLUME_SPACING,
+        shift=(4.0, -3.0, 2.0),
+        deformation=1.5,
+        noise=0.01,
+    )
+
+
+def _stack_layer(stack, name, scale, units, axis_labels=_AXIS_LABELS):
     return (
         stack.copy(),
         {
             'name': name,
             'scale': scale,
             'units': units,
-            'axis_labels': _AXIS_LABELS,
+            'axis_labels': axis_labels,
             'colormap': 'gray',
             'contrast_limits': (float(stack.min()), float(stack.max())),
         },
@@ -50,8 +72,8 @@ def _stack_layer(stack, name, scale, units):
     )
 
 
-def _flow_layers(w, name, scale, units):
-    """Ground-truth vx, vy heatmaps (diverging, symmetric limits)."""
+def _flow_layers(w, name, scale, units, axis_labels=_AXIS_LABELS):
+    """Ground-truth vx, vy (vz) heatmaps (diverging, symmetric limits)."""
     limit = float(np.abs(w).max()) or 1.0
     return [
         (
@@ -60,7 +82,7 @@ def _flow_layers(w, name, scale, units):
                 'name': f'{name} v{component}',
                 'scale': scale,
                 'units': units,
-                'axis_labels': _AXIS_LABELS,
+                'axis_labels': axis_labels,
                 'colormap': 'RdBu_r',
                 'contrast_limits': (-limit, limit),
                 'opacity': 0.6,
@@ -72,7 +94,7 @@ def _flow_layers(w, name, scale, units):
             },
             'image',
         )
-        for index, component in enumerate('xy')
+        for index, component in enumerate('xyz'[: w.shape[-1]])
     ]
 
 
@@ -120,4 +142,19 @@ def bleaching_tissue():
         _stack_layer(
             sequence.stack, 'bleaching tissue', _TISSUE_SCALE, _TISSUE_UNITS
         )
+    ]
+
+
+def drifting_volume():
+    """A volumetric time-lapse (T, Z, Y, X) drifting and deforming in 3-D.
+
+    Returns the volumes and their ground-truth flow as three hidden layers
+    ``ground truth vx`` / ``vy`` / ``vz`` (voxels; the full field is
+    ``napari_flowscope._sample_data._volume_sequence().flow``).
+    """
+    sequence = _volume_sequence()
+    geometry = (_VOLUME_SCALE, _VOLUME_UNITS, _VOLUME_AXIS_LABELS)
+    return [
+        _stack_layer(sequence.stack, 'drifting volume', *geometry),
+        *_flow_layers(sequence.flow, 'ground truth', *geometry),
     ]

@@ -1,4 +1,4 @@
-"""npe2 writers: a stack as an ImageJ TIFF, vx / vy layers as a flow file.
+"""npe2 writers: a stack as an ImageJ TIFF, vx / vy (/ vz) layers as a flow.
 
 Implements the ``napari.manifest`` writer contributions
 (https://napari.org/stable/plugins/building_a_plugin/guides.html#writers).
@@ -109,34 +109,35 @@ def write_registered_stack(path, data, attributes):
     return [str(written)]
 
 
-def _flow_component(layer_data, position):
-    """'x' or 'y' for one of the two layers napari passes."""
+def _flow_component(layer_data, position, names):
+    """'x', 'y' (or 'z') for one of the layers napari passes."""
     _, attributes, _ = layer_data
     component = (attributes.get('metadata') or {}).get('flow_component')
-    if component in ('x', 'y'):
+    if component in names:
         return component
     name = str(attributes.get('name', '')).strip().lower()
-    for component in ('x', 'y'):
+    for component in names:
         if name.endswith((f'v{component}', f' {component}')):
             return component
-    return 'xy'[position]
+    return names[position]
 
 
 def write_flow_layers(path, layer_data):
-    """Write a ``vx`` and a ``vy`` image layer as one flow field.
+    """Write ``vx`` and ``vy`` (volumes: and ``vz``) layers as one flow.
 
     The layers are recognised by their metadata (``flow_component``, set by
-    the reader) or their names (ending in ``vx`` / ``vy``); otherwise the
-    first is x and the second y. The result is ``(T, Y, X, 2)`` float32
-    ``[x, y]`` displacement in ``.npy`` (+ ``.json`` sidecar) or ``.tif``,
-    with the first layer's scale and units.
+    the reader) or their names (ending in ``vx`` / ``vy`` / ``vz``);
+    otherwise they are taken in x, y, z order. The result is
+    ``(T, Y, X, 2)`` float32 ``[x, y]`` displacement (volumes:
+    ``(T, Z, Y, X, 3)`` ``[x, y, z]``) in ``.npy`` (+ ``.json`` sidecar) or
+    ``.tif``, with the x layer's scale and units.
 
     Parameters
     ----------
     path : str
         ``*.npy``, ``*.tif`` or ``*.tiff``.
     layer_data : list of (data, attributes, layer_type)
-        Exactly two image layers of the same shape.
+        Two image layers (three for volumes) of the same shape.
 
     Returns
     -------
@@ -144,31 +145,35 @@ def write_flow_layers(path, layer_data):
         The written file(s): the flow file, and its ``.json`` sidecar for
         ``.npy``.
     """
-    if len(layer_data) != 2:
+    if len(layer_data) not in (2, 3):
         raise ValueError(
-            f'a flow field needs exactly two layers (vx, vy), got '
-            f'{len(layer_data)}'
+            'a flow field needs exactly two layers (vx, vy), or three for '
+            f'volumes (vx, vy, vz); got {len(layer_data)}'
         )
+    names = tuple('xyz'[: len(layer_data)])
     components = [
-        _flow_component(layer, position)
+        _flow_component(layer, position, names)
         for position, layer in enumerate(layer_data)
     ]
-    if sorted(components) != ['x', 'y']:
-        components = ['x', 'y']
+    if sorted(components) != sorted(names):
+        components = list(names)
     by_component = dict(zip(components, layer_data, strict=True))
-    vx, x_attributes, _ = by_component['x']
-    vy, _, _ = by_component['y']
-    if np.shape(vx) != np.shape(vy):
+    arrays = [by_component[name][0] for name in names]
+    x_attributes = by_component['x'][1]
+    shapes = {np.shape(array) for array in arrays}
+    if len(shapes) != 1:
         raise ValueError(
-            f'vx {np.shape(vx)} and vy {np.shape(vy)} must have the same shape'
+            f'{", ".join("v" + name for name in names)} must have the same '
+            f'shape; got {", ".join(str(np.shape(a)) for a in arrays)}'
         )
-    if np.ndim(vx) not in (2, 3):
+    spatial = len(names)
+    if np.ndim(arrays[0]) not in (spatial, spatial + 1):
+        frame = '(Y, X)' if spatial == 2 else '(Z, Y, X)'
         raise ValueError(
-            f'vx and vy must be (T, Y, X) or (Y, X), got {np.shape(vx)}'
+            f'{", ".join("v" + name for name in names)} must be (T, '
+            f'{frame[1:]} or {frame}; got {np.shape(arrays[0])}'
         )
-    w = np.stack(
-        [np.asarray(vx, np.float32), np.asarray(vy, np.float32)], axis=-1
-    )
+    w = np.stack([np.asarray(array, np.float32) for array in arrays], axis=-1)
     ndim = w.ndim - 1
     scale = x_attributes.get('scale')
     scale = None if scale is None else tuple(float(s) for s in scale)[-ndim:]

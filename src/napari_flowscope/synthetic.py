@@ -886,6 +886,7 @@ def drifting_volume(
     deformation=1.5,
     noise=0.0,
     seed=0,
+    texture=None,
 ):
     """A volume drifting in all three axes while deforming smoothly.
 
@@ -913,12 +914,22 @@ def drifting_volume(
     noise : float, optional
         Standard deviation of additive Gaussian noise (intensity units).
     seed : int, optional
+    texture : array_like, shape (Z, Y, X), optional
+        What moves, e.g. a real z-stack (its voxels are ``spacing``); its
+        shape replaces ``shape`` and its intensities are scaled to
+        [0, 1] by their 0.1 and 99.9 percentiles.  Default
+        :func:`volume_texture`.
 
     Returns
     -------
     VolumeSequence
     """
     spacing = tuple(float(size) for size in spacing)
+    if texture is not None:
+        texture = np.asarray(texture, np.float32)
+        low, high = np.percentile(texture, (0.1, 99.9))
+        texture = (texture - low) / np.float32(max(high - low, 1e-12))
+        shape = texture.shape
     rng = np.random.default_rng(seed + 4)
     # Physical (in-plane pixel) coordinates of the voxel centres, (z, y, x).
     axes = [
@@ -946,7 +957,8 @@ def drifting_volume(
             translation[t, 2] + amplitude[t] * fz,
         )
 
-    texture = volume_texture(shape, spacing=spacing, seed=seed)
+    if texture is None:
+        texture = volume_texture(shape, spacing=spacing, seed=seed)
     coefficients = ndi.spline_filter(texture, order=3, mode='mirror')
     z, y, x = grid
     frames, flows = [], []

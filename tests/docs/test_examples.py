@@ -1,7 +1,8 @@
 """Every code example in README.md and docs/ runs (issue: docs are tested).
 
 * ``python`` blocks are executed, each in a fresh namespace, in a temporary
-  working directory that holds ``input.tif`` (a small drifting time-lapse).
+  working directory that holds ``input.tif`` (a small drifting time-lapse)
+  and ``volumes.tif`` (a small drifting TZYX hyperstack).
 * ``bash`` blocks: ``napari-flowscope ...`` lines run through the CLI's
   ``main`` in-process; the README's two set-up commands are checked against
   ``.ci/run`` and the packaging (CI runs the test command itself); ``pip
@@ -57,6 +58,15 @@ def example_dir(tmp_path, monkeypatch):
         imagej=True,
         resolution=(1 / 0.65, 1 / 0.65),
         metadata={'axes': 'TYX', 'finterval': 0.5, 'unit': 'um'},
+    )
+    # docs/volumes.md corrects a small TZYX hyperstack
+    volumes = synthetic.drifting_volume(n_frames=3, shape=(8, 32, 32))
+    tifffile.imwrite(
+        tmp_path / 'volumes.tif',
+        (volumes.stack * 4000).astype('uint16'),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={'axes': 'TZYX', 'spacing': 1.0, 'unit': 'um'},
     )
     monkeypatch.chdir(tmp_path)
     return tmp_path

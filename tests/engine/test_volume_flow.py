@@ -14,7 +14,10 @@ from napari_flowscope import synthetic
 from napari_flowscope.engine import FlowParams
 from napari_flowscope.engine.volume import (
     VolumeFlowEstimator,
+    decimate_volume_flow,
+    displacement_length,
     estimate_volume_flow,
+    vector_steps,
     warp_volume,
 )
 from napari_flowscope.engine.volume.filters import blur, gradients
@@ -212,3 +215,26 @@ def test_smallest_eigenvalue_of_3x3_fields():
         np.linalg.eigvalsh(matrices)[:, 0].clip(0),
         atol=2e-3 * np.abs(matrices).max(),
     )
+
+
+def test_volume_vector_grid_and_lengths():
+    w = np.zeros((8, 16, 16, 3), np.float32)
+    w[..., 0] = 1.0  # x
+    w[..., 2] = 0.5  # z, in planes twice as deep as the pixels
+    assert vector_steps(16, (2.0, 0.5, 0.5)) == (4, 16, 16)
+    grid = decimate_volume_flow(w, steps=(4, 8, 8), spacing=(2.0, 1.0, 1.0))
+    assert sorted({tuple(p) for p in grid.positions.tolist()}) == [
+        (z, y, x) for z in (2, 6) for y in (4, 12) for x in (4, 12)
+    ]
+    np.testing.assert_array_equal(grid.displacements, [[0.5, 0, 1]] * 8)
+    np.testing.assert_allclose(grid.speed, np.sqrt(2))
+    np.testing.assert_allclose(
+        displacement_length(w[:1, :1, :1]), np.sqrt(1.25)
+    )
+    masked = decimate_volume_flow(
+        w,
+        steps=(4, 8, 8),
+        reliability=np.indices(w.shape[:3])[0],
+        reliability_threshold=4,
+    )
+    assert (masked.positions[:, 0] == 6).all() and len(masked.speed) == 4

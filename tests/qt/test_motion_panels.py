@@ -22,6 +22,7 @@ from napari_flowscope._qt.layers import (
     display_mask,
     frame_vectors,
     nice_ceiling,
+    roles_for,
     vector_step,
 )
 from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
@@ -294,6 +295,23 @@ def test_output_roles_and_enabled_state(qtbot):
         'curl',
         'vx',
         'vy',
+        'vz',
+        'speed',
+    ]
+    # what a run of images or of volumes shows of them
+    assert roles_for(panel.roles, 2) == [
+        'registered',
+        'divergence',
+        'curl',
+        'vx',
+        'vy',
+        'speed',
+    ]
+    assert roles_for(panel.roles, 3) == [
+        'registered',
+        'vx',
+        'vy',
+        'vz',
         'speed',
     ]
     assert [box.text for box in panel.outputs.values()] == [

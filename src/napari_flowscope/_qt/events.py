@@ -31,7 +31,7 @@ class RunInfo:
     n_frames : int
         Frames in the run (``T``).
     frame_shape : tuple of int
-        ``(Y, X)``.
+        ``(Y, X)``, or ``(Z, Y, X)`` for volumes.
     scale : tuple of float
         ``(t, y, x)`` scale of the source layer (frame interval, pixel
         size), so plots can label axes in physical units.

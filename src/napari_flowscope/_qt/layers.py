@@ -13,7 +13,10 @@ without recomputing the run, and a live preview can show one frame in the
 same layers.  :class:`RunResults` holds a run's arrays (plain numpy, no
 napari object); :class:`OutputLayers`, on the main thread only, creates the
 layers once, backed by those arrays, and refreshes them as batches arrive.
-Nothing assumes two spatial axes except the vectors (``frame_vectors``).
+Frames are images ``(Y, X)`` or volumes ``(Z, Y, X)``: each role says for
+which it is shown (``OutputLayer.dims``), lengths count a volume's z
+component physically (``FrameFields.spacing``), and ``frame_vectors``
+draws ``(N, 2, 3)`` or ``(N, 2, 4)`` vectors.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ import numpy as np
 from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
 from qtpy.QtCore import QTimer
 
-from napari_flowscope.engine import curl, decimate_flow, divergence, speed
+from napari_flowscope.engine import curl, decimate_flow, divergence
+from napari_flowscope.engine.volume import (
+    decimate_volume_flow,
+    displacement_length,
+    vector_steps,
+)
 
 __all__ = [
     'AUTO_ARROW_STEPS',
@@ -49,6 +57,7 @@ __all__ = [
     'layer_geometry',
     'nice_ceiling',
     'output_limits',
+    'roles_for',
     'vector_step',
 ]
 
@@ -99,11 +108,15 @@ class FrameFields(NamedTuple):
     image : ndarray, shape (n, *frame[, C]), optional
         The frames the flow belongs to (registered), for the intensity
         mask.
+    spacing : tuple of float or None
+        ``(z, y, x)`` voxel size of volumes: lengths count the z component
+        physically, in in-plane pixels (:meth:`lengths`).
     """
 
     w: np.ndarray
     reliability: np.ndarray
     image: np.ndarray | None = None
+    spacing: tuple | None = None
 
     @classmethod
     def take(cls, fields, frames) -> FrameFields:
@@ -114,7 +127,12 @@ class FrameFields(NamedTuple):
             fields.w[frames],
             fields.reliability[frames],
             None if image is None else image[frames],
+            getattr(fields, 'spacing', None),
         )
+
+    def lengths(self, sample=Ellipsis) -> np.ndarray:
+        """Length of each displacement (px), of ``w[sample]``."""
+        return displacement_length(self.w[sample], spacing=self.spacing)
 
     def gray(self) -> np.ndarray:
         """``image`` without its channel axis (their mean), float32."""
@@ -125,7 +143,7 @@ class FrameFields(NamedTuple):
 
 
 def _speed(fields):
-    return speed(fields.w)
+    return fields.lengths()
 
 
 def _component(index):
@@ -184,6 +202,9 @@ class OutputLayer:
         Whether its output box starts ticked.
     visible, opacity, blending
         Initial look of the layer.
+    dims : tuple of int
+        Spatial dimensions of the frames it applies to: 2 (images), 3
+        (volumes) or both.
     """
 
     role: str
@@ -199,6 +220,7 @@ class OutputLayer:
     visible: bool = False
     opacity: float = 0.7
     blending: str = 'translucent'
+    dims: tuple = (2, 3)
 
 
 #: Every output a run can show, bottom to top of the layer list.
@@ -230,6 +252,7 @@ OUTPUT_LAYERS = (
         colormap='PuOr',
         limits='signed robust',
         masked=True,
+        dims=(2,),  # in a volume the curl is a vector, not a map
     ),
     OutputLayer(
         'curl',
@@ -239,6 +262,7 @@ OUTPUT_LAYERS = (
         colormap='PiYG',
         limits='signed robust',
         masked=True,
+        dims=(2,),
     ),
     OutputLayer(
         'vx',
@@ -257,6 +281,16 @@ OUTPUT_LAYERS = (
         colormap='RdBu_r',
         limits='signed speed',
         masked=True,
+    ),
+    OutputLayer(
+        'vz',
+        'vz',
+        'vx / vy',
+        values=_component(2),
+        colormap='RdBu_r',
+        limits='signed speed',
+        masked=True,
+        dims=(3,),
     ),
     OutputLayer(
         'speed',
@@ -283,6 +317,14 @@ OUTPUT_LAYERS = (
     ),
 )
 SPECS = {spec.role: spec for spec in OUTPUT_LAYERS}
+
+
+def roles_for(roles, frame_ndim) -> list:
+    """The roles among ``roles`` shown for frames of ``frame_ndim``
+    spatial dimensions (2: images, 3: volumes)."""
+    return [role for role in roles if frame_ndim in SPECS[role].dims]
+
+
 #: Roles a live preview shows (computed from one frame's flow).
 PREVIEW_ROLES = ('speed', 'vectors')
 
@@ -295,7 +337,8 @@ class VectorStyle:
     ----------
     step : int
         Grid spacing in pixels (coarsened automatically when a frame would
-        show more than ``MAX_VECTORS`` vectors).
+        show more than ``MAX_VECTORS`` vectors); in a volume along Z too,
+        over the same physical distance.
     length : float or None
         Display multiplier of the arrows (napari ``Vectors.length``);
         None: automatic, the 95th percentile displacement drawn
@@ -350,7 +393,7 @@ def display_mask(fields: FrameFields, style: VectorStyle):
         )
         keep &= image >= cutoff
     if style.min_speed > 0:
-        keep &= speed(fields.w) >= style.min_speed
+        keep &= fields.lengths() >= style.min_speed
     return keep
 
 
@@ -359,7 +402,7 @@ def displacement_scale(fields: FrameFields) -> float:
     frames, on a strided sample; what the automatic arrow length draws
     ``AUTO_ARROW_STEPS`` grid steps long."""
     sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
-    lengths = speed(fields.w[sample])
+    lengths = fields.lengths(sample)
     per_frame = np.percentile(lengths.reshape(len(lengths), -1), 95, axis=1)
     return float(per_frame.max(initial=0.0))
 
@@ -513,42 +556,65 @@ def vector_step(frame_shape, step: int, max_vectors=MAX_VECTORS) -> int:
     return step
 
 
-def frame_vectors(w, t, *, style, reliability=None, image=None):
+def frame_vectors(w, t, *, style, reliability=None, image=None, spacing=None):
     """napari vector data of one frame.
 
     Parameters
     ----------
-    w : ndarray, shape (Y, X, 2)
-        ``[x, y]`` flow of frame ``t``.
+    w : ndarray, shape (Y, X, 2) or (Z, Y, X, 3)
+        ``[x, y]`` (volumes ``[x, y, z]``) flow of frame ``t``.
     t : int
         Frame index, the first coordinate of every vector.
     style : VectorStyle
         Sampling and masks.
-    reliability : ndarray, shape (Y, X), optional
+    reliability : ndarray, shape (Y, X) or (Z, Y, X), optional
         Needed when ``style.reliability_threshold`` is set.
-    image : ndarray, shape (Y, X), optional
+    image : ndarray, shape (Y, X) or (Z, Y, X), optional
         Needed when ``style.intensity_percentile`` is set.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size (grid step along Z, lengths).
 
     Returns
     -------
-    data : ndarray, shape (N, 2, 3), float32
+    data : ndarray, shape (N, 2, 3) or (N, 2, 4), float32
         ``data[:, 0] = (t, y, x)`` start, ``data[:, 1] = (0, dy, dx)``
-        projection.
+        projection; volumes ``(t, z, y, x)`` and ``(0, dz, dy, dx)``.
     speed : ndarray, shape (N,), float32
-        Length of each vector (px), for colouring.
+        Length of each vector (in-plane px), for colouring.
     """
     use_reliability = style.reliability_threshold is not None
     use_intensity = style.intensity_percentile is not None
-    grid = decimate_flow(
-        w,
-        step=vector_step(w.shape[:2], style.step),
-        reliability=reliability if use_reliability else None,
-        reliability_threshold=style.reliability_threshold or 0.0,
-        image=image if use_intensity else None,
-        intensity_percentile=style.intensity_percentile,
-        min_speed=style.min_speed,
-    )
-    data = np.zeros((len(grid.speed), 2, 3), np.float32)
+    if w.shape[-1] == 3:
+        steps = vector_steps(style.step, spacing)
+        while (
+            math.prod(
+                math.ceil(size / step)
+                for size, step in zip(w.shape[:3], steps, strict=True)
+            )
+            > MAX_VECTORS
+        ):
+            steps = tuple(step + 1 for step in steps)
+        grid = decimate_volume_flow(
+            w,
+            steps=steps,
+            spacing=spacing,
+            reliability=reliability if use_reliability else None,
+            reliability_threshold=style.reliability_threshold or 0.0,
+            image=image if use_intensity else None,
+            intensity_percentile=style.intensity_percentile,
+            min_length=style.min_speed,
+        )
+    else:
+        grid = decimate_flow(
+            w,
+            step=vector_step(w.shape[:2], style.step),
+            reliability=reliability if use_reliability else None,
+            reliability_threshold=style.reliability_threshold or 0.0,
+            image=image if use_intensity else None,
+            intensity_percentile=style.intensity_percentile,
+            min_speed=style.min_speed,
+        )
+    data = np.zeros((len(grid.speed), 2, w.shape[-1] + 1), np.float32)
     data[:, 0, 0] = t
     data[:, 0, 1:] = grid.positions
     data[:, 1, 1:] = grid.displacements
@@ -588,7 +654,7 @@ def output_limits(fields: FrameFields, roles) -> dict:
     """
     # a strided sample is plenty for percentiles and 16x cheaper
     sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
-    speed_limit = nice_ceiling(_robust_max(speed(fields.w[sample])) * 1.25)
+    speed_limit = nice_ceiling(_robust_max(fields.lengths(sample)) * 1.25)
     limits = {'speed': (0.0, speed_limit)}
     for role in roles:
         kind = SPECS[role].limits
@@ -673,7 +739,9 @@ class RunResults:
     def write(self, batch):
         """Store a batch (worker thread); the first one sets the limits."""
         self.sink.write(batch)
-        fields = FrameFields(batch.w, batch.reliability)
+        fields = FrameFields(
+            batch.w, batch.reliability, spacing=self.sink.spacing
+        )
         if self.limits is None:
             self.limits = output_limits(fields, self.roles)
         scale = displacement_scale(fields)
@@ -1253,6 +1321,7 @@ class OutputLayers:
             style=self.style,
             reliability=sink.reliability[t],
             image=fields.gray()[0],
+            spacing=sink.spacing,
         )
         self._set_vectors(layer, data, lengths)
 

@@ -37,7 +37,13 @@ from superqt import QCollapsible
 from napari_flowscope.session import MotionSession
 
 from .events import RunInfo, run_events
-from .layers import FieldMap, OutputLayers, RunResults, current_frame
+from .layers import (
+    FieldMap,
+    OutputLayers,
+    RunResults,
+    current_frame,
+    roles_for,
+)
 from .parameters import ParametersPanel
 from .preview import PreviewController
 from .reference import ReferencePanel
@@ -206,7 +212,10 @@ class MotionCorrectionWidget(QWidget):
             return
         source = self.reference.source.value
         if source is None:
-            show_error('Motion correction: choose a source layer (T, Y, X).')
+            show_error(
+                'Motion correction: choose a source layer (T, Y, X) or '
+                '(T, Z, Y, X).'
+            )
             return
         extra_layers = self.reference.extra_layers
         try:
@@ -223,7 +232,7 @@ class MotionCorrectionWidget(QWidget):
         except (ValueError, TypeError) as error:
             show_error(f'Motion correction cannot start: {error}')
             return
-        roles = self.run_panel.roles
+        roles = roles_for(self.run_panel.roles, len(session.frame_shape))
         try:
             results = RunResults(session, roles)
         except MemoryError:
@@ -311,8 +320,10 @@ class MotionCorrectionWidget(QWidget):
                 folder,
                 self.session,
                 self.results.sink,
-                scale=tuple(source.scale)[-3:],
-                units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
+                scale=tuple(source.scale)[-source.ndim :],
+                units=tuple(str(unit) for unit in source.units)[
+                    -source.ndim :
+                ],
                 source=source.name,
                 batch_size=self.session.batch_size,
             ),
@@ -532,13 +543,15 @@ def _warm_up_vectors():
 
 
 def _run_info(source, session, params, flow):
-    scale = tuple(float(value) for value in tuple(source.scale)[-3:])
+    # (t, y, x) of the source: a volume's z axis is left out
+    axes = (-source.ndim, -2, -1)
+    scale = tuple(float(tuple(source.scale)[axis]) for axis in axes)
     return RunInfo(
         n_frames=session.n_frames,
         frame_shape=tuple(session.frame_shape),
         scale=scale,
-        units=tuple(str(unit) for unit in tuple(source.units)[-3:]),
-        axis_labels=tuple(source.axis_labels)[-3:],
+        units=tuple(str(tuple(source.units)[axis]) for axis in axes),
+        axis_labels=tuple(tuple(source.axis_labels)[axis] for axis in axes),
         source_name=source.name,
         params=params,
         batch_size=session.batch_size,

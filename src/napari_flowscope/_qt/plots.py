@@ -323,9 +323,14 @@ class MotionPlotWidget(QWidget):
         self._run = info
         self._allocate(info.n_frames)
         self._flow = None
-        flow = info.flow
+        # ROIs are drawn on 2-D frames; a volume run has no ROI curves.
+        flow = None if _is_volume_run(info) else info.flow
         flow_bytes = info.n_frames * int(np.prod(info.frame_shape)) * 8
-        if flow is None and flow_bytes <= self.flow_cache_bytes:
+        if (
+            flow is None
+            and not _is_volume_run(info)
+            and flow_bytes <= self.flow_cache_bytes
+        ):
             # zeros: the pages are mapped lazily, so this costs nothing
             # (np.full would write hundreds of MB on the main thread);
             # frames not done yet are told by their NaN stats.
@@ -432,6 +437,8 @@ class MotionPlotWidget(QWidget):
         """Masks of the area shapes on the flow grid, or None."""
         layer = self._roi_layer
         self._roi_names = []
+        if _is_volume_run(self._run):
+            return None
         if frame_shape is None:
             frame_shape = self._run.frame_shape if self._run else None
         if self._flow_xy is not None:
@@ -877,3 +884,8 @@ def _disconnect_all(connections):
         except (RuntimeError, ValueError, TypeError):
             # Already gone with its layer or viewer.
             continue
+
+
+def _is_volume_run(info):
+    """Whether a run (its RunInfo, or None) registers volumes."""
+    return info is not None and len(info.frame_shape) == 3

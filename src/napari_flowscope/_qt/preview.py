@@ -85,7 +85,10 @@ def compute_preview(session, request: PreviewRequest) -> PreviewResult:
     flow = session.estimate_frame(request.frame, params=request.params)
     reference = session.reference_image
     fields = FrameFields(
-        flow.w[np.newaxis], flow.reliability[np.newaxis], reference[None]
+        flow.w[np.newaxis],
+        flow.reliability[np.newaxis],
+        reference[None],
+        session.spacing,
     )
     return PreviewResult(
         request,
@@ -93,18 +96,21 @@ def compute_preview(session, request: PreviewRequest) -> PreviewResult:
         flow,
         fields,
         output_limits(fields, PREVIEW_ROLES),
-        _vectors(flow, request.frame, request.style, reference),
+        _vectors(
+            flow, request.frame, request.style, reference, session.spacing
+        ),
         displacement_scale(fields),
     )
 
 
-def _vectors(flow, frame, style, reference):
+def _vectors(flow, frame, style, reference, spacing=None):
     return frame_vectors(
         flow.w,
         frame,
         style=style,
         reliability=flow.reliability,
         image=reference,
+        spacing=spacing,
     )
 
 
@@ -251,7 +257,11 @@ class PreviewController:
         if result is not None:
             self._outputs.restyle_preview(
                 _vectors(
-                    result.flow, result.request.frame, style, result.reference
+                    result.flow,
+                    result.request.frame,
+                    style,
+                    result.reference,
+                    result.fields.spacing,
                 )
             )
 

@@ -5,6 +5,10 @@ Multichannel data: napari opens channels as separate layers
 the other channels are listed under "also correct": they get the same
 flow.  An RGB layer is one layer; its flow is estimated on the luminance
 or on one colour channel.
+
+A 4-D layer is a volumetric time-lapse ``(T, Z, Y, X)``: its flow is 3-D,
+with the layer's scale as the voxel size, or 2-D plane by plane when
+"planes separately" is ticked.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ from napari_flowscope.session import (
 
 from .layers import current_frame
 
-__all__ = ['ReferencePanel', 'is_stack_layer']
+__all__ = [
+    'ReferencePanel',
+    'is_stack_layer',
+    'is_volume_layer',
+    'voxel_size',
+]
 
 MODES = [
     ('one frame', 'frame'),
@@ -49,8 +58,21 @@ RGB_CHANNELS = [
 
 
 def is_stack_layer(layer) -> bool:
-    """Whether ``layer`` is an image time-lapse: (T, Y, X) or RGB."""
-    return _is_image(layer) and layer.ndim == 3
+    """Whether ``layer`` is an image time-lapse: (T, Y, X), RGB, or
+    volumes (T, Z, Y, X)."""
+    return _is_image(layer) and (
+        layer.ndim == 3 or (layer.ndim == 4 and not layer.rgb)
+    )
+
+
+def is_volume_layer(layer) -> bool:
+    """Whether ``layer`` is a volumetric time-lapse (T, Z, Y, X)."""
+    return is_stack_layer(layer) and layer.ndim == 4
+
+
+def voxel_size(layer) -> tuple:
+    """``(z, y, x)`` scale of a volume layer, its voxel size."""
+    return tuple(float(value) for value in tuple(layer.scale)[-3:])
 
 
 def _is_image(layer) -> bool:
@@ -106,6 +128,14 @@ class ReferencePanel(Container):
             'correct with the flow of the source layer.',
         )
         self.also_correct.native.setMaximumHeight(70)
+        self.per_plane = CheckBox(
+            text='planes separately (2-D flow per plane)',
+            visible=False,
+            tooltip='Volumes: register each z plane on its own, for '
+            'stacks whose planes are not one volume (planes far apart or '
+            'imaged at different times).  Otherwise the flow is 3-D, with '
+            "the layer's scale as the voxel size.",
+        )
         self.mode = ComboBox(label='reference', choices=MODES)
         self.frame = SpinBox(label='frame', min=0, max=0)
         self.current_frame_button = PushButton(text='current frame')
@@ -164,6 +194,7 @@ class ReferencePanel(Container):
             widgets=[
                 self.source,
                 self.rgb_channel,
+                self.per_plane,
                 self.also_correct,
                 self.mode,
                 self._frame_row,
@@ -183,6 +214,7 @@ class ReferencePanel(Container):
         self.current_frame_button.changed.connect(self.use_current_frame)
         for widget in (
             self.rgb_channel,
+            self.per_plane,
             self.also_correct,
             self.frame,
             self.frame_range,
@@ -218,14 +250,14 @@ class ReferencePanel(Container):
         source = self.source.value if hasattr(self, 'source') else None
         if source is None:
             return []
-        shape = source.data.shape[:3]
+        shape = source.data.shape[: source.ndim]
         return [
             (layer.name, layer)
             for layer in self._viewer.layers
             if is_stack_layer(layer)
             and not layer.rgb
             and layer != source
-            and layer.data.shape[:3] == shape
+            and layer.data.shape[: source.ndim] == shape
             and not self.is_output(layer)
         ]
 
@@ -233,15 +265,16 @@ class ReferencePanel(Container):
         source = self.source.value if hasattr(self, 'source') else None
         if source is None:
             return []
-        frame_shape = source.data.shape[1:3]
+        frame_shape = source.data.shape[1 : source.ndim]
+        frame_ndim = len(frame_shape)
         return [
             (layer.name, layer)
             for layer in self._viewer.layers
             if _is_image(layer)
             and layer != source
             and not layer.rgb
-            and layer.ndim in (2, 3)
-            and layer.data.shape[-2:] == frame_shape
+            and layer.ndim in (frame_ndim, frame_ndim + 1)
+            and layer.data.shape[-frame_ndim:] == frame_shape
             and not self.is_output(layer)
         ]
 
@@ -305,6 +338,9 @@ class ReferencePanel(Container):
         if high > last or (low, high) == (0, 1):
             self.frame_range.value = (0, min(last, 49))
         self.rgb_channel.visible = bool(source is not None and source.rgb)
+        self.per_plane.visible = bool(
+            source is not None and is_volume_layer(source)
+        )
         extras = list(self.also_correct.value)
         reference = self.reference_layer.value
         with self.also_correct.changed.blocked():
@@ -370,15 +406,23 @@ class ReferencePanel(Container):
         if layer is None:
             raise ValueError('choose a reference layer')
         data = layer.data
-        if layer.ndim == 3:
+        if layer.ndim == self.source.value.ndim:
             index = current_frame(self._viewer, layer, data.shape[0])
             data = data[index]
         return ImageReference(np.asarray(data, dtype=np.float32))
 
     def session_kwargs(self) -> dict:
-        """``channel_axis`` / ``channel`` for :class:`MotionSession`."""
+        """``channel_axis`` / ``channel`` (RGB) or ``spacing`` /
+        ``per_plane`` (volumes) for :class:`MotionSession`."""
         source = self.source.value
-        if source is None or not source.rgb:
+        if source is None:
+            return {}
+        if is_volume_layer(source):
+            return {
+                'spacing': voxel_size(source),
+                'per_plane': bool(self.per_plane.value),
+            }
+        if not source.rgb:
             return {}
         return {'channel_axis': 3, 'channel': self.rgb_channel.value}
 

@@ -51,9 +51,11 @@ def _check_flow(w):
 def flow_to_row_col(w):
     """Reorder ``[x, y]`` flow to napari's ``[dy, dx]`` (row, column).
 
+    Volume flow ``[x, y, z]`` becomes ``[dz, dy, dx]``.
+
     Parameters
     ----------
-    w : array_like, shape (..., 2)
+    w : array_like, shape (..., 2) or (..., 3)
 
     Returns
     -------
@@ -61,8 +63,10 @@ def flow_to_row_col(w):
         ``w[..., ::-1]`` as a new array.
     """
     w = np.asarray(w)
-    if w.ndim < 1 or w.shape[-1] != 2:
-        raise ValueError(f'flow must have shape (..., 2); got {w.shape}')
+    if w.ndim < 1 or w.shape[-1] not in (2, 3):
+        raise ValueError(
+            f'flow must have shape (..., 2) or (..., 3); got {w.shape}'
+        )
     return np.ascontiguousarray(w[..., ::-1], dtype=np.float32)
 
 

@@ -31,7 +31,10 @@ from napari_flowscope.engine import (
     warp_volume,
 )
 from napari_flowscope.engine.smoothing import TEMPORAL_KERNEL
-from napari_flowscope.engine.volume import volume_flow_estimator
+from napari_flowscope.engine.volume import (
+    displacement_length,
+    volume_flow_estimator,
+)
 from napari_flowscope.engine.volume.estimator import check_spacing
 
 from .references import (
@@ -485,18 +488,13 @@ class MotionSession:
             return warp_volume(frame, w, interpolation=self.interpolation)
         return warp(frame, w, interpolation=self.interpolation)
 
-    def displacement(self, w) -> np.ndarray:
+    def displacement_magnitude(self, w) -> np.ndarray:
         """Length of each flow vector, float32, in in-plane pixels.
 
         For volumes the z component counts with its physical size (the
         z spacing over the pixel size), so lengths are distances.
         """
-        w = np.asarray(w, np.float32)
-        squares = w[..., 0] * w[..., 0] + w[..., 1] * w[..., 1]
-        if self.is_volume:
-            z = w[..., 2] * np.float32(self.spacing[0] / min(self.spacing[1:]))
-            squares += z * z
-        return np.sqrt(squares)
+        return displacement_length(w, spacing=self.spacing)
 
     def _new_batch_arrays(self, start, stop):
         channels = () if self.n_channels is None else (self.n_channels,)
@@ -610,7 +608,7 @@ class MotionSession:
             if self.n_channels is None
             else self.flow_images(registered[np.newaxis])[0]
         )
-        frame_speed = self.displacement(field.w)
+        frame_speed = self.displacement_magnitude(field.w)
         out.stats.mean_speed[i] = frame_speed.mean()
         out.stats.max_speed[i] = frame_speed.max()
         out.stats.ncc_before[i] = correlation(inputs.plain[i])

@@ -40,6 +40,9 @@ class MemorySink:
         The reference at the end of the run.
     extras : list of ndarray, shape (T, Y, X[, C])
         Registered frames of the session's ``extra_stacks``.
+    spacing : tuple of float or None
+        Volumes: the session's ``(z, y, x)`` voxel size (lengths of 3-D
+        flow vectors are distances with it); None for 2-D frames.
     complete : bool
         True once every frame has been written and the sink closed.
     """
@@ -52,6 +55,7 @@ class MemorySink:
         self.stats = None
         self.reference = None
         self.extras = []
+        self.spacing = None
         self.complete = False
 
     def open(self, session):
@@ -67,6 +71,7 @@ class MemorySink:
         self.reliability = np.empty((n_frames, *frame_shape), np.float32)
         self.confidence = np.empty((n_frames, *frame_shape), np.float32)
         self.stats = FrameStats.empty(n_frames)
+        self.spacing = getattr(session, 'spacing', None)
         self.extras = [
             np.empty(shape, dtype)
             for shape, dtype in getattr(session, 'extra_shapes', ())

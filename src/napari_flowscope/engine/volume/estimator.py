@@ -318,9 +318,14 @@ def estimate_volume_flow(
     value: motion along the sheet or fibre cannot be measured.
 
     **Lucas-Kanade** matches locally contrast-normalised volumes coarse to
-    fine with warping, exactly as in 2-D with 3 x 3 systems per voxel, and
-    averages the reliable voxels' flow over the window at the end (which
-    fills unreliable voxels from reliable neighbours).
+    fine with warping, as in 2-D with 3 x 3 systems per voxel.  Voxels
+    below the reliability threshold receive no update at full resolution;
+    the final flow is a Gaussian average over half the window in which
+    reliable voxels weigh 20 times more than the others, so unreliable
+    voxels near texture take its motion and those far from any keep their
+    coarse-level estimate.  (In 2-D, unreliable pixels are filled from
+    ever wider neighbourhoods instead; in sparse volumes the coarse
+    estimate proved about twice as accurate, see docs/benchmarks.md.)
 
     **Pyramid**: every level halves Y and X; Z is halved only once its
     voxels are no thicker than about the in-plane pixels and never below

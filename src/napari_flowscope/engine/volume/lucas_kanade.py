@@ -31,11 +31,8 @@ __all__ = [
     'structure_tensor',
 ]
 
-# As in 2-D: Tikhonov weight in (contrast-normalised intensity / voxel)^2,
-# and the least (weighted) share of reliable voxels a window must hold
-# to be averaged at its own scale.
+# As in 2-D: Tikhonov weight in (contrast-normalised intensity / voxel)^2.
 _TIKHONOV = np.float32(1e-5)
-_MIN_SUPPORT = 0.05
 _TINY = np.float32(1e-30)
 # The final averaging window, as a share of the Lucas-Kanade window.  A
 # 3-D window holds sigma^3 voxels rather than sigma^2 pixels, so the
@@ -116,8 +113,7 @@ class LucasKanadeVolumeLevel:
     reliability : ndarray, shape (Z, Y, X), float32, optional
         Given for the finest level: voxels below ``reliability_threshold``
         receive no update there (they keep the flow interpolated from the
-        coarser level) and :meth:`average_reliable` fills them from
-        reliable neighbours.
+        coarser level) and count little in :meth:`average_reliable`.
     reliability_threshold : float, optional
     """
 
@@ -165,16 +161,11 @@ class LucasKanadeVolumeLevel:
         reliability.flags.writeable = False
         self.reliability = reliability
         reliable = reliability >= np.float32(reliability_threshold)
-        if not reliable.any():
-            # Nothing to fill from: plain averaging.
-            self._average = ReliableAverage(
-                np.ones_like(reliable), self._average_sigma, _MIN_SUPPORT
-            )
-            return
-        if not reliable.all():
+        if reliable.any() and not reliable.all():
             self._unreliable = np.flatnonzero(~reliable)
+        # With nothing reliable, every voxel counts alike.
         self._average = ReliableAverage(
-            reliable, self._average_sigma, _MIN_SUPPORT
+            reliable if reliable.any() else ~reliable, self._average_sigma
         )
 
     def solve(self, moving, w, *, warps):
@@ -246,9 +237,9 @@ class LucasKanadeVolumeLevel:
         """Gaussian average of the reliable voxels' flow (normalised).
 
         Averaging the per-voxel solutions over half the window again
-        removes most of their noise for smooth motion and fills
-        unreliable voxels from reliable neighbours (ever wider ones for
-        wide holes).
+        removes most of their noise for smooth motion; unreliable voxels
+        take the flow of reliable neighbours, or keep their coarse-level
+        estimate far from any (see :class:`ReliableAverage`).
 
         Parameters
         ----------
