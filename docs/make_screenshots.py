@@ -482,7 +482,6 @@ def volume_pictures():
     motion = session.dock('Motion correction')
     motion.reference.source.value = source
     motion.run_panel.outputs['vx'].value = True
-    motion.run_panel.vector_length.value = 2.0
     motion.start()
     session.wait(until=lambda: _idle(motion))
     for layer in viewer.layers:

@@ -31,7 +31,9 @@ def test_volume_vectors_start_in_the_volume_and_stay_few():
 def test_speed_heatmap_and_limits_of_a_volume_count_z_physically():
     w = np.zeros((2, 4, 8, 8, 3), np.float32)
     w[..., 2] = 1.0  # one plane, 3 px deep
-    fields = FrameFields(w, np.ones(w.shape[:-1], np.float32), (3, 1, 1))
+    fields = FrameFields(
+        w, np.ones(w.shape[:-1], np.float32), spacing=(3.0, 1.0, 1.0)
+    )
 
     class Sink:  # what a MemorySink of a volume run offers
         reliability = fields.reliability

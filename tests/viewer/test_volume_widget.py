@@ -86,7 +86,7 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     np.testing.assert_array_equal(registered[:2], expected.registered[:2])
     lengths = displacement_length(expected.w, spacing=session.spacing)
     np.testing.assert_array_equal(speed_map[:2], lengths[:2])
-    assert not registered[2:].any() and not speed_map[2:].any()
+    assert not registered[2:].any() and np.isnan(speed_map[2:]).all()
     vz = layers['drifting volume vz'].data
     np.testing.assert_array_equal(vz[1], expected.w[1, ..., 2])
     # no 2-D-only maps for volumes
@@ -140,12 +140,17 @@ def test_live_preview_of_a_volume(volume_dock, qtbot):
     )
     expected = session.estimate_frame(6)
     np.testing.assert_array_equal(result.flow.w, expected.w)
-    heatmap = viewer.layers['drifting volume preview speed']
+    # shown in the run's layers: a (T, Z, Y, X) heatmap holding the
+    # previewed volume only (hidden where the vectors are)
+    heatmap = viewer.layers['drifting volume speed']
     assert heatmap.data.shape == source.data.shape
+    lengths = displacement_length(expected.w, spacing=(2, 1, 1))
+    threshold = widget.parameters.params.reliability_threshold
     np.testing.assert_array_equal(
-        heatmap.data[6], displacement_length(expected.w, spacing=(2, 1, 1))
+        heatmap.data[6],
+        np.where(expected.reliability >= threshold, lengths, np.nan),
     )
-    assert not heatmap.data[5].any()
-    vectors = viewer.layers['drifting volume preview flow vectors']
-    assert vectors.data.shape[1:] == (2, 4)
+    assert np.isnan(heatmap.data[5]).all()
+    vectors = viewer.layers['drifting volume flow vectors']
+    assert vectors.data.shape[1:] == (2, 4) and len(vectors.data) > 0
     assert (vectors.data[:, 0, 0] == 6).all()
