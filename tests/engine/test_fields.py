@@ -68,8 +68,9 @@ def test_flow_to_row_col_swaps_components():
     'function', [speed, divergence, curl, flow_to_row_col]
 )
 def test_wrong_component_count_raises(function):
+    # (..., 3) is a volume's flow for flow_to_row_col: 4 is wrong for all
     with pytest.raises(ValueError, match=r'\(\.\.\., '):
-        function(np.zeros((4, 4, 3)))
+        function(np.zeros((4, 4, 4)))
 
 
 def test_decimation_uses_the_opencv_draw_flow_grid():
