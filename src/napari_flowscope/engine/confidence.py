@@ -81,14 +81,19 @@ class LocalCorrelation:
     window : float or sequence of float
         Standard deviation (px of ``reference``, or one per axis) of the
         Gaussian window.
+    blur : callable, optional
+        ``blur(image, window) -> float32 array``, the Gaussian window;
+        default :func:`~napari_flowscope.engine._filters.gaussian_nd`
+        (volumes pass their faster separable OpenCV filter).
     """
 
-    def __init__(self, reference, *, window):
+    def __init__(self, reference, *, window, blur=None):
         reference = np.ascontiguousarray(reference, dtype=np.float32)
         self.window = window
+        self._blur = gaussian_nd if blur is None else blur
         self._reference = reference
-        self._mean = gaussian_nd(reference, self.window)
-        variance = gaussian_nd(reference * reference, self.window)
+        self._mean = self._blur(reference, self.window)
+        variance = self._blur(reference * reference, self.window)
         variance -= self._mean * self._mean
         self._variance = np.maximum(variance, np.float32(0))
         self._floor = np.float32(
@@ -109,11 +114,11 @@ class LocalCorrelation:
             -1 to 1; 0 where either image is flat in the window.
         """
         image = np.asarray(image, dtype=np.float32)
-        mean = gaussian_nd(image, self.window)
-        variance = gaussian_nd(image * image, self.window)
+        mean = self._blur(image, self.window)
+        variance = self._blur(image * image, self.window)
         variance -= mean * mean
         np.maximum(variance, 0, out=variance)
-        covariance = gaussian_nd(image * self._reference, self.window)
+        covariance = self._blur(image * self._reference, self.window)
         covariance -= mean * self._mean
         floor = np.float32(_FLAT_VARIANCE * float(variance.mean()) + 1e-30)
         flat = (variance < floor) | (self._variance < self._floor)

@@ -12,14 +12,11 @@ from napari_flowscope.engine._normalize import (
     match_statistics,
     normalize,
 )
-from napari_flowscope.engine.confidence import (
-    CONFIDENCE_WINDOW,
-    match_confidence,
-)
 from napari_flowscope.engine.estimator import FlowField
 from napari_flowscope.engine.lucas_kanade import COARSE_EXTRA_WARPS
 from napari_flowscope.engine.params import FlowParams
 
+from .confidence import VolumeConfidence
 from .filters import (
     CONTRAST_SIGMA,
     downsample,
@@ -34,7 +31,6 @@ from .lucas_kanade import (
 )
 from .pyramid import build_pyramid, plan_levels
 from .variational import solve_level as solve_variational_level
-from .warp import warp_volume
 
 __all__ = ['VolumeFlowEstimator', 'check_spacing', 'estimate_volume_flow']
 
@@ -94,6 +90,12 @@ class VolumeFlowEstimator:
             return
         self.reliability = self._reliability()
         self.reliability.flags.writeable = False
+        self._confidence = VolumeConfidence(
+            self.reference,
+            self.reliability,
+            params.reliability_threshold,
+            self._levels[0],
+        )
         if self._lucas_kanade:
             pyramid = build_pyramid(
                 self._prepare(self.reference), self._levels
@@ -231,31 +233,10 @@ class VolumeFlowEstimator:
                 )
         if self._lucas_kanade:
             w = self._solver_levels[0].average_reliable(w)
-        w = interleave(w)
         return FlowField(
-            w=w,
+            w=interleave(w),
             reliability=self.reliability,
             confidence=self._confidence(moving, w),
-        )
-
-    def _confidence(self, moving, w):
-        """The 2-D engine's confidence (same definition), per voxel."""
-        inside = np.ones(self.shape, bool)
-        for component, axis in enumerate((2, 1, 0)):  # [x, y, z]
-            size = self.shape[axis]
-            position = np.arange(size, dtype=np.float32).reshape(
-                [size if a == axis else 1 for a in range(3)]
-            )
-            position = position + w[..., component]
-            inside &= (position >= -0.5) & (position <= size - 0.5)
-        return match_confidence(
-            self.reference,
-            warp_volume(moving, w),
-            self.reliability,
-            reliability_threshold=self.params.reliability_threshold,
-            inside=inside,
-            window=self._levels[0].window(CONFIDENCE_WINDOW),
-            smoothing=self._levels[0].window(1.0),
         )
 
     def _initial_flow(self, init):
