@@ -479,23 +479,17 @@ def volume_pictures():
     viewer = session.viewer
     viewer.open_sample('napari-flowscope', 'drifting_volume')
     source = viewer.layers['drifting volume']
-    motion = session.dock('Motion correction')
+    motion = session.dock_all()['Motion correction']
     motion.reference.source.value = source
-    motion.run_panel.outputs['vx'].value = True
     motion.start()
     session.wait(until=lambda: _idle(motion))
-    for layer in viewer.layers:
-        if layer.name.startswith('ground truth'):
-            layer.visible = False
-    for suffix in ('vx', 'vy', 'vz', 'reference', 'registered'):
-        viewer.layers[f'drifting volume {suffix}'].visible = False
-    viewer.layers['drifting volume speed'].visible = False
-    source.rendering = 'attenuated_mip'
-    source.bounding_box.visible = True
-    viewer.axes.visible = True
-    viewer.axes.colored = True
+    # set by hand (the caption says so): the 3-D view, rotated, with the
+    # volume's box and the axes
     viewer.dims.ndisplay = 3
     viewer.dims.set_current_step(0, 9)
+    viewer.layers['drifting volume registered'].bounding_box.visible = True
+    viewer.axes.visible = True
+    viewer.axes.colored = True
     session.wait(0.3)
     viewer.reset_view()
     camera = viewer.scene.camera
