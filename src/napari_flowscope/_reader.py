@@ -10,9 +10,9 @@ What opens, and how:
   when present), ``scale`` / ``units`` / ``axis_labels`` from the pixel size
   (resolution tags or OME ``PhysicalSizeX/Y``), z spacing and frame interval
   (ImageJ ``finterval`` or OME ``TimeIncrement``).
-* A TIFF without a time axis is read as a time-lapse anyway: the page axis
-  of a plain multipage TIFF, or the Z axis of an ImageJ z-stack (ImageJ saves
-  many time-lapses as slices), becomes T.
+* The page axis of a plain multipage TIFF becomes T. A Z-stack without
+  time (ImageJ slices, OME Z) opens with its Z axis labelled ``z`` and its
+  z spacing: depth is never taken for time (the correction refuses it).
 * Stacks larger than :func:`napari_flowscope.formats.lazy_threshold_bytes`
   open lazily (a memory-map, or dask over tifffile's zarr store).
 * A folder, or a list, of numbered single-frame TIFF/PNG/JPEG files opens as

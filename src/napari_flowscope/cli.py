@@ -136,9 +136,13 @@ def _spacing(text):
 
 
 def _smoothing(text):
+    from napari_flowscope.session.session import MAX_TEMPORAL_SIGMA
+
     value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f'must be > 0 frames; got {text}')
+    if not np.isfinite(value) or not 0 < value <= MAX_TEMPORAL_SIGMA:
+        raise argparse.ArgumentTypeError(
+            f'must be between 0 and {MAX_TEMPORAL_SIGMA:g} frames; got {text}'
+        )
     return value
 
 
@@ -226,7 +230,7 @@ def build_parser():
         metavar='SIGMA',
         help=(
             'smooth frames in time before estimating the flow (no value: '
-            '5-tap kernel; SIGMA: Gaussian in frames)'
+            '5-tap kernel; SIGMA: Gaussian in frames, at most 10)'
         ),
     )
     correct.add_argument(
@@ -381,6 +385,7 @@ def _correct(args):
     from napari_flowscope.session import DiskSink, MotionSession
 
     stack, metadata = formats.open_stack(args.input, lazy=True)
+    formats.check_time_lapse(metadata, args.input)
     channel_axis = _channel_axis(metadata)
     spatial = _spatial_axes(metadata)
     scale = [metadata.scale[metadata.axes.index(axis)] for axis in spatial]

@@ -51,6 +51,7 @@ __all__ = [
     'NpyStackWriter',
     'StackMetadata',
     'check_free_space',
+    'check_time_lapse',
     'defer_interrupt',
     'flow_axes',
     'flow_metadata',
@@ -167,6 +168,7 @@ def _cast_exactly(frame, dtype):
     """Cast `frame` to `dtype`, raising if an integer value would change."""
     if frame.dtype == dtype:
         return frame
+    cast = frame.astype(dtype, copy=False)
     if (
         frame.dtype.kind in 'iu'
         and frame.dtype.itemsize >= 4
@@ -175,13 +177,16 @@ def _cast_exactly(frame, dtype):
             frame.min() < -_FLOAT32_EXACT_INTEGER
             or frame.max() > _FLOAT32_EXACT_INTEGER
         )
+        # beyond 2**24 only some integers are float32 values (registered
+        # frames, computed in float32, hold only those)
+        and not np.array_equal(cast.astype(frame.dtype), frame)
     ):
         raise ValueError(
             f'{frame.dtype} values beyond +-2**24 cannot be stored exactly '
             'in an ImageJ TIFF (float32); rescale the data to uint16 or '
             'float32 first'
         )
-    return frame.astype(dtype, copy=False)
+    return cast
 
 
 # --------------------------------------------------------------------------
@@ -1057,16 +1062,17 @@ class StackMetadata:
     dtype : numpy.dtype
     axes : str
         Axes of that array, T first, e.g. ``'TYX'``, ``'TCYX'``,
-        ``'TZYX'``, ``'TYXS'`` (RGB samples last).
+        ``'TZYX'``, ``'TYXS'`` (RGB samples last); a Z-stack without time
+        keeps its own axes (``'ZYX'``, ``'ZCYX'``).
     scale, units : tuple
         Per-axis frame interval / spacing / pixel size and pint-parsable
         units (``'pixel'`` and 1.0 where the file says nothing).
     channel_names : tuple of str or None
         Names of the C axis entries when the file records them (OME).
-    time_source : str
-        Which axis of the file became T: ``'T'`` (frames), ``'Z'`` (an
-        ImageJ/OME z-stack without time, as many time-lapses are saved) or
-        ``'I'`` (the page axis of a plain multipage TIFF).
+    time_source : str or None
+        Which axis of the file became T: ``'T'`` (frames) or ``'I'`` (the
+        page axis of a plain multipage TIFF); None for a Z-stack without
+        time (see :meth:`is_time_lapse`).
     source_axes : str
         The axes reported by tifffile for the file.
     """
@@ -1077,8 +1083,13 @@ class StackMetadata:
     scale: tuple
     units: tuple
     channel_names: tuple | None = None
-    time_source: str = 'T'
+    time_source: str | None = 'T'
     source_axes: str = ''
+
+    @property
+    def is_time_lapse(self):
+        """Whether the stack has a time axis (the first)."""
+        return self.axes.startswith('T')
 
     @property
     def axis_labels(self):
@@ -1100,6 +1111,23 @@ class StackMetadata:
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
+def check_time_lapse(metadata, path):
+    """Raise ValueError, saying what to do, if `metadata` has no time axis.
+
+    Motion correction needs time; a Z-stack (ImageJ slices, OME ``Z``)
+    without frames is refused rather than corrected as if depth were time.
+    """
+    if metadata.is_time_lapse:
+        return
+    raise ValueError(
+        f'{Path(path).name} is a Z-stack (axes {metadata.source_axes}) '
+        'without a time axis; motion correction needs a time-lapse '
+        '(T, Y, X). If its slices are really time points, save it with '
+        'frames instead of slices (Fiji: Image > Hyperstacks > Re-order '
+        'Hyperstacks, swap slices and frames)'
+    )
+
+
 def lazy_threshold_bytes():
     """Size above which stacks open lazily (see ``LAZY_THRESHOLD_BYTES``)."""
     if LAZY_THRESHOLD_BYTES is not None:
@@ -1114,14 +1142,16 @@ def lazy_threshold_bytes():
 
 
 def _time_axis(axes):
-    """Index of the file axis that is time, and where it came from."""
+    """Index of the file axis that is time, and where it came from.
+
+    The file's axes decide: ImageJ frames / OME ``T``, or the pages of a
+    plain multipage TIFF.  A Z axis is depth, never time.
+    """
     if 'T' in axes:
         return axes.index('T'), 'T'
     for code in 'IQ':
         if code in axes:
             return axes.index(code), 'I'
-    if 'Z' in axes:
-        return axes.index('Z'), 'Z'
     return None, None
 
 
@@ -1209,10 +1239,14 @@ def _calibration(tif, series, series_index):
 def _normalised_axes(source_axes, shape):
     """Return (order, axes, time_source) putting time first.
 
-    Raises ValueError for data that is not a time-lapse.
+    A Z-stack without time keeps its axes (Z first, ``time_source`` None):
+    it opens for viewing, and :func:`check_time_lapse` refuses to correct
+    it.  Raises ValueError for a single 2-D image.
     """
     t, time_source = _time_axis(source_axes)
     spatial = [a for a in source_axes if a not in 'YXS']
+    if t is None and 'Z' in source_axes and {'Y', 'X'} <= set(source_axes):
+        return list(range(len(source_axes))), source_axes, None
     if t is None or 'Y' not in source_axes or 'X' not in source_axes:
         dims = ' x '.join(str(n) for n in shape)
         raise ValueError(
@@ -1242,8 +1276,6 @@ def _series_metadata(tif, series_index=0):
     if 'S' in source_axes and shape[source_axes.index('S')] not in (3, 4):
         source_axes = source_axes.replace('S', 'C')
     order, axes, time_source = _normalised_axes(source_axes, shape)
-    # When Z became T, its spacing is dropped with the Z axis: a z-spacing
-    # is not a frame interval.
     calibration, channel_names = _calibration(tif, series, series_index)
     scale = tuple(calibration.get(a, (1.0, 'pixel'))[0] for a in axes)
     units = tuple(calibration.get(a, (1.0, 'pixel'))[1] for a in axes)
@@ -1298,9 +1330,9 @@ def open_stack(path, *, lazy=None):
     """Open a TIFF stack with time first, lazily when it is large.
 
     ImageJ hyperstacks and OME-TIFF keep their axes (ImageJ frames and OME T
-    become the time axis); a file without a time axis uses its page axis
-    (plain multipage TIFF) or its Z axis (z-stacks saved by ImageJ are
-    usually time-lapses) as time.
+    become the time axis); a plain multipage TIFF uses its pages as time.
+    A Z-stack without time (ImageJ slices, OME Z) keeps Z first, for viewing:
+    :func:`check_time_lapse` refuses it for correction.
 
     Parameters
     ----------

@@ -97,7 +97,7 @@ def test_plain_multipage_tiff_is_a_time_lapse(tmp_path):
     assert kwargs['metadata']['time_source'] == 'I'
 
 
-def test_imagej_z_stack_without_frames_becomes_time(tmp_path):
+def test_imagej_z_stack_opens_as_depth_not_time(tmp_path):
     stack = np.arange(4 * 6 * 7, dtype=np.uint16).reshape(4, 6, 7)
     tifffile.imwrite(
         tmp_path / 'slices.tif',
@@ -107,9 +107,9 @@ def test_imagej_z_stack_without_frames_becomes_time(tmp_path):
     )
     [(data, kwargs, _)] = _read(tmp_path / 'slices.tif')
     np.testing.assert_array_equal(data, stack)
-    assert kwargs['axis_labels'] == ('t', 'y', 'x')
-    assert kwargs['scale'][0] == 1.0  # a z spacing is not a frame interval
-    assert kwargs['metadata']['time_source'] == 'Z'
+    assert kwargs['axis_labels'] == ('z', 'y', 'x')
+    assert kwargs['scale'][0] == 3.0  # the z spacing
+    assert kwargs['metadata']['time_source'] is None
 
 
 def test_time_and_z_both_kept(tmp_path):

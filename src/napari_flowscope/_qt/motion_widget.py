@@ -217,6 +217,10 @@ class MotionCorrectionWidget(QWidget):
                 '(T, Z, Y, X).'
             )
             return
+        problem = not_a_time_lapse(source)
+        if problem is not None:
+            show_error(f'Motion correction cannot start: {problem}')
+            return
         extra_layers = self.reference.extra_layers
         try:
             session = MotionSession(
@@ -455,7 +459,7 @@ class MotionCorrectionWidget(QWidget):
 
     def _describe_preview(self):
         source = self.reference.source.value
-        if source is None:
+        if source is None or not_a_time_lapse(source) is not None:
             return None
         try:
             strategy = self.reference.strategy()
@@ -523,6 +527,26 @@ def _make_teardown(widget):
         _shutdown(state)
 
     return teardown
+
+
+def not_a_time_lapse(layer):
+    """Why ``layer`` cannot be corrected as a time-lapse, or None.
+
+    Its axis labels decide: a layer labelled with a z axis and no time axis
+    (a Z-stack, as the FlowScope reader opens ImageJ slices and OME Z) is
+    not corrected as if depth were time.  Unlabelled axes (napari's
+    defaults) count as time first.
+    """
+    labels = [str(label).lower() for label in layer.axis_labels]
+    if {'t', 'time'} & set(labels) or not {'z', 'depth'} & set(labels):
+        return None
+    return (
+        f'{layer.name!r} is a Z-stack (axes {", ".join(labels)}) without '
+        'a time axis; motion correction needs a time-lapse (t, y, x). If '
+        "its slices are time points, set the layer's axis labels to "
+        "('t', 'y', 'x'), or re-save it in Fiji with frames instead of "
+        'slices (Image > Hyperstacks > Re-order Hyperstacks)'
+    )
 
 
 def _session_threads():

@@ -75,9 +75,12 @@ def stream_batches(batches, *, results=None):
         except StopIteration:
             return
         except Exception as error:
-            # napari shows worker errors as notifications: say where
+            # napari shows worker errors as notifications: say where,
+            # unless the error names its frame itself
+            named = hasattr(error, 'frame')
+            where = '' if named else f' at frame {next_frame}'
             raise MotionCorrectionError(
-                f'Motion correction failed at frame {next_frame}: {error}'
+                f'Motion correction failed{where}: {error}'
             ) from error
         next_frame = batch.stop
         if results is not None:

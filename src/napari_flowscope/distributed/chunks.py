@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_flowscope.engine import FlowParams
-from napari_flowscope.session import FrameStats, ImageReference, MotionSession
+from napari_flowscope.session import (
+    FrameStats,
+    ImageReference,
+    MotionSession,
+    NonFiniteFrameError,
+)
 
 from .sources import FrameWindow, StackSource
 
@@ -143,6 +148,9 @@ def correct_chunk(
             stats.append(batch.stats)
         for writer in writers.values():
             writer.commit()
+    except NonFiniteFrameError as error:
+        # the session counts the chunk's frames from 0
+        raise NonFiniteFrameError(start + error.frame) from None
     finally:
         for writer in writers.values():
             writer.discard()

@@ -155,13 +155,14 @@ def _open_tiff(path):
     uncompressed stack opens as a memory map in no time and is not kept:
     the pages it has read would count as the worker's memory.
     """
-    from napari_flowscope.formats import open_stack
+    from napari_flowscope.formats import check_time_lapse, open_stack
 
     status = os.stat(path)
     key = (path, status.st_mtime_ns, status.st_size)
     opened = _OPENED_TIFF.get(key)
     if opened is None:
         opened = open_stack(path, lazy=True)
+        check_time_lapse(opened[1], path)
         if not isinstance(opened[0], np.memmap):
             _OPENED_TIFF.clear()
             _OPENED_TIFF[key] = opened

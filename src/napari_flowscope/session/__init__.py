@@ -14,7 +14,13 @@ from .references import (
     preregistered_mean,
     reference_from_string,
 )
-from .session import FlowBatch, MotionSession, compensate, output_dtype
+from .session import (
+    FlowBatch,
+    MotionSession,
+    NonFiniteFrameError,
+    compensate,
+    output_dtype,
+)
 from .sinks import DiskSink, MemorySink
 from .stats import FrameStats, normalized_cross_correlation
 
@@ -27,6 +33,7 @@ __all__ = [
     'ImageReference',
     'MemorySink',
     'MotionSession',
+    'NonFiniteFrameError',
     'RangeReference',
     'ReferenceStrategy',
     'as_reference_strategy',

@@ -44,13 +44,39 @@ from .references import (
 )
 from .stats import FrameStats, ReferenceCorrelation
 
-__all__ = ['FlowBatch', 'MotionSession', 'compensate', 'output_dtype']
+__all__ = [
+    'MAX_TEMPORAL_SIGMA',
+    'FlowBatch',
+    'MotionSession',
+    'NonFiniteFrameError',
+    'compensate',
+    'output_dtype',
+]
 
 ProgressCallback = Callable[[int, int], None]
 BatchCallback = Callable[[np.ndarray, int, int], None]
 
 # scipy.ndimage.gaussian_filter1d's default truncation (standard deviations).
 _GAUSSIAN_TRUNCATE = 4.0
+#: Largest Gaussian sigma (frames) of temporal smoothing.  Every batch reads
+#: 8 sigma frames around itself, so a huge sigma means reading (and
+#: smoothing) the whole stack for every batch: minutes of work for a
+#: result no different from the stack's mean.
+MAX_TEMPORAL_SIGMA = 10.0
+
+
+class NonFiniteFrameError(ValueError):
+    """A frame holds NaN or infinity (``frame`` is its index)."""
+
+    def __init__(self, frame, what='frame'):
+        self.frame = int(frame)
+        super().__init__(
+            f'{what} {self.frame} contains NaN or infinite values; motion '
+            'cannot be estimated on it (replace them, e.g. '
+            'numpy.nan_to_num, or leave that frame out)'
+        )
+
+
 # Default batch: this many 2-D frames, or as many volumes as hold about
 # this many voxels (at least one), so a batch of volumes stays a few
 # hundred megabytes.
@@ -232,7 +258,7 @@ class MotionSession:
         self.flow_components = 3 if self.is_volume else 2
         self.spacing = check_spacing(spacing) if self.is_volume else None
         self.per_plane = bool(per_plane) and self.is_volume
-        self.input_dtype = np.dtype(stack.dtype)
+        self.input_dtype = _check_real(stack.dtype, 'the stack')
         self.dtype = output_dtype(self.input_dtype)
         self._weights = self._channel_weights(channel)
         self.channel = channel
@@ -277,6 +303,7 @@ class MotionSession:
         return frames
 
     def _check_extra(self, extra):
+        _check_real(extra.dtype, 'an extra stack')
         shape = tuple(int(size) for size in extra.shape)
         frame_ndim = len(self.frame_shape)
         if (
@@ -360,6 +387,11 @@ class MotionSession:
                 raise ValueError(
                     f'reference has shape {image.shape} but frames have '
                     f'shape {self.frame_shape}'
+                )
+            if not _all_finite(image):
+                raise ValueError(
+                    f'the reference ({self.reference_strategy!r}) contains '
+                    'NaN or infinite values'
                 )
             self._initial_reference = _read_only(image)
         return self._initial_reference
@@ -539,7 +571,7 @@ class MotionSession:
         )
         if self._halo == 0:
             frames = self.read_frames(start, stop)
-            plain = self.flow_images(frames)
+            plain = _check_finite(self.flow_images(frames), start)
             return _BatchInputs(frames, plain, plain, extras)
         # Read a halo of neighbours so that smoothing near the batch edges
         # equals smoothing of the whole stack, whatever the batch size.
@@ -551,7 +583,7 @@ class MotionSession:
             else self.read_frames(first, last)
         )
         frames = padded[start - first : stop - first]
-        padded_images = self.flow_images(padded)
+        padded_images = _check_finite(self.flow_images(padded), first)
         smoothed = smooth_temporal(padded_images, sigma_t=self._sigma_t())
         inner = slice(start - first, stop - first)
         return _BatchInputs(
@@ -833,8 +865,54 @@ def _cast(image, dtype):
     """float32 registered frame -> output dtype (round and clip ints)."""
     if dtype == np.float32:
         return image
+    return np.clip(np.rint(image), *_float32_limits(np.dtype(dtype)))
+
+
+@functools.cache
+def _float32_limits(dtype):
+    """The integer range of ``dtype`` as float32 values inside it.
+
+    float32 cannot hold 2**31 - 1: it rounds up to 2**31, which a cast to
+    int32 wraps round to -2**31 (a saturated pixel turned black).  The
+    largest float32 below the maximum is used instead.
+    """
     info = np.iinfo(dtype)
-    return np.clip(np.rint(image), info.min, info.max)
+    low, high = np.float32(info.min), np.float32(info.max)
+    if int(high) > info.max:
+        high = np.nextafter(high, np.float32(0))
+    if int(low) < info.min:
+        low = np.nextafter(low, np.float32(0))
+    return low, high
+
+
+def _check_real(dtype, what):
+    """The dtype of real numbers `dtype` is, or a ValueError saying why not."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == 'c':
+        raise ValueError(
+            f'{what} holds complex numbers ({dtype}); motion is estimated on '
+            'real images: pass numpy.abs(stack) (the magnitude) or '
+            'stack.real'
+        )
+    if dtype.kind not in 'biuf':
+        raise ValueError(
+            f'{what} must hold numbers (integer or float); got {dtype}'
+        )
+    return dtype
+
+
+def _all_finite(images):
+    # a cheap screen first: any NaN or infinity makes the sum non-finite
+    with np.errstate(over='ignore', invalid='ignore'):
+        return bool(np.isfinite(images.sum()) or np.isfinite(images).all())
+
+
+def _check_finite(images, first_frame):
+    """`images` (n, ...) float32, or NonFiniteFrameError naming the frame."""
+    if not _all_finite(images):
+        finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        raise NonFiniteFrameError(first_frame + int(np.argmin(finite)))
+    return images
 
 
 def _release_mapped_pages(array):
@@ -912,10 +990,11 @@ def _smoothing_radius(temporal_smoothing):
     if temporal_smoothing is True:
         return len(TEMPORAL_KERNEL) // 2
     sigma_t = float(temporal_smoothing)
-    if not np.isfinite(sigma_t) or sigma_t <= 0:
+    if not np.isfinite(sigma_t) or not 0 < sigma_t <= MAX_TEMPORAL_SIGMA:
         raise ValueError(
-            'temporal_smoothing must be None, True or a positive sigma in '
-            f'frames; got {temporal_smoothing!r}'
+            'temporal_smoothing must be None, True or a sigma in frames '
+            f'between 0 and {MAX_TEMPORAL_SIGMA:g} (each batch reads 8 '
+            f'sigma frames around itself); got {temporal_smoothing!r}'
         )
     # The radius scipy.ndimage.gaussian_filter1d uses.
     return int(_GAUSSIAN_TRUNCATE * sigma_t + 0.5)
