@@ -10,6 +10,7 @@ When no display is set and ``Xvfb`` is installed, one is started for the whole
 run. Viewer tests skip cleanly only outside CI; with ``CI`` set they must run.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -52,6 +53,15 @@ def _start_xvfb():
 
 def display_available():
     return bool(os.environ.get('DISPLAY'))
+
+
+def pytest_addoption(parser):
+    if importlib.util.find_spec('pytest_timeout') is None:
+        # pyproject.toml sets pytest-timeout's options (the testing extra
+        # installs it); an environment without it runs with no limit
+        # rather than failing on unknown options (--strict-config).
+        parser.addini('timeout', 'per-test time limit (pytest-timeout)')
+        parser.addini('timeout_method', 'how pytest-timeout stops a test')
 
 
 def pytest_configure(config):

@@ -11,12 +11,13 @@
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 import tifffile
 
-from napari_flowscope import synthetic
+from napari_flowscope import cli, synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
@@ -77,10 +78,14 @@ def test_python_example_runs(code, example_dir):
     exec(compile(code, '<doc example>', 'exec'), {'__name__': '__doc__'})
 
 
+@pytest.mark.parametrize('code', _blocks('python'))
+def test_python_example_asserts_its_result(code):
+    """An example that only prints would pass whatever it computed."""
+    assert re.search(r'^\s*assert ', code, re.MULTILINE)
+
+
 @pytest.mark.parametrize('code', _blocks('bash'))
 def test_shell_example_runs(code, example_dir):
-    from napari_flowscope import cli
-
     for line in code.splitlines():
         line = line.strip()
         if not line or line.startswith('#'):
@@ -94,8 +99,19 @@ def test_shell_example_runs(code, example_dir):
             if arguments[:1] == ['demo']:
                 arguments.append('--headless')
             assert cli.main(arguments) in (0, None)
+            # the run's folder holds a finished run (params.json comes last)
+            output = _output_folder(arguments)
+            assert (output / 'params.json').is_file()
+            assert (output / 'registered.tif').is_file()
         else:
             pytest.fail(f'untested shell example: {line}')
+
+
+def _output_folder(arguments):
+    for flag in ('-o', '--output'):
+        if flag in arguments:
+            return Path(arguments[arguments.index(flag) + 1])
+    return Path(cli.DEFAULT_DEMO_OUTPUT)
 
 
 def test_readme_has_exactly_the_two_setup_commands():
@@ -110,4 +126,62 @@ def test_readme_has_exactly_the_two_setup_commands():
 
 def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = (ROOT / '.ci' / 'run').read_text().splitlines()
-    assert SETUP_TESTS in ci_lines
+    # `|| exit 1`: under `set -e` a failure inside an && chain goes on
+    assert f'{SETUP_TESTS} || exit 1' in ci_lines
+
+
+def _fake_command(path, body):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\n{body}\n')
+    path.chmod(0o755)
+
+
+CI_STEPS = ['venv', 'pip', 'pytest', 'npe2', 'ruff', 'ruff']
+
+
+@pytest.mark.parametrize('failing', [None, 'venv', 'pip', 'pytest', 'npe2'])
+def test_ci_stops_at_the_first_failing_step(tmp_path, failing):
+    """.ci/run on a fake machine where one step fails: the run fails and
+    nothing after that step runs; with no failure, every step runs (in a
+    fresh .venv) and the run passes."""
+    repo, bin_dir, log = tmp_path / 'repo', tmp_path / 'bin', tmp_path / 'log'
+    (repo / '.ci').mkdir(parents=True)
+    (repo / '.ci' / 'run').write_text((ROOT / '.ci' / 'run').read_text())
+    (repo / '.venv').mkdir()
+    (repo / '.venv' / 'stale').write_text('left by an earlier run')
+
+    def step(name):
+        return f'echo {name} >> {log}; exit {int(name == failing)}'
+
+    templates = tmp_path / 'venv-bin'
+    for name, step_name in [
+        ('pip', 'pip'),
+        ('python', 'pytest'),
+        ('npe2', 'npe2'),
+        ('ruff', 'ruff'),
+    ]:
+        _fake_command(templates / name, step(step_name))
+    # `python3 -m venv .venv` makes the fake environment (a fresh one: the
+    # stale file must be gone by then)
+    _fake_command(
+        bin_dir / 'python3',
+        f'echo venv >> {log}\n'
+        f'{"exit 1" if failing == "venv" else ""}\n'
+        'test ! -e .venv/stale || exit 3\n'
+        f'mkdir -p .venv/bin && cp {templates}/* .venv/bin/',
+    )
+    _fake_command(bin_dir / 'dpkg-query', "printf 'install ok installed'")
+    done = subprocess.run(
+        ['bash', str(repo / '.ci' / 'run')],
+        env={'PATH': f'{bin_dir}:/usr/bin:/bin', 'HOME': str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    steps = log.read_text().split()
+    if failing is None:
+        assert done.returncode == 0, done.stderr
+        assert steps == CI_STEPS
+    else:
+        assert done.returncode != 0
+        assert steps == CI_STEPS[: CI_STEPS.index(failing) + 1]
