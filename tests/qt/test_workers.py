@@ -119,3 +119,17 @@ def test_a_job_stopped_before_it_started_never_runs(qtbot):
     qtbot.wait(50)
     assert seen == []
     assert job.ended
+
+
+def test_stop_right_after_start_does_not_wait(qtbot):
+    """superqt hands a worker to the pool on a 10 ms timer, which cannot
+    fire while the main thread waits: stop must not wait for it."""
+    cleaned, seen = [], []
+    job = start_job(_work(Big(), cleaned), handlers={'yielded': seen.append})
+    started = time.perf_counter()
+    assert job.stop(timeout_s=5)
+    assert time.perf_counter() - started < 1
+    assert job.ended
+    qtbot.wait(100)  # the worker starts, sees the quit request, ends
+    assert seen == []
+    assert cleaned == []  # the work never ran

@@ -173,24 +173,39 @@ class Job:
         Returns
         -------
         bool
-            True when the worker's thread is known to be done with the
-            work (then its clean-up has run here).
+            True when the worker's thread will not touch the work again
+            (then the work was closed here: its clean-up has run).
         """
         self._stopped = True
         self._disconnect()
         self.cancel()
-        stopped = self.done.is_set()
-        if not stopped and not self._started:
-            stopped = True
-        elif not stopped and not self._on_daemon_thread:
-            with contextlib.suppress(RuntimeError):
-                # still queued in the pool: take it off
-                stopped = QThreadPool.globalInstance().tryTake(self.worker)
-        if not stopped:
-            stopped = self.done.wait(timeout_s)
+        # Not waited for: done, never started, still queued in the pool, or
+        # handed to the pool on a timer (superqt starts workers 10 ms late;
+        # waiting would keep the timer from firing) or past its work.  A
+        # worker not running checks the quit request before it touches
+        # the work.
+        stopped = (
+            self.done.is_set()
+            or not self._started
+            or (not self._on_daemon_thread and self._take_off_the_pool())
+            or not self._worker_running()
+            or self.done.wait(timeout_s)
+        )
         if stopped:
             self._release()
         return stopped
+
+    def _take_off_the_pool(self):
+        with contextlib.suppress(RuntimeError):  # the worker is deleted
+            return QThreadPool.globalInstance().tryTake(self.worker)
+        return False
+
+    def _worker_running(self):
+        # superqt sets it before its first step and clears it after the
+        # last, and checks for a quit request in between
+        with contextlib.suppress(RuntimeError):
+            return self.worker.is_running
+        return False
 
     # -- ending -------------------------------------------------------------
 
