@@ -10,9 +10,12 @@ What opens, and how:
   when present), ``scale`` / ``units`` / ``axis_labels`` from the pixel size
   (resolution tags or OME ``PhysicalSizeX/Y``), z spacing and frame interval
   (ImageJ ``finterval`` or OME ``TimeIncrement``).
-* The page axis of a plain multipage TIFF becomes T. A Z-stack without
-  time (ImageJ slices, OME Z) opens with its Z axis labelled ``z`` and its
-  z spacing: depth is never taken for time (the correction refuses it).
+* The page axis of a plain multipage TIFF becomes T, and so do the slices
+  of a plain ImageJ stack (ImageJ calls every image of a stack saved without
+  dimensions a slice). A Z-stack without time (OME Z; the slices of an
+  ImageJ hyperstack or of a stack with a z spacing) opens with its Z axis
+  labelled ``z`` and its z spacing: depth is not taken for time (the
+  correction refuses it).
 * Stacks larger than :func:`napari_flowscope.formats.lazy_threshold_bytes`
   open lazily (a memory-map, or dask over tifffile's zarr store).
 * A folder, or a list, of numbered single-frame TIFF/PNG/JPEG files opens as

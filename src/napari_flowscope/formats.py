@@ -1070,9 +1070,11 @@ class StackMetadata:
     channel_names : tuple of str or None
         Names of the C axis entries when the file records them (OME).
     time_source : str or None
-        Which axis of the file became T: ``'T'`` (frames) or ``'I'`` (the
-        page axis of a plain multipage TIFF); None for a Z-stack without
-        time (see :meth:`is_time_lapse`).
+        Which axis of the file became T: ``'T'`` (frames), ``'I'`` (the
+        page axis of a plain multipage TIFF) or ``'Z'`` (the slices of a
+        plain ImageJ stack: ImageJ calls every image of a stack saved
+        without dimensions a slice); None for a Z-stack without time (see
+        :meth:`is_time_lapse`).
     source_axes : str
         The axes reported by tifffile for the file.
     """
@@ -1114,8 +1116,9 @@ class StackMetadata:
 def check_time_lapse(metadata, path):
     """Raise ValueError, saying what to do, if `metadata` has no time axis.
 
-    Motion correction needs time; a Z-stack (ImageJ slices, OME ``Z``)
-    without frames is refused rather than corrected as if depth were time.
+    Motion correction needs time; a Z-stack (OME ``Z``, the slices of an
+    ImageJ hyperstack or of a stack with a z spacing) without frames is
+    refused rather than corrected as if depth were time.
     """
     if metadata.is_time_lapse:
         return
@@ -1141,18 +1144,40 @@ def lazy_threshold_bytes():
     return int(available * _LAZY_FRACTION_OF_AVAILABLE_MEMORY)
 
 
-def _time_axis(axes):
+def _time_axis(axes, *, slices_are_frames=False):
     """Index of the file axis that is time, and where it came from.
 
     The file's axes decide: ImageJ frames / OME ``T``, or the pages of a
-    plain multipage TIFF.  A Z axis is depth, never time.
+    plain multipage TIFF.  A Z axis is depth, except the slices of a plain
+    ImageJ stack (`slices_are_frames`, see :func:`_plain_imagej_stack`).
     """
     if 'T' in axes:
         return axes.index('T'), 'T'
     for code in 'IQ':
         if code in axes:
             return axes.index(code), 'I'
+    if slices_are_frames and 'Z' in axes:
+        return axes.index('Z'), 'Z'
     return None, None
+
+
+def _plain_imagej_stack(tif):
+    """Whether `tif` is an ImageJ stack saved without its dimensions.
+
+    ImageJ calls every image of a plain stack a slice (``images=N
+    slices=N``), time-lapses included (StackReg's output, for one): such a
+    stack is a sequence of frames.  Its slices are depth only when the file
+    says so: a hyperstack (dimensions set) or a z spacing (voxel depth).
+    """
+    if not tif.is_imagej:
+        return False
+    ij = tif.imagej_metadata or {}
+    return not (
+        ij.get('hyperstack')
+        or 'spacing' in ij
+        or ij.get('frames', 1) > 1
+        or ij.get('channels', 1) > 1
+    )
 
 
 def _ome_pixels(tif, series_index):
@@ -1236,14 +1261,16 @@ def _calibration(tif, series, series_index):
     return calibration, None
 
 
-def _normalised_axes(source_axes, shape):
+def _normalised_axes(source_axes, shape, *, slices_are_frames=False):
     """Return (order, axes, time_source) putting time first.
 
     A Z-stack without time keeps its axes (Z first, ``time_source`` None):
     it opens for viewing, and :func:`check_time_lapse` refuses to correct
     it.  Raises ValueError for a single 2-D image.
     """
-    t, time_source = _time_axis(source_axes)
+    t, time_source = _time_axis(
+        source_axes, slices_are_frames=slices_are_frames
+    )
     spatial = [a for a in source_axes if a not in 'YXS']
     if t is None and 'Z' in source_axes and {'Y', 'X'} <= set(source_axes):
         return list(range(len(source_axes))), source_axes, None
@@ -1275,7 +1302,9 @@ def _series_metadata(tif, series_index=0):
     shape = tuple(series.shape)
     if 'S' in source_axes and shape[source_axes.index('S')] not in (3, 4):
         source_axes = source_axes.replace('S', 'C')
-    order, axes, time_source = _normalised_axes(source_axes, shape)
+    order, axes, time_source = _normalised_axes(
+        source_axes, shape, slices_are_frames=_plain_imagej_stack(tif)
+    )
     calibration, channel_names = _calibration(tif, series, series_index)
     scale = tuple(calibration.get(a, (1.0, 'pixel'))[0] for a in axes)
     units = tuple(calibration.get(a, (1.0, 'pixel'))[1] for a in axes)
@@ -1330,8 +1359,10 @@ def open_stack(path, *, lazy=None):
     """Open a TIFF stack with time first, lazily when it is large.
 
     ImageJ hyperstacks and OME-TIFF keep their axes (ImageJ frames and OME T
-    become the time axis); a plain multipage TIFF uses its pages as time.
-    A Z-stack without time (ImageJ slices, OME Z) keeps Z first, for viewing:
+    become the time axis); a plain multipage TIFF uses its pages, and a
+    plain ImageJ stack (saved without dimensions) its slices, as time.
+    A Z-stack without time (OME Z, the slices of an ImageJ hyperstack or of
+    a stack with a z spacing) keeps Z first, for viewing:
     :func:`check_time_lapse` refuses it for correction.
 
     Parameters

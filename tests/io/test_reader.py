@@ -112,6 +112,22 @@ def test_imagej_z_stack_opens_as_depth_not_time(tmp_path):
     assert kwargs['metadata']['time_source'] is None
 
 
+def test_plain_imagej_stack_is_a_time_lapse(tmp_path):
+    """ImageJ saves every stack it was not given dimensions for as slices
+    (here as StackReg's output is saved): those slices are frames."""
+    stack = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    tifffile.imwrite(
+        tmp_path / 'stackreg.tif',
+        stack,
+        description='ImageJ=1.52p\nimages=5\nslices=5\nunit=\nloop=false\n',
+        metadata=None,
+    )
+    [(data, kwargs, _)] = _read(tmp_path / 'stackreg.tif')
+    np.testing.assert_array_equal(data, stack)
+    assert kwargs['axis_labels'] == ('t', 'y', 'x')
+    assert kwargs['metadata']['time_source'] == 'Z'
+
+
 def test_time_and_z_both_kept(tmp_path):
     stack = np.zeros((3, 2, 6, 7), np.float32)
     tifffile.imwrite(
