@@ -52,7 +52,7 @@ from napari_flowscope.session.stats import normalized_cross_correlation
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / 'docs' / 'benchmarks.md'
 HEADING = '## Volumes (3-D flow)'
-REAL_DATA = Path('/work/data_extra/neubias')
+REAL_DATA = ROOT.parent / 'data_extra' / 'neubias'
 REAL_STACKS = {
     'Golgi (HeLa, BFA), 25 x 137 x 147': 'xyz_calibrated_16bit__golgi_bfa.tif',
     'nuclei, 37 x 118 x 132': 'xyz_8bit__nuclei_autothresh.tif',
