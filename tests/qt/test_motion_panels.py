@@ -33,7 +33,13 @@ from napari_flowscope._qt.run_control import (
     format_progress,
     stream_batches,
 )
-from napari_flowscope.engine import FlowParams, decimate_flow, speed, warp
+from napari_flowscope.engine import (
+    CONFIDENCE_THRESHOLD,
+    FlowParams,
+    decimate_flow,
+    speed,
+    warp,
+)
 from napari_flowscope.engine.params import PRESETS
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -319,6 +325,7 @@ def test_output_roles_and_enabled_state(qtbot):
         'speed',
         'vx / vy',
         'divergence / curl',
+        'confidence',
         'reliability',
         'registered stack',
     ]
@@ -351,11 +358,14 @@ def test_vector_style_from_the_widgets(qtbot):
         reliability_threshold=1e-3,
         intensity_percentile=20.0,
         min_speed=0.5,
+        confidence_threshold=CONFIDENCE_THRESHOLD,
     )
     panel.mask_reliability.value = False
+    panel.mask_untrusted.value = False
     panel.intensity_percentile.value = 0.0
     style = panel.vector_style(1e-3)
     assert style.reliability_threshold is None
+    assert style.confidence_threshold is None
     assert style.intensity_percentile is None
 
 

@@ -224,9 +224,46 @@ def test_preview_of_a_stack_larger_than_memory(qtbot, widget):
     heatmap = viewer.layers['huge speed']
     assert heatmap.data.shape == stack.shape
     flow = result.flow
-    trusted = flow.reliability >= FlowParams().reliability_threshold
+    # hidden where the vectors are: too little texture, or untrusted
+    trusted = (flow.reliability >= FlowParams().reliability_threshold) & (
+        flow.confidence >= 0.5
+    )
+    assert trusted.mean() > 0.5
     np.testing.assert_array_equal(
         heatmap.data[23_457], np.where(trusted, speed(flow.w), np.nan)
     )
     inner = result.flow.w[64:-64, 64:-64, 0]
     assert np.median(inner) == pytest.approx(2.0, abs=0.02)
+
+
+def test_untrusted_matches_hide_vectors_and_heatmaps(qtbot, widget):
+    viewer = widget.viewer
+    stack = _texture_stack(n_frames=6, shape=(64, 64)).astype(np.float32)
+    # a textured patch that matches nothing in the reference
+    rng = np.random.default_rng(5)
+    stack[1:, 16:48, 16:48] = rng.uniform(500, 2500, (5, 32, 32))
+    viewer.add_image(stack, name='patch')
+    viewer.dims.set_current_step(0, 4)
+    _run(qtbot, widget)
+    sink = widget.results.sink
+    untrusted = sink.confidence[4] < 0.5
+    textured = sink.reliability[4] >= FlowParams().reliability_threshold
+    assert untrusted[24:40, 24:40].mean() > 0.9  # the patch
+    assert not untrusted[8:-8, 4:12].any()  # the drifting texture
+    vectors = viewer.layers['patch flow vectors']
+    heatmap = viewer.layers['patch speed']
+
+    def shown_at_untrusted_points():
+        y, x = vectors.data[:, 0, 1:].astype(int).T
+        return int(untrusted[y, x].sum())
+
+    qtbot.waitUntil(lambda: len(vectors.data) > 0, timeout=TIMEOUT_MS)
+    assert shown_at_untrusted_points() == 0
+    assert np.isnan(heatmap.data[4][untrusted]).all()
+    assert np.isfinite(heatmap.data[4][~untrusted & textured]).all()
+    # the confidence map itself is an output, never masked
+    assert 'patch confidence' not in viewer.layers
+    # reliability masking stays available on its own
+    widget.run_panel.mask_untrusted.value = False
+    assert shown_at_untrusted_points() > 0
+    assert np.isfinite(heatmap.data[4][untrusted & textured]).all()

@@ -103,10 +103,11 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
         layers[f'{name} registered'].data, expected.registered
     )
     assert layers[f'{name} registered'].data.dtype == expected.registered.dtype
-    # flow maps are hidden where the vectors are (unreliable pixels)
+    # flow maps are hidden where the vectors are (too little texture, or
+    # a match not trusted)
     hidden = (
         expected.reliability < FlowParams.preset('fast').reliability_threshold
-    )
+    ) | (expected.confidence < 0.5)
     assert 0 < hidden.mean() < 1
 
     def masked(values):
@@ -117,6 +118,7 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
         'vx': masked(expected.w[..., 0]),
         'vy': masked(expected.w[..., 1]),
         'reliability': expected.reliability,
+        'confidence': expected.confidence,
         'divergence': masked(divergence(expected.w)),
         'curl': masked(curl(expected.w)),
     }
@@ -135,6 +137,7 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
         style=style,
         reliability=expected.reliability[t],
         image=expected.registered[t],
+        confidence=expected.confidence[t],
     )
     vectors = layers[f'{name} flow vectors']
     np.testing.assert_array_equal(vectors.data, data)
@@ -333,6 +336,7 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
         style=widget._vector_style(),
         reliability=expected.reliability,
         image=tissue.stack[0],
+        confidence=expected.confidence,
     )
     np.testing.assert_array_equal(
         viewer.layers['tissue flow vectors'].data, data
@@ -356,11 +360,10 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
 
 
 def _masked_speed(field, params):
-    return np.where(
-        field.reliability >= params.reliability_threshold,
-        speed(field.w),
-        np.nan,
+    shown = (field.reliability >= params.reliability_threshold) & (
+        field.confidence >= 0.5
     )
+    return np.where(shown, speed(field.w), np.nan)
 
 
 def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
@@ -393,6 +396,7 @@ def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
         style=widget._vector_style(),
         reliability=expected.reliability,
         image=tissue.stack[0],
+        confidence=expected.confidence,
     )
     np.testing.assert_array_equal(vectors.data, data)
     # the run's results are untouched, and come back with the preview off

@@ -31,7 +31,12 @@ import numpy as np
 from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
 from qtpy.QtCore import QTimer
 
-from napari_flowscope.engine import curl, decimate_flow, divergence
+from napari_flowscope.engine import (
+    CONFIDENCE_THRESHOLD,
+    curl,
+    decimate_flow,
+    divergence,
+)
 from napari_flowscope.engine.volume import (
     decimate_volume_flow,
     displacement_length,
@@ -111,24 +116,48 @@ class FrameFields(NamedTuple):
     spacing : tuple of float or None
         ``(z, y, x)`` voxel size of volumes: lengths count the z component
         physically, in in-plane pixels (:meth:`lengths`).
+    confidence : ndarray, shape (n, *frame), float32, optional
+        How well each displacement matched, 0 to 1 (``>=
+        CONFIDENCE_THRESHOLD`` trusted).
     """
 
     w: np.ndarray
     reliability: np.ndarray
     image: np.ndarray | None = None
     spacing: tuple | None = None
+    confidence: np.ndarray | None = None
 
     @classmethod
     def take(cls, fields, frames) -> FrameFields:
         """Frames ``frames`` (a slice or index array) of ``fields``, an
         object with the arrays of a whole run (e.g. a ``MemorySink``)."""
         image = getattr(fields, 'registered', None)
+        confidence = getattr(fields, 'confidence', None)
         return cls(
             fields.w[frames],
             fields.reliability[frames],
             None if image is None else image[frames],
             getattr(fields, 'spacing', None),
+            None if confidence is None else confidence[frames],
         )
+
+    @classmethod
+    def of(cls, field, image=None, spacing=None) -> FrameFields:
+        """One :class:`~napari_flowscope.engine.FlowField` (and the image
+        it belongs to), with a leading frame axis of one."""
+        return cls(
+            field.w[np.newaxis],
+            field.reliability[np.newaxis],
+            None if image is None else image[np.newaxis],
+            spacing,
+            field.confidence[np.newaxis],
+        )
+
+    def trusted(self) -> np.ndarray | None:
+        """Where the match is trusted (None: no confidence known)."""
+        if self.confidence is None:
+            return None
+        return self.confidence >= CONFIDENCE_THRESHOLD
 
     def lengths(self, sample=Ellipsis) -> np.ndarray:
         """Length of each displacement (px), of ``w[sample]``."""
@@ -165,6 +194,12 @@ def _reliability(fields):
     return fields.reliability
 
 
+def _confidence(fields):
+    if fields.confidence is None:  # results of an older version
+        return np.full(fields.reliability.shape, np.nan, np.float32)
+    return fields.confidence
+
+
 @dataclass(frozen=True)
 class OutputLayer:
     """How one output of a run is shown.
@@ -194,7 +229,8 @@ class OutputLayer:
         mean the same in every frame (see :func:`output_limits`):
         ``'speed'`` (0 to the speed scale), ``'signed speed'``,
         ``'robust'`` (0 to a robust maximum of the values),
-        ``'signed robust'``; None: the source layer's.
+        ``'signed robust'``, ``'unit'`` (0 to 1); None: the source
+        layer's.
     masked : bool
         Hidden (NaN) where the vectors are hidden (:func:`display_mask`),
         so a heatmap never shows motion the arrows do not trust.
@@ -243,6 +279,14 @@ OUTPUT_LAYERS = (
         values=_reliability,
         colormap='viridis',
         limits='robust',
+    ),
+    OutputLayer(
+        'confidence',
+        'confidence',
+        'confidence',
+        values=_confidence,
+        colormap='magma',
+        limits='unit',
     ),
     OutputLayer(
         'divergence',
@@ -344,7 +388,10 @@ class VectorStyle:
         None: automatic, the 95th percentile displacement drawn
         ``AUTO_ARROW_STEPS`` grid steps long (see :func:`auto_length`).
     reliability_threshold : float or None
-        Hide vectors whose reliability is below this.
+        Hide vectors whose reliability (texture) is below this.
+    confidence_threshold : float or None
+        Hide vectors whose match confidence is below this (the engine's
+        ``CONFIDENCE_THRESHOLD``: not trusted).
     intensity_percentile : float or None
         Hide vectors on pixels darker than this percentile of the
         registered frame (background).
@@ -357,11 +404,13 @@ class VectorStyle:
     reliability_threshold: float | None = None
     intensity_percentile: float | None = None
     min_speed: float = 0.0
+    confidence_threshold: float | None = None
 
     def masks(self) -> bool:
         """Whether anything is hidden."""
         return (
             self.reliability_threshold is not None
+            or self.confidence_threshold is not None
             or self.intensity_percentile is not None
             or self.min_speed > 0
         )
@@ -370,10 +419,10 @@ class VectorStyle:
 def display_mask(fields: FrameFields, style: VectorStyle):
     """Where vectors (and masked heatmaps) are shown, pixel by pixel.
 
-    The same rules as :func:`napari_flowscope.engine.decimate_flow`
-    applies to the grid points: reliability at least the threshold, the
-    registered frame at least its ``intensity_percentile`` (per frame),
-    speed at least ``min_speed``.
+    The rules :func:`frame_vectors` applies to the grid points:
+    reliability and confidence at least their thresholds, the registered
+    frame at least its ``intensity_percentile`` (per frame), speed at
+    least ``min_speed``.
 
     Returns
     -------
@@ -385,6 +434,11 @@ def display_mask(fields: FrameFields, style: VectorStyle):
     keep = np.ones(fields.reliability.shape, bool)
     if style.reliability_threshold is not None:
         keep &= fields.reliability >= style.reliability_threshold
+    if (
+        style.confidence_threshold is not None
+        and fields.confidence is not None
+    ):
+        keep &= fields.confidence >= style.confidence_threshold
     if style.intensity_percentile is not None and fields.image is not None:
         image = fields.gray()
         axes = tuple(range(1, image.ndim))
@@ -399,12 +453,18 @@ def display_mask(fields: FrameFields, style: VectorStyle):
 
 def displacement_scale(fields: FrameFields) -> float:
     """The largest per-frame 95th percentile displacement (px) of a few
-    frames, on a strided sample; what the automatic arrow length draws
-    ``AUTO_ARROW_STEPS`` grid steps long."""
+    frames, on a strided sample of the trusted pixels (all when none is
+    trusted or confidence is unknown); what the automatic arrow length
+    draws ``AUTO_ARROW_STEPS`` grid steps long."""
     sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
     lengths = fields.lengths(sample)
-    per_frame = np.percentile(lengths.reshape(len(lengths), -1), 95, axis=1)
-    return float(per_frame.max(initial=0.0))
+    trusted = fields.trusted()
+    scales = [0.0]
+    for i, frame in enumerate(lengths):
+        if trusted is not None and trusted[i][sample[1:]].any():
+            frame = frame[trusted[i][sample[1:]]]
+        scales.append(float(np.percentile(frame, 95)))
+    return max(scales)
 
 
 def auto_length(scale: float, step: int) -> float:
@@ -556,7 +616,16 @@ def vector_step(frame_shape, step: int, max_vectors=MAX_VECTORS) -> int:
     return step
 
 
-def frame_vectors(w, t, *, style, reliability=None, image=None, spacing=None):
+def frame_vectors(
+    w,
+    t,
+    *,
+    style,
+    reliability=None,
+    image=None,
+    spacing=None,
+    confidence=None,
+):
     """napari vector data of one frame.
 
     Parameters
@@ -573,6 +642,8 @@ def frame_vectors(w, t, *, style, reliability=None, image=None, spacing=None):
         Needed when ``style.intensity_percentile`` is set.
     spacing : tuple of float, optional
         Volumes: ``(z, y, x)`` voxel size (grid step along Z, lengths).
+    confidence : ndarray, shape of ``reliability``, optional
+        With ``style.confidence_threshold``, hides untrusted vectors.
 
     Returns
     -------
@@ -614,11 +685,24 @@ def frame_vectors(w, t, *, style, reliability=None, image=None, spacing=None):
             intensity_percentile=style.intensity_percentile,
             min_speed=style.min_speed,
         )
-    data = np.zeros((len(grid.speed), 2, w.shape[-1] + 1), np.float32)
+    positions, displacements, lengths = (
+        grid.positions,
+        grid.displacements,
+        grid.speed,
+    )
+    if style.confidence_threshold is not None and confidence is not None:
+        points = tuple(positions.astype(int).T)
+        trusted = confidence[points] >= style.confidence_threshold
+        positions, displacements, lengths = (
+            positions[trusted],
+            displacements[trusted],
+            lengths[trusted],
+        )
+    data = np.zeros((len(lengths), 2, w.shape[-1] + 1), np.float32)
     data[:, 0, 0] = t
-    data[:, 0, 1:] = grid.positions
-    data[:, 1, 1:] = grid.displacements
-    return data, grid.speed
+    data[:, 0, 1:] = positions
+    data[:, 1, 1:] = displacements
+    return data, lengths
 
 
 def nice_ceiling(value: float) -> float:
@@ -662,6 +746,8 @@ def output_limits(fields: FrameFields, roles) -> dict:
             limits[role] = (0.0, speed_limit)
         elif kind == 'signed speed':
             limits[role] = (-speed_limit, speed_limit)
+        elif kind == 'unit':
+            limits[role] = (0.0, 1.0)
         elif kind in ('robust', 'signed robust'):
             values = SPECS[role].values(fields)[sample]
             top = nice_ceiling(_robust_max(values))
@@ -711,7 +797,7 @@ class RunResults:
         # np.zeros pages are mapped lazily: frames not computed yet
         # cost no memory (np.zeros, not zeros_like: zeros_like writes
         # every page)
-        for name in ('registered', 'w', 'reliability'):
+        for name in ('registered', 'w', 'reliability', 'confidence'):
             array = getattr(sink, name)
             setattr(sink, name, np.zeros(array.shape, array.dtype))
         sink.extras = [
@@ -740,7 +826,10 @@ class RunResults:
         """Store a batch (worker thread); the first one sets the limits."""
         self.sink.write(batch)
         fields = FrameFields(
-            batch.w, batch.reliability, spacing=self.sink.spacing
+            batch.w,
+            batch.reliability,
+            spacing=self.sink.spacing,
+            confidence=batch.confidence,
         )
         if self.limits is None:
             self.limits = output_limits(fields, self.roles)
@@ -1322,6 +1411,9 @@ class OutputLayers:
             reliability=sink.reliability[t],
             image=fields.gray()[0],
             spacing=sink.spacing,
+            confidence=(
+                None if fields.confidence is None else fields.confidence[0]
+            ),
         )
         self._set_vectors(layer, data, lengths)
 
@@ -1341,11 +1433,16 @@ class OutputLayers:
 
 def display_mask_changed(old: VectorStyle, new: VectorStyle) -> bool:
     """Whether two styles hide different pixels."""
-    return (
-        old.reliability_threshold,
-        old.intensity_percentile,
-        old.min_speed,
-    ) != (new.reliability_threshold, new.intensity_percentile, new.min_speed)
+
+    def masking(style):
+        return (
+            style.reliability_threshold,
+            style.confidence_threshold,
+            style.intensity_percentile,
+            style.min_speed,
+        )
+
+    return masking(old) != masking(new)
 
 
 def _restore(layer, name, geometry):

@@ -168,6 +168,7 @@ class MotionCorrectionWidget(QWidget):
             run.vector_step,
             run.vector_length,
             run.auto_length,
+            run.mask_untrusted,
             run.mask_reliability,
             run.intensity_percentile,
             run.min_speed,

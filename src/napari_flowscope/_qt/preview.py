@@ -84,12 +84,7 @@ def compute_preview(session, request: PreviewRequest) -> PreviewResult:
     """
     flow = session.estimate_frame(request.frame, params=request.params)
     reference = session.reference_image
-    fields = FrameFields(
-        flow.w[np.newaxis],
-        flow.reliability[np.newaxis],
-        reference[None],
-        session.spacing,
-    )
+    fields = FrameFields.of(flow, reference, session.spacing)
     return PreviewResult(
         request,
         reference,
@@ -111,6 +106,7 @@ def _vectors(flow, frame, style, reference, spacing=None):
         reliability=flow.reliability,
         image=reference,
         spacing=spacing,
+        confidence=flow.confidence,
     )
 
 

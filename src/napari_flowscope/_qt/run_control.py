@@ -19,6 +19,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_flowscope.engine import CONFIDENCE_THRESHOLD
 from napari_flowscope.session import FlowBatch
 from napari_flowscope.session.sinks import DiskSink
 
@@ -225,8 +226,19 @@ class RunControlPanel(Container):
         length_row = _row(self.vector_length, self.auto_length)
         length_row.label = 'arrow length ×'
         self.vector_scale = Label(value='')
+        self.mask_untrusted = CheckBox(
+            text=f'hide untrusted (confidence < {CONFIDENCE_THRESHOLD:g})',
+            value=True,
+            tooltip='Hide vectors, and the flow heatmaps under them, where '
+            'the frame did not match the reference well enough to trust '
+            'the displacement.',
+        )
         self.mask_reliability = CheckBox(
-            text='hide unreliable vectors', value=True
+            text='hide unreliable (too little texture)',
+            value=True,
+            tooltip='Hide vectors, and the flow heatmaps under them, where '
+            'the reference has less texture than the reliability '
+            'threshold.',
         )
         self.intensity_percentile = FloatSpinBox(
             label='hide below intensity pct',
@@ -249,6 +261,7 @@ class RunControlPanel(Container):
                 self.vector_step,
                 length_row,
                 self.vector_scale,
+                self.mask_untrusted,
                 self.mask_reliability,
                 self.intensity_percentile,
                 self.min_speed,
@@ -283,6 +296,9 @@ class RunControlPanel(Container):
             ),
             reliability_threshold=(
                 reliability_threshold if self.mask_reliability.value else None
+            ),
+            confidence_threshold=(
+                CONFIDENCE_THRESHOLD if self.mask_untrusted.value else None
             ),
             intensity_percentile=percentile if percentile > 0 else None,
             min_speed=float(self.min_speed.value),
