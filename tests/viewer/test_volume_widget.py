@@ -85,10 +85,16 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     assert registered.shape == speed_map.shape == source.data.shape
     np.testing.assert_array_equal(registered[:2], expected.registered[:2])
     lengths = displacement_length(expected.w, spacing=session.spacing)
-    np.testing.assert_array_equal(speed_map[:2], lengths[:2])
+    # hidden where the match is not trusted (content leaving the volume)
+    untrusted = expected.confidence < 0.5
+    np.testing.assert_array_equal(
+        speed_map[:2], np.where(untrusted, np.nan, lengths)[:2]
+    )
     assert not registered[2:].any() and np.isnan(speed_map[2:]).all()
     vz = layers['drifting volume vz'].data
-    np.testing.assert_array_equal(vz[1], expected.w[1, ..., 2])
+    np.testing.assert_array_equal(
+        vz[1], np.where(untrusted[1], np.nan, expected.w[1, ..., 2])
+    )
     # no 2-D-only maps for volumes
     assert 'drifting volume divergence' not in layers
     assert 'drifting volume curl' not in layers
@@ -102,6 +108,7 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
         reliability=expected.reliability[1],
         image=expected.registered[1],
         spacing=session.spacing,
+        confidence=expected.confidence[1],
     )
     assert data.shape[1:] == (2, 4) and 0 < len(data) <= MAX_VECTORS
     np.testing.assert_array_equal(vectors.data, data)
@@ -112,7 +119,9 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
     assert widget.complete
     np.testing.assert_array_equal(registered, expected.registered)
-    np.testing.assert_array_equal(vz, expected.w[..., 2])
+    np.testing.assert_array_equal(
+        vz, np.where(untrusted, np.nan, expected.w[..., 2])
+    )
     # every layer overlays the source in the 3-D view, no extra axis
     assert viewer.dims.ndim == 4 and viewer.dims.ndisplay == 3
     for layer in widget.outputs.layers:
@@ -146,9 +155,9 @@ def test_live_preview_of_a_volume(volume_dock, qtbot):
     assert heatmap.data.shape == source.data.shape
     lengths = displacement_length(expected.w, spacing=(2, 1, 1))
     threshold = widget.parameters.params.reliability_threshold
+    shown = (expected.reliability >= threshold) & (expected.confidence >= 0.5)
     np.testing.assert_array_equal(
-        heatmap.data[6],
-        np.where(expected.reliability >= threshold, lengths, np.nan),
+        heatmap.data[6], np.where(shown, lengths, np.nan)
     )
     assert np.isnan(heatmap.data[5]).all()
     vectors = viewer.layers['drifting volume flow vectors']
