@@ -25,7 +25,7 @@ def linear_flow(n_frames=3):
     return np.stack([u, v], axis=-1).astype(np.float32)
 
 
-def test_rectangle_gives_exact_mean_displacement_and_speed():
+def test_rectangle_gives_exact_mean_displacement_and_its_length():
     w = linear_flow()
     # Corners on pixel centres: rows 10..20 and columns 5..15 inclusive.
     rectangle = np.array([[10, 5], [10, 15], [20, 15], [20, 5]])
@@ -35,10 +35,10 @@ def test_rectangle_gives_exact_mean_displacement_and_speed():
     np.testing.assert_allclose(motion.dx[:, 0], gain * 10 / 10, rtol=1e-6)
     np.testing.assert_allclose(motion.dy[:, 0], -gain * 15 / 20, rtol=1e-6)
     rows, cols = np.mgrid[10:21, 5:16]
-    expected_speed = [
+    expected_displacement = [
         np.mean(np.hypot(g * cols / 10, g * rows / 20)) for g in gain
     ]
-    np.testing.assert_allclose(motion.speed[:, 0], expected_speed, rtol=1e-6)
+    np.testing.assert_allclose(motion.displacement[:, 0], expected_displacement, rtol=1e-6)
     assert motion.dx.dtype == np.float32
     assert motion.dx.shape == (3, 1)
 
@@ -91,7 +91,7 @@ def test_component_views_give_the_same_curves_as_the_flow():
     )
     from_w = roi_motion(w, masks)
     from_views = roi_motion_xy(w[..., 0], w[..., 1], masks)
-    for name in ('dx', 'dy', 'speed'):
+    for name in ('dx', 'dy', 'displacement'):
         np.testing.assert_array_equal(
             getattr(from_views, name), getattr(from_w, name)
         )
@@ -103,7 +103,7 @@ def test_region_outside_the_frame_gives_nan():
         linear_flow(2), roi_masks([outside], ['rectangle'], FRAME_SHAPE)
     )
     assert np.isnan(motion.dx).all()
-    assert np.isnan(motion.speed).all()
+    assert np.isnan(motion.displacement).all()
 
 
 def test_shapes_without_area_are_refused():
@@ -121,7 +121,7 @@ def test_csv_round_trip_keeps_values_and_skips_missing_frames(tmp_path):
     values = rng.normal(size=(4, 3, 2)).astype(np.float32)  # (T, R, 2)
     values[1, 0] = np.nan  # frame 1 of roi 'a' not computed yet
     motion = RoiMotion(
-        dx=values[..., 0], dy=values[..., 1], speed=np.abs(values[..., 0])
+        dx=values[..., 0], dy=values[..., 1], displacement=np.abs(values[..., 0])
     )
     times = np.array([0.0, 0.5, 1.0, 1.5])
     path = write_roi_csv(
@@ -135,5 +135,5 @@ def test_csv_round_trip_keeps_values_and_skips_missing_frames(tmp_path):
     keep = ~np.isnan(by_roi[..., 0])
     np.testing.assert_array_equal(table['dx'], by_roi[..., 0][keep])
     np.testing.assert_array_equal(table['dy'], by_roi[..., 1][keep])
-    np.testing.assert_array_equal(table['speed'], np.abs(by_roi[..., 0][keep]))
+    np.testing.assert_array_equal(table['displacement'], np.abs(by_roi[..., 0][keep]))
     np.testing.assert_array_equal(table['time'], times[table['frame']])

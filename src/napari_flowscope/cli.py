@@ -430,7 +430,7 @@ def _correct(args):
         )
     else:
         sink = session.run(sink=sink, progress_callback=progress)
-    _print_summary(session, sink.directory, _read_stats(sink))
+    _print_summary(session, sink)
     return 0
 
 
@@ -485,30 +485,13 @@ def _spatial_axes(metadata):
     return spatial
 
 
-def _read_stats(sink):
-    import csv
-
-    with open(sink.paths['stats'], newline='') as file:
-        rows = list(csv.DictReader(file))
-    return {
-        key: np.array([float(row[key]) for row in rows], np.float32)
-        for key in (
-            'mean_speed',
-            'max_speed',
-            'ncc_before',
-            'ncc_after',
-            'trusted_fraction',
-            'collapsed',
-        )
-    }
-
-
-def _print_summary(session, directory, stats, *, extra_lines=()):
+def _print_summary(session, sink, *, extra_lines=()):
+    """Print what the run measured, in the units of ``stats.csv``."""
     size = ' x '.join(str(n) for n in session.frame_shape[::-1])
-    mean_speed = np.mean(stats['mean_speed'])
-    max_speed = np.max(stats['max_speed'])
-    before = np.mean(stats['ncc_before'])
-    after = np.mean(stats['ncc_after'])
+    stats, units = sink.stats, sink.motion_units
+    displacement = units.displacement(
+        [np.mean(stats.mean_displacement), np.max(stats.max_displacement)]
+    )
     lines = [
         (
             f'volumes: {session.n_frames} of {size} voxels (x, y, z)'
@@ -516,23 +499,42 @@ def _print_summary(session, directory, stats, *, extra_lines=()):
             if session.is_volume
             else f'frames: {session.n_frames} of {size} px'
         ),
-        f'mean speed: {mean_speed:.2f} px (largest {max_speed:.2f} px)',
         (
-            f'NCC with the reference: before {before:.3f}, after '
-            f'{after:.3f} (mean over frames)'
+            'displacement from the reference: mean '
+            f'{_measure(displacement[0], units.displacement_unit)}, '
+            f'largest {_measure(displacement[1], units.displacement_unit)}'
+        ),
+    ]
+    if session.n_frames > 1:
+        velocity = units.velocity(
+            [
+                np.nanmean(stats.mean_velocity),
+                np.nanmax(stats.max_velocity),
+            ]
+        )
+        lines.append(
+            'velocity (frame to frame): mean '
+            f'{_measure(velocity[0], units.velocity_unit)}, '
+            f'largest {_measure(velocity[1], units.velocity_unit)}'
+        )
+    lines += [
+        (
+            'NCC with the reference: before '
+            f'{np.mean(stats.ncc_before):.3f}, after '
+            f'{np.mean(stats.ncc_after):.3f} (mean over frames)'
         ),
         _trust_line(stats),
         *extra_lines,
-        f'results: {directory}',
+        f'results: {sink.directory}',
     ]
     print('\n'.join(lines))
-    collapsed = np.flatnonzero(stats['collapsed'])
+    collapsed = np.flatnonzero(stats.collapsed)
     if collapsed.size:
         print(_collapse_warning(collapsed, session.n_frames), file=sys.stderr)
 
 
 def _trust_line(stats):
-    fractions = stats['trusted_fraction']
+    fractions = stats.trusted_fraction
     if np.isnan(fractions).all():
         return 'trusted: none (the reference has no texture)'
     return (
@@ -554,6 +556,10 @@ def _collapse_warning(frames, n_frames):
         f'{shown}. Their flow is unreliable (motion beyond reach, a '
         'different scene, or noise); see stats.csv and confidence.npy.'
     )
+
+
+def _measure(value, unit):
+    return f'{value:.3g} {unit}'
 
 
 # -- demo -------------------------------------------------------------------
@@ -608,8 +614,7 @@ def _demo_headless(output):
     error = _interior_error(np.asarray(w), truth)
     _print_summary(
         session,
-        sink.directory,
-        _read_stats(sink),
+        sink,
         extra_lines=[
             (
                 f'error against the ground-truth flow: {error:.3f} px '

@@ -18,7 +18,7 @@ import numpy as np
 
 AREA_SHAPE_TYPES = ('rectangle', 'polygon', 'ellipse')
 _FRAMES_PER_STEP = 32
-CSV_COLUMNS = ('roi', 'frame', 'time', 'dx', 'dy', 'speed')
+CSV_COLUMNS = ('roi', 'frame', 'time', 'dx', 'dy', 'displacement')
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,15 @@ class RoiMotion:
     dx, dy : ndarray, shape (T, R), float32
         Mean displacement along x (columns) and y (rows), in pixels, with the
         sign convention of ``w``: ``registered(x) = moving(x + w(x))``.
-    speed : ndarray, shape (T, R), float32
-        Mean of the per-pixel speed ``|w|``. It is not the length of the mean
-        displacement: opposite motions inside one region do not cancel.
+    displacement : ndarray, shape (T, R), float32
+        Mean of the per-pixel displacement from the reference ``|w|``, in
+        pixels. It is not the length of the mean displacement: opposite
+        motions inside one region do not cancel.
     """
 
     dx: np.ndarray
     dy: np.ndarray
-    speed: np.ndarray
+    displacement: np.ndarray
 
     @property
     def n_rois(self):
@@ -119,7 +120,7 @@ def roi_masks(shapes, shape_types, frame_shape):
 
 
 def roi_motion(w, masks):
-    """Mean displacement and speed inside each region, per frame.
+    """Mean displacement (x, y and length) inside each region, per frame.
 
     Parameters
     ----------
@@ -169,7 +170,7 @@ def roi_motion_xy(dx, dy, masks):
     n_frames, n_rois = dx.shape[0], masks.shape[0]
     curves = {
         name: np.full((n_frames, n_rois), np.nan, dtype=np.float32)
-        for name in ('dx', 'dy', 'speed')
+        for name in ('dx', 'dy', 'displacement')
     }
     for index, mask in enumerate(masks):
         rows = np.flatnonzero(mask.any(axis=1))
@@ -188,7 +189,7 @@ def roi_motion_xy(dx, dy, masks):
             for name, values in (
                 ('dx', box_x),
                 ('dy', box_y),
-                ('speed', np.hypot(box_x, box_y)),
+                ('displacement', np.hypot(box_x, box_y)),
             ):
                 # float64 sums: float32 drifts over 1e5+ pixels.
                 total = np.where(inside, values, 0).sum(
@@ -202,7 +203,7 @@ def write_roi_csv(path, motion, *, frames=None, times=None, names=None):
     """Write per-ROI curves as a long-format CSV table.
 
     One row per region and frame, columns ``roi, frame, time, dx, dy,
-    speed``. Frames whose values are NaN (not computed yet) are skipped.
+    displacement`` (displacements in pixels). Frames whose values are NaN (not computed yet) are skipped.
 
     Parameters
     ----------
@@ -233,7 +234,7 @@ def write_roi_csv(path, motion, *, frames=None, times=None, names=None):
                 values = (
                     motion.dx[row, index],
                     motion.dy[row, index],
-                    motion.speed[row, index],
+                    motion.displacement[row, index],
                 )
                 if np.isnan(values).all():
                     continue

@@ -60,19 +60,47 @@ def test_disk_sink_writes_every_file(drifting_uint16, tmp_path):
 
     with open(out / 'stats.csv', newline='') as file:
         rows = list(csv.DictReader(file))
+    assert list(rows[0]) == [
+        'frame',
+        'time_s',
+        'mean_displacement_um',
+        'max_displacement_um',
+        'mean_velocity_um_per_s',
+        'max_velocity_um_per_s',
+        'ncc_before',
+        'ncc_after',
+        'trusted_fraction',
+        'collapsed',
+    ]
     assert [int(row['frame']) for row in rows] == list(range(24))
-    for key, values in memory.stats.as_columns().items():
+    stats = memory.stats
+    # 0.5 um pixels, 2 s per frame
+    expected = {
+        'time_s': 2.0 * np.arange(24),
+        'mean_displacement_um': 0.5 * stats.mean_displacement,
+        'max_displacement_um': 0.5 * stats.max_displacement,
+        'mean_velocity_um_per_s': 0.25 * stats.mean_velocity,
+        'max_velocity_um_per_s': 0.25 * stats.max_velocity,
+        'ncc_before': stats.ncc_before,
+        'ncc_after': stats.ncc_after,
+    }
+    for key, values in expected.items():
         np.testing.assert_allclose(
             [float(row[key]) for row in rows], values, rtol=1e-5, atol=1e-6
         )
     assert [int(row['collapsed']) for row in rows] == [0] * 24
     assert min(float(row['trusted_fraction']) for row in rows) > 0.8
+    assert rows[0]['mean_velocity_um_per_s'] == 'nan'  # no frame before
 
     params = json.loads((out / 'params.json').read_text())
     assert FlowParams.from_dict(params['params']) == FlowParams()
     assert params['reference'] == RangeReference(0, 3).to_dict()
     assert params['source'] == 'in'
     assert params['input_dtype'] == 'uint16'
+    assert params['stats_units'] == {
+        'displacement': 'µm',
+        'velocity': 'µm/s',
+    }
 
 
 def test_multichannel_stack_on_disk(drifting_uint16, tmp_path):

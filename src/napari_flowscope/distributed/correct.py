@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_flowscope.engine import FlowParams
+from napari_flowscope.engine import FlowParams, speed
 from napari_flowscope.session import (
     DiskSink,
     FlowBatch,
@@ -342,6 +342,7 @@ def _collect(
     stats = {}
     pending = set(futures)
     next_chunk = 0
+    last_w = None
     done_frames = 0
     while pending:
         if cancel is not None and cancel.is_set():
@@ -364,7 +365,7 @@ def _collect(
         # Chunks finish in any order; the files are written in frame order.
         while next_chunk < len(chunks) and chunks[next_chunk][0] in stats:
             start, stop = chunks[next_chunk]
-            _copy_chunk(
+            last_w = _copy_chunk(
                 sink,
                 chunk_dir,
                 start,
@@ -372,15 +373,27 @@ def _collect(
                 stats.pop(start),
                 reference_image,
                 batch_size,
+                last_w,
             )
             next_chunk += 1
     return True
 
 
 def _copy_chunk(
-    sink, chunk_dir, start, stop, stats, reference_image, batch_size
+    sink, chunk_dir, start, stop, stats, reference_image, batch_size, last_w
 ):
+    """Write one chunk into the sink; return the flow of its last frame.
+
+    A chunk is registered without its predecessor, so the velocity of its
+    first frame is measured here, against ``last_w``, the flow of the
+    frame before it (None for the first chunk), as the session would.
+    """
     arrays = open_chunk(chunk_dir, start, stop)
+    if last_w is not None:
+        velocity = speed(arrays['w'][0] - last_w)
+        stats.mean_velocity[0] = velocity.mean()
+        stats.max_velocity[0] = velocity.max()
+    last_w = np.array(arrays['w'][-1])
     for first in range(0, stop - start, batch_size):
         last = min(first + batch_size, stop - start)
         part = slice(first, last)
@@ -400,6 +413,7 @@ def _copy_chunk(
         )
     del arrays
     remove_chunk(chunk_dir, start, stop)
+    return last_w
 
 
 @contextlib.contextmanager

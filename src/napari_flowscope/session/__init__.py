@@ -22,7 +22,13 @@ from .session import (
     output_dtype,
 )
 from .sinks import DiskSink, MemorySink
-from .stats import FrameStats, normalized_cross_correlation
+from .stats import (
+    FrameStats,
+    MotionUnits,
+    displacement_magnitude,
+    normalized_cross_correlation,
+    velocity_magnitude,
+)
 
 __all__ = [
     'AdaptiveReference',
@@ -33,13 +39,16 @@ __all__ = [
     'ImageReference',
     'MemorySink',
     'MotionSession',
+    'MotionUnits',
     'NonFiniteFrameError',
     'RangeReference',
     'ReferenceStrategy',
     'as_reference_strategy',
     'compensate',
+    'displacement_magnitude',
     'normalized_cross_correlation',
     'output_dtype',
     'preregistered_mean',
     'reference_from_string',
+    'velocity_magnitude',
 ]

@@ -106,8 +106,8 @@ class FlowBatch:
         Corrected frames; integer input keeps its dtype (values rounded
         and clipped to the dtype's range), any other input gives float32.
     stats : FrameStats
-        Per-frame speed, normalised cross-correlation and trusted
-        fraction.
+        Per-frame displacement from the reference, velocity (frame to
+        frame), normalised cross-correlation and trusted fraction.
     reference : ndarray, shape (Y, X) or (Z, Y, X), float32
         The reference after this batch (it changes only for
         :class:`~napari_flowscope.session.AdaptiveReference`).
@@ -467,6 +467,9 @@ class MotionSession:
         n_workers = 1 if adaptive else self.n_threads
         executor = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
         previous_w = None
+        # The last flow of the previous batch: the velocity of a batch's
+        # first frame is measured against it.
+        last_w = None
         try:
             for start in range(0, self.n_frames, self.batch_size):
                 stop = min(start + self.batch_size, self.n_frames)
@@ -490,6 +493,8 @@ class MotionSession:
                     else:
                         # list() re-raises the first error of any frame.
                         list(executor.map(register, range(stop - start)))
+                _fill_velocity(out, last_w, self.displacement_magnitude, executor)
+                last_w = out.w[-1].copy()
                 sent = yield out.to_batch(start, stop, self._reference)
                 if sent is not None:
                     params = _check_params(sent)
@@ -640,9 +645,9 @@ class MotionSession:
             if self.n_channels is None
             else self.flow_images(registered[np.newaxis])[0]
         )
-        frame_speed = self.displacement_magnitude(field.w)
-        out.stats.mean_speed[i] = frame_speed.mean()
-        out.stats.max_speed[i] = frame_speed.max()
+        displacement = self.displacement_magnitude(field.w)
+        out.stats.mean_displacement[i] = displacement.mean()
+        out.stats.max_displacement[i] = displacement.max()
         out.stats.ncc_before[i] = correlation(inputs.plain[i])
         out.stats.ncc_after[i] = correlation(registered_image)
         out.stats.trusted_fraction[i] = trusted_fraction(
@@ -859,6 +864,30 @@ def _read(stack, start, stop):
         _release_mapped_pages(stack)
         return frames
     return np.asarray(frames)
+
+
+def _fill_velocity(out, previous, length, executor=None):
+    """Velocity statistics of a batch from consecutive flows.
+
+    ``previous`` is the flow of the frame before the batch, None at the
+    start of a run (the first frame then keeps NaN); ``length`` is
+    :meth:`MotionSession.displacement_magnitude`.
+    """
+
+    def fill(i):
+        before = out.w[i - 1] if i else previous
+        if before is None:
+            return
+        velocity = length(out.w[i] - before)
+        out.stats.mean_velocity[i] = velocity.mean()
+        out.stats.max_velocity[i] = velocity.max()
+
+    frames = range(len(out.w))
+    if executor is None:
+        for i in frames:
+            fill(i)
+    else:
+        list(executor.map(fill, frames))
 
 
 def _cast(image, dtype):

@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_flowscope import formats
 
-from .stats import FrameStats
+from .stats import FrameStats, MotionUnits
 
 __all__ = ['DiskSink', 'MemorySink']
 
@@ -134,7 +134,8 @@ class DiskSink:
     hyperstack, axes ``TYX`` or ``TYXC`` stored as ImageJ's ``TCYX``, dtype
     of :attr:`MotionSession.dtype`, scale kept), ``flow.npy`` + ``flow.json``
     (``(T, Y, X, 2)`` float32), ``reliability.npy`` and ``confidence.npy``
-    (each ``(T, Y, X)`` float32), ``stats.csv`` (one row per frame) and
+    (each ``(T, Y, X)`` float32), ``stats.csv`` (one row per frame,
+    displacement and velocity in the units of :attr:`motion_units`) and
     ``params.json``.  Volumes: ``registered.tif`` is ``TZYX`` (``TZCYX``
     with channels, z spacing kept), ``flow.npy`` ``(T, Z, Y, X, 3)``,
     ``reliability.npy`` and ``confidence.npy`` ``(T, Z, Y, X)``.  The
@@ -188,6 +189,13 @@ class DiskSink:
         Final path of each file, by key ``'registered'``, ``'flow'``,
         ``'flow_metadata'``, ``'reliability'``, ``'confidence'``,
         ``'stats'``, ``'params'``.
+    motion_units : MotionUnits
+        Units of the displacement and velocity columns of ``stats.csv``
+        (µm and µm/s, say, when ``scale`` and ``units`` give a pixel size
+        and a frame interval; px and px/frame otherwise).
+    stats : FrameStats or None
+        Per-frame statistics of the run (px, px / frame), filled as
+        batches arrive.
     complete : bool
         True once every file has its final name.
     """
@@ -229,10 +237,11 @@ class DiskSink:
         }
         self.overwrite = overwrite
         self.scratch_bytes = int(scratch_bytes)
+        self.motion_units = MotionUnits.from_scale(self.scale, self.units)
         self.complete = False
+        self.stats = None
         self._writers = []
         self._committed = []
-        self._stats = None
 
     def required_bytes(self, session):
         """Bytes the files of a run of ``session`` take on disk.
@@ -278,7 +287,7 @@ class DiskSink:
         extra_unit = () if channels is None else ('pixel',)
         self.complete = False
         self._committed = []
-        self._stats = FrameStats.empty(n_frames)
+        self.stats = FrameStats.empty(n_frames)
         try:
             self._registered = formats.ImageJStackWriter(
                 self.paths['registered'],
@@ -337,7 +346,7 @@ class DiskSink:
         self._confidence.write(batch.confidence)
         frames = slice(batch.start, batch.stop)
         for name, values in batch.stats.as_columns().items():
-            getattr(self._stats, name)[frames] = values
+            getattr(self.stats, name)[frames] = values
 
     def close(self, session):
         """Finish every file, then give them their final names.
@@ -350,7 +359,7 @@ class DiskSink:
             for writer in self._writers:
                 writer.finish()
             small_files = {
-                'stats': stats_csv(self._stats),
+                'stats': stats_csv(self.stats, self.motion_units),
                 'params': json.dumps(self._params_record(session), indent=2)
                 + '\n',
             }
@@ -405,23 +414,29 @@ class DiskSink:
             'n_channels': session.n_channels,
             'scale': None if self.scale is None else list(self.scale),
             'units': None if self.units is None else list(self.units),
+            'stats_units': {
+                'displacement': self.motion_units.displacement_unit,
+                'velocity': self.motion_units.velocity_unit,
+            },
             'files': {key: path.name for key, path in self.paths.items()},
         }
         record.update(self.extra)
         return record
 
 
-def stats_csv(stats):
-    """``stats.csv`` text: a row per frame, the stored statistics and
-    ``collapsed`` (1 for a frame whose match collapsed, else 0)."""
-    columns = stats.as_columns()
-    collapsed = stats.collapsed
-    lines = [','.join(['frame', *columns, 'collapsed'])]
+def stats_csv(stats, units=None):
+    """``stats.csv`` text: a row per frame, the columns of
+    :meth:`MotionUnits.table` (default units: px, px / frame)."""
+    columns = (MotionUnits() if units is None else units).table(stats)
+    lines = [','.join(columns)]
     for frame in range(len(stats)):
-        values = (f'{column[frame]:.6g}' for column in columns.values())
-        lines.append(
-            ','.join([str(frame), *values, str(int(collapsed[frame]))])
+        values = (
+            str(column[frame])
+            if np.issubdtype(column.dtype, np.integer)
+            else f'{column[frame]:.6g}'
+            for column in columns.values()
         )
+        lines.append(','.join(values))
     return '\n'.join(lines) + '\n'
 
 
