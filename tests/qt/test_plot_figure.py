@@ -17,8 +17,10 @@ def _plot_data(frames_done, *, scale=1.0, cursor=5.0, roi_names=()):
     frames, so more frames stay within the same axis limits."""
     rng = np.random.default_rng(0)
     pattern = {
-        'mean_speed': scale * rng.random(8),
-        'max_speed': 2 * scale * rng.random(8),
+        'mean_displacement': scale * rng.random(8),
+        'max_displacement': 2 * scale * rng.random(8),
+        'mean_velocity': 0.1 * scale * rng.random(8),
+        'max_velocity': 0.3 * scale * rng.random(8),
         'ncc_before': 0.8 + 0.1 * rng.random(8),
         'ncc_after': 0.95 + 0.05 * rng.random(8),
     }
@@ -34,9 +36,12 @@ def _plot_data(frames_done, *, scale=1.0, cursor=5.0, roi_names=()):
         x=np.arange(N_FRAMES, dtype=np.float32),
         stats=stats,
         roi=roi,
+        roi_scale=0.5,
         roi_names=roi_names,
         cursor=cursor,
         x_label='frame',
+        displacement_unit='µm',
+        velocity_unit='µm/s',
         panel='#262930',
         canvas='#000000',
         text='#f0f1f2',
@@ -73,11 +78,50 @@ def test_axis_limits_hold_the_curves():
     data = _plot_data(30, scale=3.0, roi_names=('a',))
     figure.render(data)
     series = (
-        [data.stats['mean_speed'], data.stats['max_speed']],
+        [data.stats['mean_displacement'], data.stats['max_displacement']],
+        [data.stats['mean_velocity'], data.stats['max_velocity']],
         [data.stats['ncc_before'], data.stats['ncc_after']],
-        [data.roi[name] for name in ROI_COMPONENTS],
+        [0.5 * data.roi[name] for name in ROI_COMPONENTS],
     )
     for axes, values in zip(figure.axes, series, strict=True):
         low, high = axes.get_ylim()
         assert low <= np.nanmin(values) and np.nanmax(values) <= high
     assert figure.axes[-1].get_xlim() == (0.0, N_FRAMES - 1)
+
+
+def _inside_figure(figure):
+    renderer = figure.figure.canvas.get_renderer()
+    bounds = figure.figure.bbox
+    for axes in figure.axes:
+        tight = axes.get_tightbbox(renderer)
+        assert tight.x0 >= bounds.x0 and tight.x1 <= bounds.x1
+        assert tight.y0 >= bounds.y0 and tight.y1 <= bounds.y1
+        label = axes.yaxis.label.get_window_extent(renderer)
+        assert label.x0 >= bounds.x0
+
+
+def test_labels_fit_three_decimal_ticks_and_an_empty_run():
+    figure = _MotionFigure()
+    data = _plot_data(30)
+    data.stats['ncc_before'][:30] = np.linspace(0.9951, 0.9989, 30)
+    data.stats['ncc_after'][:30] = np.linspace(0.9961, 0.9993, 30)
+    figure.render(data)
+    labels = [t.get_text() for t in figure.axes[2].get_yticklabels()]
+    assert any(len(text.split('.')[-1]) == 3 for text in labels), labels
+    _inside_figure(figure)
+
+    # before a run: nothing plotted, x from 0 to 1 with its last label
+    empty = _plot_data(0)
+    nothing = np.zeros(0, np.float32)
+    empty = _PlotData(
+        **{
+            **empty.__dict__,
+            'x': nothing,
+            'stats': {name: nothing for name in STAT_NAMES},
+            'roi': {name: nothing.reshape(0, 0) for name in ROI_COMPONENTS},
+            'cursor': None,
+        }
+    )
+    figure.render(empty)
+    assert figure.axes[-1].get_xlim() == (0.0, 1.0)
+    _inside_figure(figure)

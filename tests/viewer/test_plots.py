@@ -7,7 +7,11 @@ from napari_flowscope._qt.events import RunInfo, run_events
 from napari_flowscope.engine import FlowParams
 from napari_flowscope.roi import read_roi_csv
 from napari_flowscope.session import FlowBatch
-from napari_flowscope.session.stats import FrameStats
+from napari_flowscope.session.stats import (
+    STAT_NAMES,
+    VELOCITY_STATS,
+    FrameStats,
+)
 
 N_FRAMES, FRAME_SHAPE, BATCH = 12, (32, 40), 4
 FRAME_INTERVAL = 0.5
@@ -26,7 +30,7 @@ def batches(w):
     rng = np.random.default_rng(1)
     for start in range(0, N_FRAMES, BATCH):
         stop = start + BATCH
-        stats = FrameStats(*rng.random((5, BATCH), dtype=np.float32))
+        stats = FrameStats(*rng.random((7, BATCH), dtype=np.float32))
         yield FlowBatch(
             start=start,
             stop=stop,
@@ -89,9 +93,22 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
 
     series = widget.series
     done = slice(0, 2 * BATCH)
-    for name in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after'):
+    # 2 um pixels, 0.5 s per frame: um and um/s
+    assert widget.units.displacement_unit == 'µm'
+    assert widget.units.velocity_unit == 'µm/s'
+    factors = {
+        'mean_displacement': 2.0,
+        'max_displacement': 2.0,
+        'mean_velocity': 4.0,
+        'max_velocity': 4.0,
+        'ncc_before': 1.0,
+        'ncc_after': 1.0,
+    }
+    for name, factor in factors.items():
         expected = np.concatenate([getattr(b.stats, name) for b in sent])
-        np.testing.assert_array_equal(series[name][done], expected)
+        np.testing.assert_allclose(
+            series[name][done], factor * expected, rtol=1e-6
+        )
         assert np.isnan(series[name][2 * BATCH :]).all()
     np.testing.assert_allclose(
         series['time'], np.arange(N_FRAMES) * FRAME_INTERVAL
@@ -100,11 +117,22 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
     # What matplotlib draws is the same data, against time in seconds.
     run_events(viewer).finished.emit()
     wait_drawn(widget, qtbot)
-    lines = widget.figure.axes[1].get_lines()
+    lines = widget.figure.axes[2].get_lines()
     ncc_after = next(line for line in lines if line.get_label() == 'after')
     np.testing.assert_array_equal(ncc_after.get_ydata(), series['ncc_after'])
     np.testing.assert_allclose(ncc_after.get_xdata(), series['time'])
     assert widget.figure.axes[-1].get_xlabel() == 'time (s)'
+    labels = [axes.get_ylabel() for axes in widget.figure.axes]
+    assert labels == [
+        'displacement\n(µm)',
+        'velocity\n(µm/s)',
+        'NCC',
+        'ROI\n(µm)',
+    ]
+    velocity = widget.figure.axes[1].get_lines()[0]
+    np.testing.assert_array_equal(
+        velocity.get_ydata(), series['mean_velocity']
+    )
 
 
 def test_cursor_follows_the_time_slider(viewer_and_plots, qtbot):
@@ -125,10 +153,11 @@ def rectangle_rows_10_20_cols_5_15(layer_scale):
 
 
 def expected_rectangle_curves():
+    """dx, dy and |d| of the rectangle, in um (2 um pixels)."""
     gain = np.arange(1, N_FRAMES + 1)
     rows, cols = np.mgrid[10:21, 5:16]
-    speed = [np.mean(np.hypot(g * cols / 10, g * rows / 20)) for g in gain]
-    return gain * 10 / 10, -gain * 15 / 20, np.array(speed)
+    length = [np.mean(np.hypot(g * cols / 10, g * rows / 20)) for g in gain]
+    return 2 * gain * 10 / 10, -2 * gain * 15 / 20, 2 * np.array(length)
 
 
 @pytest.mark.parametrize('drawn', ['before_run', 'during_run'])
@@ -151,18 +180,21 @@ def test_rectangle_roi_gives_exact_curves_and_csv(
         stream(viewer, w)
 
     wait_drawn(widget, qtbot)
-    dx, dy, speed = expected_rectangle_curves()
+    dx, dy, length = expected_rectangle_curves()
     series = widget.series
     assert widget.roi_names == ['roi_0']
     np.testing.assert_allclose(series['roi_dx'][:, 0], dx, rtol=1e-6)
     np.testing.assert_allclose(series['roi_dy'][:, 0], dy, rtol=1e-6)
-    np.testing.assert_allclose(series['roi_speed'][:, 0], speed, rtol=1e-6)
+    np.testing.assert_allclose(
+        series['roi_displacement'][:, 0], length, rtol=1e-6
+    )
 
+    # the CSV is in px
     table = read_roi_csv(widget.export_csv(tmp_path / 'rois.csv'))
     np.testing.assert_array_equal(table['frame'], np.arange(N_FRAMES))
     np.testing.assert_allclose(table['time'], series['time'])
-    np.testing.assert_array_equal(table['dx'], series['roi_dx'][:, 0])
-    np.testing.assert_array_equal(table['speed'], series['roi_speed'][:, 0])
+    np.testing.assert_allclose(table['dx'], dx / 2, rtol=1e-6)
+    np.testing.assert_allclose(table['displacement'], length / 2, rtol=1e-6)
 
 
 def test_roi_on_a_layer_with_another_scale(viewer_and_plots, qtbot):
@@ -189,7 +221,7 @@ def test_clear_and_export_without_rois(viewer_and_plots, tmp_path):
     with pytest.raises(ValueError, match='no ROI'):
         widget.export_csv(tmp_path / 'rois.csv')
     widget.clear()
-    assert widget.series['mean_speed'].size == 0
+    assert widget.series['mean_displacement'].size == 0
 
 
 def test_real_run_plots_the_session_stats_and_roi_motion(
@@ -223,9 +255,12 @@ def test_real_run_plots_the_session_stats_and_roi_motion(
     wait_drawn(plots, qtbot)
     results = motion.results.sink
     series = plots.series
-    for name in ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after'):
-        np.testing.assert_array_equal(
-            series[name], getattr(results.stats, name)
+    # the layer's units are seconds everywhere: px and px/s
+    assert plots.units.velocity_unit == 'px/s'
+    for name in STAT_NAMES:
+        factor = 0.5 if name in VELOCITY_STATS else 1.0
+        np.testing.assert_allclose(
+            series[name], factor * getattr(results.stats, name), rtol=1e-6
         )
     np.testing.assert_allclose(series['time'], np.arange(12) * 2.0)
     # The first ROI's curves were gathered batch by batch.
@@ -244,7 +279,7 @@ def test_real_run_plots_the_session_stats_and_roi_motion(
     masks = roi_masks([first, second], ['rectangle'] * 2, (64, 64))
     expected = roi_motion(results.w, masks)
     assert plots.roi_names == ['roi_0', 'roi_1']
-    for name in ('dx', 'dy', 'speed'):
+    for name in ('dx', 'dy', 'displacement'):
         np.testing.assert_allclose(
             plots.series[f'roi_{name}'],
             getattr(expected, name),

@@ -14,9 +14,15 @@ drawn whole only when they (or the dock's size or theme) change; otherwise
 only the curves, cursors and legends are drawn again over the saved axes
 (blitting), about 9 ms instead of 57 ms for a 500-frame run.
 
+Curves: the displacement from the reference and the velocity (frame to
+frame), each as the mean and maximum over the frame, in µm and µm/s (say)
+when the source layer has a pixel size and a frame interval, px and px/frame
+otherwise (:class:`~napari_flowscope.session.MotionUnits`), the NCC with the
+reference before and after correction, and per-ROI curves.
+
 Regions of interest are the area shapes (rectangles, polygons, ellipses)
-of a Shapes layer; their mean displacement and speed per frame are computed
-by the headless :mod:`napari_flowscope.roi`.
+of a Shapes layer; their mean displacement per frame is computed by the
+headless :mod:`napari_flowscope.roi`.
 """
 
 import functools
@@ -55,21 +61,27 @@ from napari_flowscope.roi import (
     roi_motion_xy,
     write_roi_csv,
 )
+from napari_flowscope.session.stats import (
+    DISPLACEMENT_STATS,
+    STAT_NAMES,
+    VELOCITY_STATS,
+    MotionUnits,
+)
 
 if TYPE_CHECKING:
     import napari
 
 __all__ = ['MotionPlotWidget']
 
-STAT_NAMES = ('mean_speed', 'max_speed', 'ncc_before', 'ncc_after')
-ROI_COMPONENTS = ('dx', 'dy', 'speed')
+ROI_COMPONENTS = ('dx', 'dy', 'displacement')
 # A redraw costs tens of ms of CPU that the run needs too: at most 4 per s.
 REDRAW_INTERVAL_MS = 250
 ROI_COLORS = tuple(colormaps['tab10'].colors)
 
 
 class MotionPlotWidget(QWidget):
-    """Per-frame speed, registration quality and ROI motion of a run.
+    """Per-frame displacement, velocity, registration quality and ROI
+    motion of a run.
 
     Parameters
     ----------
@@ -98,6 +110,7 @@ class MotionPlotWidget(QWidget):
         self._roi_names = []
         self._masks = None
         self._run = None
+        self._units = MotionUnits()
         self._flow = None  # own copy of the flow, for runs that keep none
         self._flow_xy = None  # (dx, dy) stacks of the run, (T, Y, X)
         # ROI means are computed by the worker that draws: chunks of flow
@@ -146,7 +159,7 @@ class MotionPlotWidget(QWidget):
         )
         self._export_button = QPushButton('Export CSV…')
         self._export_button.setToolTip(
-            'Save the per-ROI mean displacement and speed of every frame'
+            'Save the per-ROI mean displacement of every frame (px)'
         )
         self._clear_button = QPushButton('Clear')
         self._clear_button.setToolTip('Forget the curves of the last run')
@@ -221,18 +234,26 @@ class MotionPlotWidget(QWidget):
         Returns
         -------
         dict of str to ndarray
-            ``frame`` and ``time`` (T,); ``mean_speed``, ``max_speed``,
-            ``ncc_before``, ``ncc_after`` (T,); ``roi_dx``, ``roi_dy``,
-            ``roi_speed`` (T, R) in pixels. Frames not received yet are NaN;
-            ROI curves fill in as the drawing worker computes them (see
-            `drawing`).
+            ``frame`` and ``time`` (T,); ``mean_displacement``,
+            ``max_displacement`` (T,) in ``units.displacement_unit``;
+            ``mean_velocity``, ``max_velocity`` (T,) in
+            ``units.velocity_unit``; ``ncc_before``, ``ncc_after`` (T,);
+            ``roi_dx``, ``roi_dy``, ``roi_displacement`` (T, R) in
+            ``units.displacement_unit``. Frames not received yet are NaN
+            (and the first frame's velocity); ROI curves fill in as the
+            drawing worker computes them (see `drawing`).
         """
+        stats = self._plotted_stats()
         series = {'frame': np.arange(self._n_frames), 'time': self._times()}
-        for name in STAT_NAMES:
-            series[name] = self._stats[name].copy()
-        for name in ROI_COMPONENTS:
-            series[f'roi_{name}'] = self._roi[name].copy()
+        series.update(stats)
+        for name, values in self._plotted_roi().items():
+            series[f'roi_{name}'] = values
         return series
+
+    @property
+    def units(self):
+        """The :class:`~napari_flowscope.session.MotionUnits` plotted."""
+        return self._units
 
     @property
     def roi_names(self):
@@ -254,6 +275,7 @@ class MotionPlotWidget(QWidget):
     def clear(self):
         """Forget the last run's curves (the ROI layer stays)."""
         self._run = None
+        self._units = MotionUnits()
         self._flow = self._flow_xy = None
         self._forget_roi_work()
         self._allocate(0)
@@ -321,6 +343,7 @@ class MotionPlotWidget(QWidget):
     # ------------------------------------------------------ run listeners
     def _on_started(self, info):
         self._run = info
+        self._units = MotionUnits.from_scale(info.scale, info.units)
         self._allocate(info.n_frames)
         self._flow = None
         # ROIs are drawn on 2-D frames; a volume run has no ROI curves.
@@ -515,19 +538,26 @@ class MotionPlotWidget(QWidget):
             )
         self._n_frames = n_frames
 
-    def _frame_interval(self):
-        return float(self._run.scale[0]) if self._run else 1.0
-
-    def _time_unit(self):
-        unit = str(self._run.units[0]) if self._run else 'pixel'
-        return {'second': 's', 'pixel': ''}.get(unit, unit)
-
-    def _in_time_units(self):
-        return bool(self._time_unit()) or self._frame_interval() != 1.0
-
     def _times(self):
-        frames = np.arange(self._n_frames, dtype=np.float32)
-        return frames * np.float32(self._frame_interval())
+        return self._units.times(self._n_frames)
+
+    def _plotted_stats(self):
+        """The statistics in the plotted units (copies)."""
+        plotted = {}
+        for name, values in self._stats.items():
+            if name in DISPLACEMENT_STATS:
+                values = self._units.displacement(values)
+            elif name in VELOCITY_STATS:
+                values = self._units.velocity(values)
+            plotted[name] = values.copy()
+        return plotted
+
+    def _plotted_roi(self):
+        """ROI curves in the displacement unit (copies)."""
+        return {
+            name: self._units.displacement(values).copy()
+            for name, values in self._roi.items()
+        }
 
     # ------------------------------------------------------------ drawing
     @property
@@ -546,28 +576,28 @@ class MotionPlotWidget(QWidget):
         )
 
     def _x(self):
-        if self._in_time_units():
-            return self._times()
-        return np.arange(self._n_frames, dtype=np.float32)
+        return self._times()
 
     def _snapshot(self):
         """Everything a render needs, copied: the worker shares nothing."""
         theme = get_theme(self._viewer.theme)
         ratio = self._plot_label.devicePixelRatioF()
         size = self._plot_label.size()
+        units = self._units
         cursor = None
         if self._cursor_frame is not None:
-            cursor = float(self._cursor_frame)
-            if self._in_time_units():
-                cursor *= self._frame_interval()
-        unit = self._time_unit() or 's'
+            cursor = float(self._cursor_frame) * units.frame_interval
         return _PlotData(
             x=self._x(),
-            stats={name: self._stats[name].copy() for name in STAT_NAMES},
+            stats=self._plotted_stats(),
+            # in px: the worker adds the curves it computes
             roi={name: self._roi[name].copy() for name in ROI_COMPONENTS},
+            roi_scale=units.pixel_size,
             roi_names=tuple(self._roi_names),
             cursor=cursor,
-            x_label=f'time ({unit})' if self._in_time_units() else 'frame',
+            x_label=f'time ({units.time_unit})' if units.timed else 'frame',
+            displacement_unit=units.displacement_unit,
+            velocity_unit=units.velocity_unit,
             panel=theme.background.as_hex(),
             canvas=theme.canvas.as_hex(),
             text=theme.text.as_hex(),
@@ -667,7 +697,7 @@ def _run_job(figure, job):
         job.flow[start : start + len(w)] = w
     # Frames done when the job was made: a chunk of the run's whole flow
     # also holds frames written later or not at all (zeros).
-    done = ~np.isnan(job.plot.stats['mean_speed'])
+    done = ~np.isnan(job.plot.stats['mean_displacement'])
     roi_results = []
     for start, dx, dy in job.roi_chunks:
         motion = roi_motion_xy(dx, dy, job.masks)
@@ -684,11 +714,14 @@ class _PlotData:
     """A copy of what one image of the plot shows (see `_MotionFigure`)."""
 
     x: np.ndarray
-    stats: dict
-    roi: dict
+    stats: dict  # in the plotted units
+    roi: dict  # in px
+    roi_scale: float  # plotted ROI unit per px
     roi_names: tuple
     cursor: float | None
     x_label: str
+    displacement_unit: str
+    velocity_unit: str
     panel: str
     canvas: str
     text: str
@@ -701,35 +734,39 @@ class _PlotData:
 class _MotionFigure:
     """The matplotlib figure; drawn by one thread at a time, no Qt.
 
-    Three axes share the time axis: mean and max speed, NCC before and
-    after correction, and the ROI curves (speed solid, dx dashed, dy
+    Four axes share the time axis: the mean and max displacement from the
+    reference, the mean and max velocity, the NCC before and after
+    correction, and the ROI curves (displacement solid, dx dashed, dy
     dotted, one colour per ROI).  Curves, cursors and legends are
     animated artists: a render draws the axes only when their layout
     changes and blits the rest over a saved copy of them otherwise.
     """
 
+    #: Curves of each statistics axes, in order, with their legend labels.
+    STAT_AXES = (
+        (('mean_displacement', 'mean'), ('max_displacement', 'max')),
+        (('mean_velocity', 'mean'), ('max_velocity', 'max')),
+        (('ncc_before', 'before'), ('ncc_after', 'after')),
+    )
+
     def __init__(self):
         self.figure = Figure()
         FigureCanvasAgg(self.figure)
-        speed_axes, ncc_axes, roi_axes = self.figure.subplots(
-            3, 1, sharex=True
+        self.axes = tuple(
+            self.figure.subplots(len(self.STAT_AXES) + 1, 1, sharex=True)
         )
-        self.axes = (speed_axes, ncc_axes, roi_axes)
-        speed_axes.set_ylabel('speed (px)')
-        ncc_axes.set_ylabel('NCC')
-        roi_axes.set_ylabel('ROI (px)')
-        self.lines = {
-            'mean_speed': speed_axes.plot([], [], label='mean')[0],
-            'max_speed': speed_axes.plot([], [], label='max', alpha=0.6)[0],
-            'ncc_before': ncc_axes.plot([], [], label='before')[0],
-            'ncc_after': ncc_axes.plot([], [], label='after')[0],
-        }
+        self.lines = {}
+        for axes, curves in zip(self.axes, self.STAT_AXES, strict=False):
+            for index, (name, label) in enumerate(curves):
+                self.lines[name] = axes.plot(
+                    [], [], label=label, alpha=0.6 if index else 1.0
+                )[0]
         self.roi_lines = []
         self._roi_names = ()
         self.cursors = [axes.axvline(0, lw=1, ls='--') for axes in self.axes]
         for artist in (*self.lines.values(), *self.cursors):
             artist.set_animated(True)
-        for axes in self.axes[:2]:
+        for axes in self.axes[:-1]:
             # drawn after the curves, as in a full draw
             axes.legend(loc='upper right', fontsize='x-small').set_animated(
                 True
@@ -741,17 +778,23 @@ class _MotionFigure:
         """Draw ``data``; return the image, shape (H, W, 4) uint8 RGBA."""
         for name, line in self.lines.items():
             line.set_data(data.x, data.stats[name])
-        self._set_roi_lines(data)
+        roi = {
+            name: values * np.float32(data.roi_scale)
+            for name, values in data.roi.items()
+        }
+        self._set_roi_lines(data, roi)
         for cursor in self.cursors:
             cursor.set_visible(data.cursor is not None)
             if data.cursor is not None:
                 cursor.set_xdata([data.cursor, data.cursor])
-        limits = self._limits(data)
+        limits = self._limits(data, roi)
         layout = (
             data.width,
             data.height,
             data.dpi,
             data.x_label,
+            data.displacement_unit,
+            data.velocity_unit,
             data.panel,
             data.canvas,
             data.text,
@@ -772,7 +815,7 @@ class _MotionFigure:
                     axes.draw_artist(artist)
         return np.array(canvas.buffer_rgba())
 
-    def _limits(self, data):
+    def _limits(self, data, roi):
         """x limits, then y limits of each axes rounded out to ticks.
 
         Rounded limits change only when the curves leave them, a few
@@ -781,11 +824,11 @@ class _MotionFigure:
         x_limits = (0.0, 1.0)
         if data.x.size > 1:
             x_limits = (float(data.x[0]), float(data.x[-1]))
-        curves = (
-            [data.stats['mean_speed'], data.stats['max_speed']],
-            [data.stats['ncc_before'], data.stats['ncc_after']],
-            [data.roi[name] for name in ROI_COMPONENTS],
-        )
+        curves = [
+            [data.stats[name] for name, _ in axes_curves]
+            for axes_curves in self.STAT_AXES
+        ]
+        curves.append([roi[name] for name in ROI_COMPONENTS])
         y_limits = []
         for values in curves:
             finite = np.concatenate([np.ravel(v) for v in values])
@@ -797,7 +840,7 @@ class _MotionFigure:
             if high - low < 1e-6 * max(1.0, abs(high)):
                 # a flat curve: centred in a unit range
                 low, high = low - 0.5, high + 0.5
-            ticks = MaxNLocator(nbins=5).tick_values(low, high)
+            ticks = MaxNLocator(nbins=4).tick_values(low, high)
             y_limits.append((float(ticks[0]), float(ticks[-1])))
         return (x_limits, *y_limits)
 
@@ -806,28 +849,55 @@ class _MotionFigure:
         figure = self.figure
         figure.set_dpi(data.dpi)
         figure.set_size_inches(data.width / data.dpi, data.height / data.dpi)
-        # Margins in pixels so labels fit however narrow the dock is.
-        figure.subplots_adjust(
-            left=min(60 / data.width * data.dpi / 100, 0.4),
-            right=1 - min(8 / data.width, 0.1),
-            top=1 - min(8 / data.height, 0.1),
-            bottom=min(46 / data.height * data.dpi / 100, 0.3),
-            hspace=0.12,
+        displacement_axes, velocity_axes, ncc_axes, roi_axes = self.axes
+        displacement_axes.set_ylabel(
+            f'displacement\n({data.displacement_unit})'
         )
-        self.axes[-1].set_xlabel(data.x_label)
+        velocity_axes.set_ylabel(f'velocity\n({data.velocity_unit})')
+        ncc_axes.set_ylabel('NCC')
+        roi_axes.set_ylabel(f'ROI\n({data.displacement_unit})')
+        roi_axes.set_xlabel(data.x_label)
         x_limits, *y_limits = limits
-        self.axes[-1].set_xlim(*x_limits)
+        roi_axes.set_xlim(*x_limits)
         for axes, y in zip(self.axes, y_limits, strict=True):
             axes.set_ylim(*y)
         self._apply_theme(data)
+        self._fit_margins(data)
         figure.canvas.draw()
 
-    def _set_roi_lines(self, data):
+    def _fit_margins(self, data):
+        """Margins that hold the tick labels and axis labels, whatever
+        their length (three-decimal NCC ticks, the last x tick label)."""
+        figure = self.figure
+        pad = 4 * data.dpi / 100  # px
+        figure.subplots_adjust(
+            left=0.2, right=0.95, top=0.98, bottom=0.1, hspace=0.15
+        )
+        figure.align_ylabels(self.axes)
+        renderer = figure.canvas.get_renderer()
+        left = right = top = bottom = 0.0
+        for axes in self.axes:
+            box = axes.get_position().transformed(figure.transFigure)
+            tight = axes.get_tightbbox(renderer)
+            left = max(left, box.x0 - tight.x0)
+            right = max(right, tight.x1 - box.x1)
+            top = max(top, tight.y1 - box.y1)
+            bottom = max(bottom, box.y0 - tight.y0)
+        width, height = data.width, data.height
+        figure.subplots_adjust(
+            left=min((left + pad) / width, 0.45),
+            right=1 - min((right + pad) / width, 0.2),
+            top=1 - min((top + pad) / height, 0.2),
+            bottom=min((bottom + pad) / height, 0.3),
+            hspace=0.15,
+        )
+
+    def _set_roi_lines(self, data, roi):
         axes = self.axes[-1]
         if data.roi_names != self._roi_names:
             for line in self.roi_lines:
                 line.remove()
-            styles = {'speed': '-', 'dx': '--', 'dy': ':'}
+            styles = {'displacement': '-', 'dx': '--', 'dy': ':'}
             self.roi_lines = [
                 axes.plot(
                     [],
@@ -835,7 +905,7 @@ class _MotionFigure:
                     ls=styles[component],
                     color=ROI_COLORS[index % len(ROI_COLORS)],
                     # one legend entry per ROI: its colour
-                    label=name if component == 'speed' else '_',
+                    label=name if component == 'displacement' else '_',
                     animated=True,
                 )[0]
                 for index, name in enumerate(data.roi_names)
@@ -848,14 +918,14 @@ class _MotionFigure:
                     loc='upper right',
                     fontsize='x-small',
                     ncols=min(len(data.roi_names), 3),
-                    title='speed —  dx --  dy ··',
+                    title='|d| —  dx --  dy ··',
                     title_fontsize='x-small',
                 ).set_animated(True)
             self._roi_names = data.roi_names
         lines = iter(self.roi_lines)
         for index in range(len(data.roi_names)):
             for component in ROI_COMPONENTS:
-                next(lines).set_data(data.x, data.roi[component][:, index])
+                next(lines).set_data(data.x, roi[component][:, index])
 
     def _apply_theme(self, data):
         self.figure.set_facecolor(data.panel)
