@@ -8,6 +8,7 @@ import pytest
 import tifffile
 
 from napari_flowscope import cli, formats, synthetic
+from napari_flowscope.engine import FlowParams
 from napari_flowscope.session import compensate
 
 
@@ -154,7 +155,9 @@ def test_existing_output_is_not_overwritten(tmp_path, stack_uint16, capsys):
     before = (out / 'flow.npy').stat().st_mtime_ns
 
     assert cli.main(['correct', str(source), '-o', str(out), '-q']) == 1
-    assert 'already holds results' in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert 'already holds results' in error
+    assert '--overwrite' in error
     assert (out / 'flow.npy').stat().st_mtime_ns == before
     command = ['correct', str(source), '-o', str(out), '-q', '--overwrite']
     assert cli.main(command) == 0
@@ -262,3 +265,69 @@ def test_demo_gui_opens_sample_and_docks(monkeypatch, qapp):
         'Motion correction (napari-flowscope)',
         'Motion over time (napari-flowscope)',
     ]
+
+
+def test_a_folder_of_jpegs_is_a_time_lapse(tmp_path, sequence, capsys):
+    import cv2
+
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    frames = np.round(sequence.stack[:4] * 250).astype(np.uint8)
+    for t, frame in enumerate(frames):
+        # numbered 1..4: natural order, not 1, 10, 2
+        cv2.imwrite(str(folder / f'frame{t + 1}.jpg'), frame)
+    out = tmp_path / 'out'
+
+    assert cli.main(['correct', str(folder), '-o', str(out), '-q']) == 0
+
+    registered, metadata = formats.open_stack(out / 'registered.tif')
+    assert registered.shape == frames.shape
+    assert registered.dtype == np.uint8
+    expected, _ = compensate(formats.open_image_sequence(folder)[0], 0)
+    np.testing.assert_array_equal(registered, expected)
+    assert 'frames: 4 of 72 x 72 px' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ('reference', 'message'),
+    [
+        ('range:0-50', 'frames 0 to 49, but the stack has 5 frames'),
+        ('frame:5', 'outside the stack, which has 5 frames'),
+    ],
+)
+def test_a_reference_beyond_the_stack_is_an_error(
+    tmp_path, stack_uint16, capsys, reference, message
+):
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack_uint16[:5], 'TYX')
+    out = tmp_path / 'out'
+    command = ['correct', str(source), '-o', str(out), '--reference']
+    assert cli.main([*command, reference]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main([*command, 'range:0-5', '-q']) == 0
+
+
+def test_motion_model_is_recorded_and_reproduces(tmp_path, stack_uint16):
+    source = tmp_path / 'in.tif'
+    _write_imagej(source, stack_uint16[:4], 'TYX')
+    out = tmp_path / 'out'
+    command = ['correct', str(source), '-o', str(out), '-q']
+    assert cli.main([*command, '--motion-model', 'rigid']) == 0
+
+    params = json.loads((out / 'params.json').read_text())
+    assert params['params']['motion_model'] == 'rigid'
+    saved = FlowParams.from_dict(params['params'])
+    registered, w = compensate(stack_uint16[:4], 0, saved)
+    np.testing.assert_array_equal(np.load(out / 'flow.npy'), w)
+    # one rigid transform per frame: the flow is affine in x and y
+    np.testing.assert_allclose(np.diff(w[-1], n=2, axis=1), 0, atol=1e-3)
+
+
+def test_help_names_the_output_folder_outdir(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(['correct', '--help'])
+    text = capsys.readouterr().out
+    assert '-o OUTDIR, --output OUTDIR' in text
+    assert 'OUTPUT' not in text
+    assert '--motion-model {dense,translation,rigid,affine}' in text

@@ -38,7 +38,9 @@ def test_rectangle_gives_exact_mean_displacement_and_its_length():
     expected_displacement = [
         np.mean(np.hypot(g * cols / 10, g * rows / 20)) for g in gain
     ]
-    np.testing.assert_allclose(motion.displacement[:, 0], expected_displacement, rtol=1e-6)
+    np.testing.assert_allclose(
+        motion.displacement[:, 0], expected_displacement, rtol=1e-6
+    )
     assert motion.dx.dtype == np.float32
     assert motion.dx.shape == (3, 1)
 
@@ -121,7 +123,9 @@ def test_csv_round_trip_keeps_values_and_skips_missing_frames(tmp_path):
     values = rng.normal(size=(4, 3, 2)).astype(np.float32)  # (T, R, 2)
     values[1, 0] = np.nan  # frame 1 of roi 'a' not computed yet
     motion = RoiMotion(
-        dx=values[..., 0], dy=values[..., 1], displacement=np.abs(values[..., 0])
+        dx=values[..., 0],
+        dy=values[..., 1],
+        displacement=np.abs(values[..., 0]),
     )
     times = np.array([0.0, 0.5, 1.0, 1.5])
     path = write_roi_csv(
@@ -135,5 +139,7 @@ def test_csv_round_trip_keeps_values_and_skips_missing_frames(tmp_path):
     keep = ~np.isnan(by_roi[..., 0])
     np.testing.assert_array_equal(table['dx'], by_roi[..., 0][keep])
     np.testing.assert_array_equal(table['dy'], by_roi[..., 1][keep])
-    np.testing.assert_array_equal(table['displacement'], np.abs(by_roi[..., 0][keep]))
+    np.testing.assert_array_equal(
+        table['displacement'], np.abs(by_roi[..., 0][keep])
+    )
     np.testing.assert_array_equal(table['time'], times[table['frame']])

@@ -34,6 +34,7 @@ _LAZY_ATTRIBUTES = {
     'RangeReference': 'napari_flowscope.session',
     'ImageReference': 'napari_flowscope.session',
     'AdaptiveReference': 'napari_flowscope.session',
+    'PreviousReference': 'napari_flowscope.session',
     'compensate': 'napari_flowscope.session',
     'track_features': 'napari_flowscope.tracking',
     'correct_distributed': 'napari_flowscope.distributed',

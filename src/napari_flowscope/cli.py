@@ -147,6 +147,7 @@ def _smoothing(text):
 
 
 def build_parser():
+    from napari_flowscope.engine.motion_models import MOTION_MODELS
     from napari_flowscope.engine.params import METHODS, PRESETS
 
     parser = argparse.ArgumentParser(
@@ -162,8 +163,9 @@ def build_parser():
         'correct',
         help='motion-correct a TIFF time-lapse (no napari needed)',
         description=(
-            'Register every frame of a TIFF time-lapse to a reference and '
-            'write registered.tif, flow.npy + flow.json, reliability.npy, '
+            'Register every frame of a TIFF time-lapse (or of a folder of '
+            'numbered TIFF/PNG/JPEG frames) to a reference and write '
+            'registered.tif, flow.npy + flow.json, reliability.npy, '
             'confidence.npy, stats.csv and params.json to OUTDIR. Files '
             'appear under their '
             'final names only when the run is complete.'
@@ -172,10 +174,19 @@ def build_parser():
     correct.add_argument(
         'input',
         type=Path,
-        help='TIFF stack (T, Y, X) or volumes (T, Z, Y, X), with channels',
+        metavar='INPUT',
+        help=(
+            'TIFF stack (T, Y, X) or volumes (T, Z, Y, X), with channels, '
+            'or a folder of numbered single-frame TIFF/PNG/JPEG images'
+        ),
     )
     correct.add_argument(
-        '-o', '--output', type=Path, required=True, help='output folder'
+        '-o',
+        '--output',
+        type=Path,
+        required=True,
+        metavar='OUTDIR',
+        help='output folder',
     )
     correct.add_argument(
         '--preset',
@@ -189,14 +200,26 @@ def build_parser():
         help="flow method, overriding the preset's",
     )
     correct.add_argument(
+        '--motion-model',
+        choices=list(MOTION_MODELS),
+        default='dense',
+        help=(
+            'dense: the optical flow, one displacement per pixel; '
+            'translation, rigid (+ rotation), affine (+ scaling, shear): '
+            'one transform of the whole frame, fitted to the trusted flow '
+            'and refined on the images, for drift (default: %(default)s)'
+        ),
+    )
+    correct.add_argument(
         '--reference',
         type=_reference,
         default='frame:0',
         metavar='SPEC',
         help=(
-            'frame:N, range:A-B, range:A-B:median, '
-            'range:A-B:mean:preregister, adaptive or '
-            'adaptive:BUFFER:INTERVAL:WEIGHT (default: frame:0)'
+            'frame:N, range:A-B (frames A to B-1), range:A-B:median, '
+            'range:A-B:mean:preregister, previous (each frame registered '
+            'to the registered frame before it, like StackReg), adaptive '
+            'or adaptive:BUFFER:INTERVAL:WEIGHT (default: frame:0)'
         ),
     )
     correct.add_argument(
@@ -384,8 +407,12 @@ def _correct(args):
     from napari_flowscope.engine import FlowParams
     from napari_flowscope.session import DiskSink, MotionSession
 
-    stack, metadata = formats.open_stack(args.input, lazy=True)
+    if Path(args.input).is_dir():
+        stack, metadata = formats.open_image_sequence(args.input, lazy=True)
+    else:
+        stack, metadata = formats.open_stack(args.input, lazy=True)
     formats.check_time_lapse(metadata, args.input)
+    _check_reference(args.reference, metadata.shape[0])
     channel_axis = _channel_axis(metadata)
     spatial = _spatial_axes(metadata)
     scale = [metadata.scale[metadata.axes.index(axis)] for axis in spatial]
@@ -402,6 +429,7 @@ def _correct(args):
     params = FlowParams.preset(args.preset)
     if args.method is not None:
         params = params.replace(method=args.method)
+    params = params.replace(motion_model=args.motion_model)
     session = MotionSession(
         stack,
         reference=args.reference,
@@ -424,23 +452,30 @@ def _correct(args):
         overwrite=args.overwrite,
     )
     progress = None if args.quiet else ProgressLine('correct')
-    if args.scheduler is not None:
-        sink = _correct_on_cluster(
-            args, params, channel_axis, progress, scale, spacing
-        )
-    else:
-        sink = session.run(sink=sink, progress_callback=progress)
+    try:
+        if args.scheduler is not None:
+            # A folder of images goes as its dask array (reading the files).
+            source = stack if Path(args.input).is_dir() else args.input
+            sink = _correct_on_cluster(
+                args, source, params, channel_axis, progress, scale, spacing
+            )
+        else:
+            sink = session.run(sink=sink, progress_callback=progress)
+    except FileExistsError as error:
+        raise FileExistsError(f'{error} (--overwrite replaces them)') from None
     _print_summary(session, sink)
     return 0
 
 
-def _correct_on_cluster(args, params, channel_axis, progress, scale, spacing):
+def _correct_on_cluster(
+    args, source, params, channel_axis, progress, scale, spacing
+):
     from napari_flowscope.distributed import correct_distributed
 
     if args.temporal_smoothing is not None:
         raise ValueError('--temporal-smoothing does not work with --scheduler')
     return correct_distributed(
-        args.input,
+        source,
         args.output,
         reference=args.reference,
         params=params,
@@ -470,6 +505,25 @@ def _channel_axis(metadata):
     if metadata.rgb:
         return metadata.axes.index('S')
     return metadata.channel_axis
+
+
+def _check_reference(reference, n_frames):
+    """Refuse a reference the stack does not have, before any work."""
+    from napari_flowscope.session import FrameReference, RangeReference
+
+    if isinstance(reference, RangeReference) and reference.stop > n_frames:
+        raise ValueError(
+            f'--reference range:{reference.start}-{reference.stop} asks for '
+            f'frames {reference.start} to {reference.stop - 1}, but the '
+            f'stack has {n_frames} frames (0 to {n_frames - 1})'
+        )
+    if isinstance(reference, FrameReference) and not (
+        -n_frames <= reference.index < n_frames
+    ):
+        raise ValueError(
+            f'--reference frame:{reference.index} is outside the stack, '
+            f'which has {n_frames} frames (0 to {n_frames - 1})'
+        )
 
 
 def _spatial_axes(metadata):

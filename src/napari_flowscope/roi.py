@@ -203,7 +203,8 @@ def write_roi_csv(path, motion, *, frames=None, times=None, names=None):
     """Write per-ROI curves as a long-format CSV table.
 
     One row per region and frame, columns ``roi, frame, time, dx, dy,
-    displacement`` (displacements in pixels). Frames whose values are NaN (not computed yet) are skipped.
+    displacement`` (displacements in pixels). Frames whose values are NaN
+    (not computed yet) are skipped.
 
     Parameters
     ----------

@@ -21,10 +21,12 @@ __all__ = [
     'SpotSequence',
     'SyntheticSequence',
     'VolumeSequence',
+    'affine_drift',
     'bleaching_tissue',
     'drifting_spots',
     'drifting_tissue',
     'drifting_volume',
+    'drift_with_crawling_cell',
     'large_translation',
     'moving_disk',
     'nonrigid_motion',
@@ -172,6 +174,130 @@ def rigid_drift(
         n_frames,
         margin=int(np.ceil(max_shift + np.deg2rad(max_rotation) * max(shape))),
         name='rigid drift + rotation',
+    )
+
+
+def affine_drift(
+    *,
+    n_frames=8,
+    shape=(256, 256),
+    max_shift=4.0,
+    max_strain=0.02,
+    seed=0,
+    noise=0.0,
+):
+    """A smooth random affine motion: drift, scaling, shear and rotation.
+
+    Parameters
+    ----------
+    n_frames : int, optional
+        Number of frames ``T``.
+    shape : tuple of int, optional
+        Frame shape ``(H, W)``.
+    max_shift : float, optional
+        Largest translation (px).
+    max_strain : float, optional
+        Largest entry of the linear part minus the identity (e.g. 0.02 =
+        2 % scaling or shear), about the image centre.
+    seed : int, optional
+        Seed for texture and trajectory.
+    noise : float, optional
+        Standard deviation of additive Gaussian noise (intensity units).
+
+    Returns
+    -------
+    SyntheticSequence
+        ``flow[t](x) = A_t (x - c) + c + s_t - x`` with ``c`` the centre.
+    """
+    rng = np.random.default_rng(seed)
+    shifts = _smooth_walk(rng, n_frames, 2, max_shift)
+    strains = _smooth_walk(rng, n_frames, 4, max_strain)
+    centre = ((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+
+    def displacement(x, y, t):
+        a, b, c, d = strains[t]
+        dx, dy = x - centre[0], y - centre[1]
+        u = a * dx + b * dy + shifts[t][0]
+        v = c * dx + d * dy + shifts[t][1]
+        return u.astype(np.float32), v.astype(np.float32)
+
+    sequence = _render(
+        tissue_texture(shape, seed=seed),
+        displacement,
+        n_frames,
+        margin=int(np.ceil(max_shift + 2 * max_strain * max(shape))) + 1,
+        name='affine drift',
+    )
+    return _with_noise(sequence, noise, seed)
+
+
+def drift_with_crawling_cell(
+    *, n_frames=8, shape=(192, 192), max_shift=4.0, radius=24, seed=0
+):
+    """Rigid drift of the whole field while one cell crawls across it.
+
+    Parameters
+    ----------
+    n_frames : int, optional
+        Number of frames ``T``.
+    shape : tuple of int, optional
+        Frame shape ``(H, W)``.
+    max_shift : float, optional
+        Largest drift (px).
+    radius : float, optional
+        Radius (px) of the region that moves on its own (the "cell"); it
+        moves 1 px per frame along x on top of the drift, its motion fading
+        out over about 12 px at its edge (so the motion stays invertible).
+    seed : int, optional
+        Seed for texture and drift.
+
+    Returns
+    -------
+    SyntheticSequence
+        ``flow`` is the true motion, cell included; the drift alone is
+        the flow outside the cell (``valid`` marks the drift-only region
+        away from the border).
+    """
+    rng = np.random.default_rng(seed)
+    shifts = _smooth_walk(rng, n_frames, 2, max_shift)
+    height, width = shape
+    centre = (width / 3, height / 2)
+
+    def displacement(x, y, t):
+        distance = np.hypot(x - centre[0], y - centre[1])
+        inside = (0.5 + 0.5 * np.tanh((radius - distance) / 6)) * t
+        u = shifts[t][0] + inside
+        v = np.full_like(y, shifts[t][1])
+        return u.astype(np.float32), v.astype(np.float32)
+
+    sequence = _render(
+        tissue_texture(shape, seed=seed),
+        displacement,
+        n_frames,
+        margin=int(np.ceil(max_shift + n_frames)) + 1,
+        name='drift + crawling cell',
+    )
+    y, x = np.mgrid[0:height, 0:width]
+    far = np.hypot(x - centre[0], y - centre[1]) > radius + n_frames + 20
+    return SyntheticSequence(
+        stack=sequence.stack,
+        flow=sequence.flow,
+        reference=sequence.reference,
+        valid=sequence.valid & far,
+        name=sequence.name,
+    )
+
+
+def _with_noise(sequence, noise, seed):
+    if noise == 0:
+        return sequence
+    stack = _add_noise(sequence.stack, noise, seed)
+    return SyntheticSequence(
+        stack=stack,
+        flow=sequence.flow,
+        reference=stack[0],
+        valid=sequence.valid,
+        name=f'{sequence.name}, noise {noise:g}',
     )
 
 

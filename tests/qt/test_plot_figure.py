@@ -117,7 +117,7 @@ def test_labels_fit_three_decimal_ticks_and_an_empty_run():
         **{
             **empty.__dict__,
             'x': nothing,
-            'stats': {name: nothing for name in STAT_NAMES},
+            'stats': dict.fromkeys(STAT_NAMES, nothing),
             'roi': {name: nothing.reshape(0, 0) for name in ROI_COMPONENTS},
             'cursor': None,
         }

@@ -67,7 +67,9 @@ def test_units_from_scale(
     motion_units = MotionUnits.from_scale(scale, units)
     assert motion_units.displacement_unit == displacement_unit
     assert motion_units.velocity_unit == velocity_unit
-    np.testing.assert_allclose(motion_units.displacement([2.0]), 2 * factors[0])
+    np.testing.assert_allclose(
+        motion_units.displacement([2.0]), 2 * factors[0]
+    )
     np.testing.assert_allclose(motion_units.velocity([2.0]), 2 * factors[1])
 
 
@@ -83,4 +85,6 @@ def test_stats_table_columns_carry_units():
         'ncc_before',
         'ncc_after',
     ]
-    np.testing.assert_array_equal(table['max_velocity_px_per_frame'], [9, 10, 11])
+    np.testing.assert_array_equal(
+        table['max_velocity_px_per_frame'], [9, 10, 11]
+    )

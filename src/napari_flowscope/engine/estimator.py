@@ -15,6 +15,7 @@ from ._normalize import (
     normalize,
 )
 from .confidence import (
+    CONFIDENCE_THRESHOLD,
     CONFIDENCE_WINDOW,
     LocalCorrelation,
     combine_scores,
@@ -23,8 +24,14 @@ from .confidence import (
     texture_score,
 )
 from .methods import get_method
+from .motion_models import GlobalMotion, motion_field
 from .params import FlowParams
-from .pyramid import build_pyramid, coarse_to_fine, level_count
+from .pyramid import (
+    build_pyramid,
+    coarse_to_fine,
+    downsample_flow,
+    level_count,
+)
 from .reliability import reliability_map
 
 __all__ = ['FlowEstimator', 'FlowField', 'estimate_flow']
@@ -131,6 +138,11 @@ class FlowEstimator:
             self._texture = texture_score(
                 reliability, params.reliability_threshold
             )
+        self._motion = None
+        if params.motion_model != 'dense' and not self._constant:
+            self._motion = GlobalMotion(
+                self.reference, model=params.motion_model
+            )
 
     def _prepare(self, normalized):
         if self._local and not self._constant:
@@ -189,13 +201,48 @@ class FlowEstimator:
         def solve_level(level, w):
             return solver.solve(states[level], moving_pyramid[level], w)
 
-        w = coarse_to_fine(self._shapes, solve_level, init=init)
-        w = np.ascontiguousarray(w, dtype=np.float32)
+        if self._motion is not None:
+            w = self._global_motion(solve_level, moving, half_moving, init)
+        else:
+            w = coarse_to_fine(self._shapes, solve_level, init=init)
+            w = np.ascontiguousarray(w, dtype=np.float32)
         return FlowField(
             w=w,
             reliability=self.reliability,
             confidence=self._confidence(w, half_moving),
         )
+
+    def _global_motion(self, solve_level, moving, half_moving, init):
+        """A global model's field (see :mod:`.motion_models`).
+
+        The model is fitted to the flow at half resolution, each vector
+        weighted by its confidence (0 below the trust threshold), and then
+        refined on the images at full resolution: the finest and costliest
+        flow level would only add noise to the fit.
+        """
+        if len(self._shapes) == 1:
+            w = coarse_to_fine(self._shapes, solve_level, init=init)
+            half_w = cv2.pyrDown(w) * np.float32(0.5)
+        else:
+            if init is not None:
+                init = downsample_flow(init, self._shapes[1], 1)
+            half_w = coarse_to_fine(
+                self._shapes[1:],
+                lambda level, w: solve_level(level + 1, w),
+                init=init,
+            )
+        half_w = np.ascontiguousarray(half_w, dtype=np.float32)
+        # pyrDown: half-resolution pixel i sits on full-resolution pixel 2 i
+        confidence = combine_scores(
+            self._half_match(half_w, half_moving), self._texture[::2, ::2]
+        )
+        weights = np.where(
+            confidence >= CONFIDENCE_THRESHOLD, confidence, np.float32(0)
+        )
+        matrix = self._motion.estimate(
+            half_w, moving, weights=weights, level=1
+        )
+        return motion_field(matrix, self.shape)
 
     def _confidence(self, w, moving):
         """Match score of the half-resolution warp, with the texture score.
@@ -205,6 +252,14 @@ class FlowEstimator:
         height, width = moving.shape
         half_w = cv2.pyrDown(w, dstsize=(width, height))
         half_w *= np.float32(0.5)
+        match = cv2.pyrUp(
+            self._half_match(half_w, moving), dstsize=self.shape[::-1]
+        )
+        return combine_scores(match, self._texture)
+
+    def _half_match(self, half_w, moving):
+        """Match score at half resolution of the half-resolution flow."""
+        height, width = moving.shape
         warped = cv2.remap(
             standardize(moving),
             half_w,
@@ -218,9 +273,7 @@ class FlowEstimator:
         y = half_w[..., 1] + np.arange(height, dtype=np.float32)[:, None]
         inside = (x >= -0.5) & (x <= width - 0.5)
         inside &= (y >= -0.5) & (y <= height - 0.5)
-        match = match_score(self._correlation(warped), inside)
-        match = cv2.pyrUp(match, dstsize=self.shape[::-1])
-        return combine_scores(match, self._texture)
+        return match_score(self._correlation(warped), inside)
 
 
 def estimate_flow(reference, moving, params=None, *, init=None):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .methods import METHODS, get_method
+from .motion_models import MOTION_MODELS
 
 __all__ = ['FlowParams', 'METHODS', 'PRESETS']
 
@@ -56,6 +57,15 @@ class FlowParams:
         Linearise-and-warp iterations per pyramid level.  Lucas-Kanade uses
         ``warps`` at the two finest levels and ``warps + 2`` at the coarser
         ones, which are cheap.  Allowed: 1 to 100.
+    motion_model : {'dense', 'translation', 'rigid', 'affine'}
+        ``'dense'``: the optical flow itself, one displacement per pixel
+        (deformation, beating, crawling cells).  ``'translation'``,
+        ``'rigid'`` (rotation + translation), ``'affine'`` (+ scaling and
+        shear): one transform of the whole frame, fitted robustly to the
+        trusted flow and refined on the images
+        (:mod:`napari_flowscope.engine.motion_models`); the flow is then
+        that transform's field.  For drift, like Fiji's StackReg.  Presets
+        do not set it.
     """
 
     method: str = 'lucas_kanade'
@@ -65,6 +75,7 @@ class FlowParams:
     alpha: float = 1.0
     iterations: int = 20
     warps: int = 1
+    motion_model: str = 'dense'
 
     _PRESET_NAMES: ClassVar[tuple[str, ...]] = (
         'fast',
@@ -84,10 +95,19 @@ class FlowParams:
         _set(self, 'levels', _integer(self, 'levels', 1, 12))
         _set(self, 'iterations', _integer(self, 'iterations', 1, 10000))
         _set(self, 'warps', _integer(self, 'warps', 1, 100))
+        if self.motion_model not in MOTION_MODELS:
+            raise ValueError(
+                'motion_model must be one of '
+                f'{", ".join(map(repr, MOTION_MODELS))}; '
+                f'got {self.motion_model!r}'
+            )
 
     @classmethod
     def preset(cls, name: str) -> FlowParams:
         """Return a named preset.
+
+        Presets set the flow method and its parameters; their motion model
+        is ``'dense'`` (change it with :meth:`replace`).
 
         Parameters
         ----------

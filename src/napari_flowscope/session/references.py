@@ -22,6 +22,7 @@ __all__ = [
     'AdaptiveReference',
     'FrameReference',
     'ImageReference',
+    'PreviousReference',
     'RangeReference',
     'ReferenceStrategy',
     'as_reference_strategy',
@@ -288,6 +289,29 @@ class AdaptiveReference(ReferenceStrategy):
         }
 
 
+@dataclass(frozen=True)
+class PreviousReference(AdaptiveReference):
+    """Each frame registered to the previous frame, once registered.
+
+    What Fiji's StackReg does: frame 1 is registered to frame 0, frame 2 to
+    the registered frame 1, and so on, so the whole stack ends up aligned
+    with frame 0 while each match is between neighbours, which stay alike
+    when the sample changes slowly.  Errors of the matches add up along the
+    stack.  It is an :class:`AdaptiveReference` that starts from frame 0
+    and replaces the reference with every registered frame.
+    """
+
+    buffer_size: int = field(default=1, init=False)
+    update_interval: int = field(default=1, init=False)
+    update_weight: float = field(default=1.0, init=False)
+
+    def build(self, read, n_frames, **_options):
+        return np.asarray(read(0, 1)[0], dtype=np.float32)
+
+    def to_dict(self):
+        return {'strategy': 'previous'}
+
+
 def preregistered_mean(
     frames: np.ndarray,
     params: FlowParams | None = None,
@@ -358,7 +382,7 @@ def reference_from_string(text: str) -> ReferenceStrategy:
     """Parse the command-line spelling of a reference strategy.
 
     Accepted: ``frame:N``, ``range:A-B``, ``range:A-B:median``,
-    ``range:A-B:mean:preregister``, ``adaptive`` and
+    ``range:A-B:mean:preregister``, ``previous``, ``adaptive`` and
     ``adaptive:BUFFER:INTERVAL:WEIGHT`` (trailing parts optional).
     """
     kind, _, rest = text.strip().partition(':')
@@ -379,6 +403,8 @@ def reference_from_string(text: str) -> ReferenceStrategy:
                 statistic=statistic,
                 preregister='preregister' in options,
             )
+        if kind == 'previous' and not parts:
+            return PreviousReference()
         if kind == 'adaptive':
             if len(parts) > 3:
                 raise ValueError
@@ -391,7 +417,7 @@ def reference_from_string(text: str) -> ReferenceStrategy:
         pass
     raise ValueError(
         f'cannot read reference {text!r}; use frame:N, range:A-B, '
-        'range:A-B:median, range:A-B:mean:preregister or adaptive'
+        'range:A-B:median, range:A-B:mean:preregister, previous or adaptive'
     )
 
 
