@@ -26,7 +26,10 @@ from napari_flowscope._qt.layers import (
     vector_step,
 )
 from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
-from napari_flowscope._qt.parameters import ParametersPanel
+from napari_flowscope._qt.parameters import (
+    MOTION_MODEL_CHOICES,
+    ParametersPanel,
+)
 from napari_flowscope._qt.reference import ReferencePanel
 from napari_flowscope._qt.run_control import (
     RunControlPanel,
@@ -84,6 +87,8 @@ def _shifted_stack(n_frames=4, shape=(48, 48)):
             warps=4,
         ),
         FlowParams(sigma=45.0, warps=60, alpha=5e3),  # beyond slider ranges
+        FlowParams(motion_model='rigid'),
+        FlowParams.preset('quality').replace(motion_model='affine'),
     ],
 )
 def test_parameters_round_trip(qtbot, params):
@@ -126,6 +131,24 @@ def test_editing_a_value_makes_the_preset_custom(qtbot):
     # a dragged log slider gives a readable value
     panel.alpha.value = 5.0
     assert panel.params.alpha == float(f'{panel.alpha.value:.2g}')
+
+
+def test_motion_model_choice_survives_presets(qtbot):
+    panel = ParametersPanel()
+    qtbot.addWidget(panel.native)
+    seen = []
+    panel.params_changed.connect(seen.append)
+    panel.motion_model.value = 'translation'
+    assert seen[-1] == FlowParams(motion_model='translation')
+    assert panel.preset.value == 'balanced'  # a preset, whatever the model
+    panel.preset.value = 'quality'
+    assert panel.params == FlowParams.preset('quality').replace(
+        motion_model='translation'
+    )
+    assert [label for label, _ in MOTION_MODEL_CHOICES][:2] == [
+        'dense (every pixel)',
+        'translation (drift)',
+    ]
 
 
 def test_temporal_smoothing_zero_is_off(qtbot):

@@ -26,6 +26,15 @@ METHOD_CHOICES = [
     ('Lucas-Kanade (fast)', 'lucas_kanade'),
     ('Variational (robust)', 'variational'),
 ]
+MOTION_MODEL_CHOICES = [
+    ('dense (every pixel)', 'dense'),
+    ('translation (drift)', 'translation'),
+    ('rigid (drift + rotation)', 'rigid'),
+    ('affine (+ scaling, shear)', 'affine'),
+]
+# The fields the widgets show, in FlowParams order; presets leave the
+# motion model alone.
+FIELDS = (*PRESETS['balanced'], 'motion_model')
 # The bottom of the log slider; 0 (keep every pixel) shows as this.
 LOWEST_RELIABILITY = 1e-6
 # Only these fields mean something to the variational solver.
@@ -113,8 +122,17 @@ class ParametersPanel(Container):
             label='preset',
             choices=[CUSTOM, *PRESETS],
             value='balanced',
-            tooltip='Set all parameters at once; editing one makes it '
-            '"custom".',
+            tooltip='Set all flow parameters at once (the motion model '
+            'stays); editing one makes it "custom".',
+        )
+        self.motion_model = ComboBox(
+            label='motion model',
+            choices=MOTION_MODEL_CHOICES,
+            value='dense',
+            tooltip='Dense: one displacement per pixel (deformation, '
+            'beating, crawling cells). Translation, rigid, affine: one '
+            'transform of the whole frame, fitted to the trusted flow and '
+            'refined on the images, like StackReg (drift correction).',
         )
         self.method = ComboBox(
             label='method',
@@ -181,6 +199,7 @@ class ParametersPanel(Container):
         self._advanced.margins = (0, 0, 0, 0)
         super().__init__(
             widgets=[
+                self.motion_model,
                 self.preset,
                 self.method,
                 self.sigma,
@@ -205,9 +224,7 @@ class ParametersPanel(Container):
     @property
     def params(self) -> FlowParams:
         """The :class:`FlowParams` the widgets show."""
-        return FlowParams(
-            **{name: self._value(name) for name in PRESETS['balanced']}
-        )
+        return FlowParams(**{name: self._value(name) for name in FIELDS})
 
     @property
     def temporal_sigma(self) -> float | None:
@@ -223,7 +240,7 @@ class ParametersPanel(Container):
                 widget = getattr(self, name)
                 if name == 'reliability_threshold':
                     value = max(value, LOWEST_RELIABILITY)
-                if name != 'method' and not isinstance(widget, LogSlider):
+                if isinstance(widget, (FloatSlider, SpinBox)):
                     widget.min = min(widget.min, value)
                     widget.max = max(widget.max, value)
                 widget.value = value
@@ -241,11 +258,14 @@ class ParametersPanel(Container):
         return exact if value == shown else value
 
     def _param_widgets(self):
-        return [getattr(self, name) for name in PRESETS['balanced']]
+        return [getattr(self, name) for name in FIELDS]
 
     def _on_preset(self, name: str) -> None:
         if name != CUSTOM and not self._applying_preset:
-            self.set_params(FlowParams.preset(name))
+            model = self.motion_model.value
+            self.set_params(
+                FlowParams.preset(name).replace(motion_model=model)
+            )
 
     def _on_param(self, _value=None) -> None:
         if self._applying_preset:
@@ -267,6 +287,7 @@ class ParametersPanel(Container):
 
 def _preset_name(params: FlowParams) -> str:
     for name in PRESETS:
-        if FlowParams.preset(name) == params:
+        preset = FlowParams.preset(name)
+        if preset.replace(motion_model=params.motion_model) == params:
             return name
     return CUSTOM
