@@ -57,7 +57,7 @@ _TUKEY = 4.685
 # evidence against a vector.
 _MIN_FLOW_SCALE = 0.1
 # Flow vectors the fit uses at most (a regular subsample).
-_MAX_SAMPLES = 1 << 13
+_MAX_SAMPLES = 1 << 12
 _FIT_ITERATIONS = 10
 # The fit stops when no pixel moves more than this (px); the refinement
 # on the images does the fine work.
@@ -71,9 +71,13 @@ _MAX_STEP = 4.0
 # full-resolution px); frames smaller than this (px) skip them.
 _HALF_TOLERANCE = 0.05
 _MIN_HALF_SIZE = 64
-# The refined transform is kept unless it matches worse than the start by
-# more than this factor (squared difference after gain matching).
-_WORSE = 1.02
+# The refined transform is dropped, as diverged, when it matches worse than
+# the start by more than this factor (squared difference after gain
+# matching).  Not 1: the squared difference of bilinearly interpolated
+# frames is lowest near half-pixel shifts, where interpolation averages
+# noise away, so the right answer can score a few per cent worse than a
+# wrong start.
+_WORSE = 1.25
 # Pixels within this distance (px) of where the moving frame ends are left
 # out of the refinement: updates move the model by less.
 _BORDER = 2.0
@@ -131,7 +135,7 @@ def fit_motion(w, *, model, weights=None):
     Notes
     -----
     Iteratively reweighted least squares with Tukey's biweight, on a
-    regular subsample of at most 8192 vectors.  Each iteration solves in
+    regular subsample of at most 4096 vectors.  Each iteration solves in
     closed form: the weighted mean displacement (translation), the weighted
     Procrustes solution (rigid, Kabsch's rotation in 2-D) or the weighted
     linear least squares (affine).
@@ -164,7 +168,8 @@ def fit_motion(w, *, model, weights=None):
     for _ in range(_FIT_ITERATIONS):
         previous = matrix
         matrix = _solve(points, targets, robust, model)
-        residual = np.linalg.norm(_apply(matrix, points) - targets, axis=1)
+        difference = _apply(matrix, points) - targets
+        residual = np.hypot(difference[:, 0], difference[:, 1])
         scale = max(
             1.4826 * float(np.median(residual[trusted])), _MIN_FLOW_SCALE
         )
@@ -412,7 +417,17 @@ class _RefinementLevel:
         steepest_weights = steepest.sum(axis=1, dtype=np.float64)
         steepest_template = (steepest * centred).sum(axis=1, dtype=np.float64)
         template_energy = float(np.square(centred).sum())
-        hessian = first_cost = cost = None
+
+        def _cost(values, gain):
+            # sum((g (v - m w) - c) ** 2), expanded; the mean term is
+            # orthogonal to the centred reference
+            return (
+                template_energy
+                + count * template_norm**2
+                - 2 * gain * float((values * centred).sum())
+            )
+
+        hessian = first_cost = None
         for _ in range(_REFINE_ITERATIONS):
             warped = self.warp(moving, matrix)
             values = warped.ravel() * weights
@@ -422,14 +437,8 @@ class _RefinementLevel:
             if spread <= 0:
                 return start
             gain = template_norm / np.sqrt(spread)
-            # sum((g (v - m w) - c) ** 2), expanded
-            cost = (
-                template_energy
-                + count * template_norm**2
-                - 2 * gain * float((values * centred).sum())
-            )
             if hessian is None:
-                first_cost = cost
+                first_cost = _cost(values, gain)
                 hessian = gain * self.cross_hessian(
                     steepest, self.steepest_descent(warped)
                 )
@@ -450,7 +459,8 @@ class _RefinementLevel:
                 return start
             if change < tolerance:
                 break
-        if cost > first_cost * _WORSE:
+        # the match at the last transform warped (one tiny update earlier)
+        if _cost(values, gain) > first_cost * _WORSE:
             return start
         return matrix
 
@@ -541,24 +551,40 @@ class GlobalMotion:
         self.model = model
         self.refiner = MotionRefiner(reference, model=model)
 
-    def estimate(self, w, moving, *, weights=None):
+    def estimate(self, w, moving, *, weights=None, level=0):
         """The transform that takes the reference to ``moving``.
 
         Parameters
         ----------
-        w : array_like, shape (H, W, 2)
-            Dense flow from the reference to ``moving``.
+        w : array_like, shape (h, w, 2)
+            Dense flow from the reference to ``moving`` at pyramid level
+            ``level`` (in that level's pixels).
         moving : array_like, shape (H, W)
-            The moving frame.
-        weights : array_like, shape (H, W), optional
+            The moving frame, full resolution.
+        weights : array_like, shape (h, w), optional
             Trust in each flow vector (see :func:`fit_motion`).
+        level : int
+            Pyramid level of ``w`` (``cv2.pyrDown`` applied ``level``
+            times: its pixel ``i`` sits on full-resolution pixel
+            ``2 ** level * i``).
 
         Returns
         -------
         ndarray, shape (2, 3), float64
+            Full-resolution transform.
         """
         fit = fit_motion(w, model=self.model, weights=weights)
-        return self.refiner.refine(moving, fit.matrix, mask=fit.inliers)
+        factor = 2**level
+        matrix = _scaled(fit.matrix, factor)
+        inliers = fit.inliers
+        if level:
+            height, width = self.refiner.shape
+            inliers = cv2.resize(
+                inliers.astype(np.uint8),
+                (width, height),
+                interpolation=cv2.INTER_NEAREST,
+            ).astype(bool)
+        return self.refiner.refine(moving, matrix, mask=inliers)
 
     def field(self, w, moving, *, weights=None):
         """The model's flow, float32 ``(H, W, 2)`` (see :meth:`estimate`)."""
