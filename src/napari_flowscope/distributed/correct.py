@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_flowscope.engine import FlowParams, speed
+from napari_flowscope.engine import FlowParams
 from napari_flowscope.session import (
     DiskSink,
     FlowBatch,
@@ -250,6 +250,7 @@ or int, optional
                     n_frames=n_frames,
                     progress_callback=progress_callback,
                     cancel=cancel,
+                    length=session.displacement,
                 )
             finally:
                 # Cancels what is still pending (a no-op after success).
@@ -330,6 +331,7 @@ def _collect(
     n_frames,
     progress_callback,
     cancel,
+    length,
 ):
     """Wait for chunks, report progress, copy them into the sink in order.
 
@@ -374,23 +376,33 @@ def _collect(
                 reference_image,
                 batch_size,
                 last_w,
+                length,
             )
             next_chunk += 1
     return True
 
 
 def _copy_chunk(
-    sink, chunk_dir, start, stop, stats, reference_image, batch_size, last_w
+    sink,
+    chunk_dir,
+    start,
+    stop,
+    stats,
+    reference_image,
+    batch_size,
+    last_w,
+    length,
 ):
     """Write one chunk into the sink; return the flow of its last frame.
 
     A chunk is registered without its predecessor, so the velocity of its
     first frame is measured here, against ``last_w``, the flow of the
-    frame before it (None for the first chunk), as the session would.
+    frame before it (None for the first chunk), with ``length`` (the
+    session's :meth:`~MotionSession.displacement`), as the session would.
     """
     arrays = open_chunk(chunk_dir, start, stop)
     if last_w is not None:
-        velocity = speed(arrays['w'][0] - last_w)
+        velocity = length(arrays['w'][0] - last_w)
         stats.mean_velocity[0] = velocity.mean()
         stats.max_velocity[0] = velocity.max()
     last_w = np.array(arrays['w'][-1])
