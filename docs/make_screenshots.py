@@ -583,12 +583,39 @@ def real_volume_picture():
     return [name]
 
 
+def motion_model_pictures():
+    """A translation-only correction of the CTC crop: defaults otherwise,
+    every dock open, a 1280 x 800 window."""
+    import tifffile
+
+    made = []
+    cells = REAL_DATA / 'ctc_timelapse_napari' / '2D_timelapse.tif'
+    if not cells.is_file():
+        print('real data absent: skipping motion-model pictures', flush=True)
+        return made
+    session = Session()
+    viewer = session.viewer
+    viewer.window.resize(1280, 800)
+    viewer.add_image(tifffile.imread(cells), name='nuclei (CTC)')
+    motion = session.dock('Motion correction', width=360)
+    session.dock('Motion over time', width=360)
+    session.dock('Feature tracking', width=360)
+    motion.parameters.motion_model.value = 'translation'
+    motion.start()
+    session.wait(until=lambda: _idle(motion))
+    viewer.dims.set_current_step(0, 29)
+    made.append(session.shot('motion_model_translation_ctc.png'))
+    session.close()
+    return made
+
+
 GROUPS = {
     'parameters': parameter_pictures,
     'getting_started': getting_started_pictures,
     'real_data': real_data_pictures,
     'tracking': tracking_pictures,
     'volumes': volume_pictures,
+    'motion_models': motion_model_pictures,
 }
 
 

@@ -90,14 +90,19 @@ def test_axis_limits_hold_the_curves():
 
 
 def _inside_figure(figure):
+    """Every visible axes, with its labels and title, is inside the
+    figure, and none overlaps the one below."""
     renderer = figure.figure.canvas.get_renderer()
     bounds = figure.figure.bbox
-    for axes in figure.axes:
-        tight = axes.get_tightbbox(renderer)
+    visible = [axes for axes in figure.axes if axes.get_visible()]
+    boxes = [axes.get_tightbbox(renderer) for axes in visible]
+    for axes, tight in zip(visible, boxes, strict=True):
         assert tight.x0 >= bounds.x0 and tight.x1 <= bounds.x1
         assert tight.y0 >= bounds.y0 and tight.y1 <= bounds.y1
         label = axes.yaxis.label.get_window_extent(renderer)
         assert label.x0 >= bounds.x0
+    for above, below in zip(boxes, boxes[1:], strict=False):
+        assert above.y0 >= below.y1 - 0.5
 
 
 def test_labels_fit_three_decimal_ticks_and_an_empty_run():
@@ -125,3 +130,15 @@ def test_labels_fit_three_decimal_ticks_and_an_empty_run():
     figure.render(empty)
     assert figure.axes[-1].get_xlim() == (0.0, 1.0)
     _inside_figure(figure)
+    assert not figure.axes[-1].get_visible()  # no ROIs: no ROI axes
+
+
+def test_a_short_dock_still_fits_every_label():
+    """The plot dock of a 1280 x 800 window with every dock open."""
+    figure = _MotionFigure()
+    for roi_names in ((), ('a', 'b')):
+        data = _plot_data(30, roi_names=roi_names)
+        short = _PlotData(**{**data.__dict__, 'width': 330, 'height': 230})
+        figure.render(short)
+        _inside_figure(figure)
+        assert figure.axes[-1].get_visible() == bool(roi_names)

@@ -10,6 +10,7 @@ import gc
 import json
 import sys
 import time
+from dataclasses import fields
 
 import napari
 import numpy as np
@@ -62,7 +63,9 @@ def open_dock(viewer, app, *, mid_render):
     )
     rng = np.random.default_rng(0)
     for start in range(0, N_FRAMES, 10):
-        stats = FrameStats(*(rng.random(10, np.float32) for _ in range(5)))
+        stats = FrameStats(
+            *(rng.random(10, np.float32) for _ in fields(FrameStats))
+        )
         events.batch.emit(
             FlowBatch(
                 start,

@@ -122,12 +122,12 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
     np.testing.assert_array_equal(ncc_after.get_ydata(), series['ncc_after'])
     np.testing.assert_allclose(ncc_after.get_xdata(), series['time'])
     assert widget.figure.axes[-1].get_xlabel() == 'time (s)'
-    labels = [axes.get_ylabel() for axes in widget.figure.axes]
-    assert labels == [
-        'displacement\n(µm)',
-        'velocity\n(µm/s)',
-        'NCC',
-        'ROI\n(µm)',
+    titles = [axes.get_title(loc='left') for axes in widget.figure.axes]
+    assert titles == [
+        'displacement from the reference (µm)',
+        'velocity, frame to frame (µm/s)',
+        'NCC with the reference',
+        'ROI displacement (µm)',
     ]
     velocity = widget.figure.axes[1].get_lines()[0]
     np.testing.assert_array_equal(

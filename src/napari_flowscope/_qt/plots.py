@@ -810,6 +810,8 @@ class _MotionFigure:
         else:
             canvas.restore_region(self._axes_image)
         for axes in self.axes:
+            if not axes.get_visible():
+                continue
             for artist in (*axes.get_lines(), axes.get_legend()):
                 if artist is not None and artist.get_visible():
                     axes.draw_artist(artist)
@@ -849,48 +851,81 @@ class _MotionFigure:
         figure = self.figure
         figure.set_dpi(data.dpi)
         figure.set_size_inches(data.width / data.dpi, data.height / data.dpi)
-        displacement_axes, velocity_axes, ncc_axes, roi_axes = self.axes
-        displacement_axes.set_ylabel(
-            f'displacement\n({data.displacement_unit})'
+        titles = (
+            f'displacement from the reference ({data.displacement_unit})',
+            f'velocity, frame to frame ({data.velocity_unit})',
+            'NCC with the reference',
+            f'ROI displacement ({data.displacement_unit})',
         )
-        velocity_axes.set_ylabel(f'velocity\n({data.velocity_unit})')
-        ncc_axes.set_ylabel('NCC')
-        roi_axes.set_ylabel(f'ROI\n({data.displacement_unit})')
-        roi_axes.set_xlabel(data.x_label)
+        for axes, title in zip(self.axes, titles, strict=True):
+            axes.set_title(
+                title, loc='left', fontsize='x-small', pad=2, color=data.text
+            )
+            axes.tick_params(labelsize='x-small')
+        self.axes[2].set_ylabel('NCC', fontsize='x-small')
+        # The ROI axes take room only when there are ROIs.
+        visible = self.axes if data.roi_names else self.axes[:-1]
+        self.axes[-1].set_visible(bool(data.roi_names))
+        for axes in self.axes:
+            last = axes is visible[-1]
+            axes.tick_params(labelbottom=last)
+            axes.set_xlabel(data.x_label if last else '', fontsize='x-small')
         x_limits, *y_limits = limits
-        roi_axes.set_xlim(*x_limits)
+        self.axes[0].set_xlim(*x_limits)
         for axes, y in zip(self.axes, y_limits, strict=True):
             axes.set_ylim(*y)
         self._apply_theme(data)
-        self._fit_margins(data)
+        self._fit_layout(data, visible)
         figure.canvas.draw()
 
-    def _fit_margins(self, data):
-        """Margins that hold the tick labels and axis labels, whatever
-        their length (three-decimal NCC ticks, the last x tick label)."""
+    def _fit_layout(self, data, visible):
+        """Stack the visible axes, leaving room for their titles, tick
+        labels and axis labels whatever their size (three-decimal NCC
+        ticks, the last x tick label, a narrow or short dock)."""
         figure = self.figure
-        pad = 4 * data.dpi / 100  # px
-        figure.subplots_adjust(
-            left=0.2, right=0.95, top=0.98, bottom=0.1, hspace=0.15
-        )
-        figure.align_ylabels(self.axes)
+        width, height = data.width, data.height
+        pad = 3 * data.dpi / 100  # px
         renderer = figure.canvas.get_renderer()
-        left = right = top = bottom = 0.0
-        for axes in self.axes:
+        # First a provisional layout, to measure what sticks out of each.
+        self._place(visible, width, height, (40, 8, 12, 30), [12] * 3)
+        outside = []
+        for axes in visible:
             box = axes.get_position().transformed(figure.transFigure)
             tight = axes.get_tightbbox(renderer)
-            left = max(left, box.x0 - tight.x0)
-            right = max(right, tight.x1 - box.x1)
-            top = max(top, tight.y1 - box.y1)
-            bottom = max(bottom, box.y0 - tight.y0)
-        width, height = data.width, data.height
-        figure.subplots_adjust(
-            left=min((left + pad) / width, 0.45),
-            right=1 - min((right + pad) / width, 0.2),
-            top=1 - min((top + pad) / height, 0.2),
-            bottom=min((bottom + pad) / height, 0.3),
-            hspace=0.15,
-        )
+            outside.append(
+                (
+                    box.x0 - tight.x0,
+                    tight.x1 - box.x1,
+                    tight.y1 - box.y1,
+                    box.y0 - tight.y0,
+                )
+            )
+        left = max(o[0] for o in outside) + pad
+        right = max(o[1] for o in outside) + pad
+        top = outside[0][2] + pad
+        bottom = outside[-1][3] + pad
+        gaps = [
+            below[3] + above[2] + pad
+            for below, above in zip(outside, outside[1:], strict=False)
+        ]
+        self._place(visible, width, height, (left, right, top, bottom), gaps)
+
+    @staticmethod
+    def _place(visible, width, height, margins, gaps):
+        """Axes one above the other, equally high, margins and gaps in px."""
+        left, right, top, bottom = margins
+        gaps = list(gaps)[: len(visible) - 1]
+        inner_width = max(width - left - right, 1.0)
+        inner_height = max(height - top - bottom - sum(gaps), len(visible))
+        each = inner_height / len(visible)
+        y = height - top
+        for index, axes in enumerate(visible):
+            y -= each
+            axes.set_position(
+                [left / width, y / height, inner_width / width, each / height]
+            )
+            if index < len(gaps):
+                y -= gaps[index]
 
     def _set_roi_lines(self, data, roi):
         axes = self.axes[-1]
