@@ -47,8 +47,8 @@ def test_fit_recovers_a_transform_despite_outliers(model, matrix):
     fit = fit_motion(corrupted, model=model, weights=weights)
 
     np.testing.assert_allclose(fit.matrix, matrix, atol=1e-4)
-    assert not fit.inliers[:8].any()
-    assert fit.inliers[8:][~outliers[8:]].all()
+    assert not fit.inliers[:8].any()  # untrusted, and far off the model
+    assert fit.inliers[~outliers & (corrupted[..., 0] < 50)].all()
 
 
 def test_motion_field_follows_the_flow_convention():

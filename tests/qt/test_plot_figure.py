@@ -12,7 +12,9 @@ from napari_flowscope._qt.plots import (
 N_FRAMES = 60
 
 
-def _plot_data(frames_done, *, scale=1.0, cursor=5.0, roi_names=()):
+def _plot_data(
+    frames_done, *, scale=1.0, cursor=5.0, roi_names=(), collapsed=()
+):
     """Stats of the first ``frames_done`` frames; they repeat every 8
     frames, so more frames stay within the same axis limits."""
     rng = np.random.default_rng(0)
@@ -23,11 +25,13 @@ def _plot_data(frames_done, *, scale=1.0, cursor=5.0, roi_names=()):
         'max_velocity': 0.3 * scale * rng.random(8),
         'ncc_before': 0.8 + 0.1 * rng.random(8),
         'ncc_after': 0.95 + 0.05 * rng.random(8),
+        'trusted_fraction': 0.6 + 0.4 * rng.random(8),
     }
     stats = {}
     for name in STAT_NAMES:
         stats[name] = np.full(N_FRAMES, np.nan, np.float32)
         stats[name][:frames_done] = np.resize(pattern[name], frames_done)
+    stats['trusted_fraction'][list(collapsed)] = 0.1
     roi = {
         name: rng.normal(size=(N_FRAMES, len(roi_names))).astype(np.float32)
         for name in ROI_COMPONENTS
@@ -142,3 +146,29 @@ def test_a_short_dock_still_fits_every_label():
         figure.render(short)
         _inside_figure(figure)
         assert figure.axes[-1].get_visible() == bool(roi_names)
+
+
+def test_frames_whose_match_collapsed_are_shaded():
+    figure = _MotionFigure()
+    plain = figure.render(_plot_data(30))
+    assert figure.bands == []
+    labels = [t.get_text() for t in figure.axes[2].get_legend().get_texts()]
+    assert 'match collapsed' not in labels
+
+    flagged = _plot_data(30, collapsed=(3, 4, 9))
+    image = figure.render(flagged)
+    np.testing.assert_array_equal(image, _MotionFigure().render(flagged))
+    assert not np.array_equal(image, plain)
+    assert len(figure.bands) == len(figure.axes)
+    for band in figure.bands:
+        # frames 3-4 and 9, each one frame wide, centred on the frame
+        spans = sorted(
+            (
+                round(p.vertices[:, 0].min(), 3),
+                round(p.vertices[:, 0].max(), 3),
+            )
+            for p in band.get_paths()
+        )
+        assert spans == [(2.5, 4.5), (8.5, 9.5)]
+    labels = [t.get_text() for t in figure.axes[2].get_legend().get_texts()]
+    assert labels[-1] == 'match collapsed'

@@ -74,7 +74,9 @@ def test_units_from_scale(
 
 
 def test_stats_table_columns_carry_units():
-    stats = FrameStats(*np.arange(18, dtype=np.float32).reshape(6, 3))
+    values = np.arange(21, dtype=np.float32).reshape(7, 3)
+    values[-1] = [0.9, 0.1, np.nan]  # trusted fractions
+    stats = FrameStats(*values)
     table = MotionUnits().table(stats)
     assert list(table) == [
         'frame',
@@ -84,7 +86,10 @@ def test_stats_table_columns_carry_units():
         'max_velocity_px_per_frame',
         'ncc_before',
         'ncc_after',
+        'trusted_fraction',
+        'collapsed',
     ]
     np.testing.assert_array_equal(
         table['max_velocity_px_per_frame'], [9, 10, 11]
     )
+    np.testing.assert_array_equal(table['collapsed'], [0, 1, 0])

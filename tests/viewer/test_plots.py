@@ -80,6 +80,11 @@ def stream(viewer, w, n_batches=None):
     return sent
 
 
+def x_label(figure):
+    """The time axis label, under the lowest axes shown."""
+    return [a.get_xlabel() for a in figure.axes if a.get_visible()][-1]
+
+
 def wait_drawn(widget, qtbot):
     """Wait until the plot image shows the widget's current data."""
     widget._redraw.flush()
@@ -103,6 +108,7 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
         'max_velocity': 4.0,
         'ncc_before': 1.0,
         'ncc_after': 1.0,
+        'trusted_fraction': 1.0,
     }
     for name, factor in factors.items():
         expected = np.concatenate([getattr(b.stats, name) for b in sent])
@@ -113,6 +119,9 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
     np.testing.assert_allclose(
         series['time'], np.arange(N_FRAMES) * FRAME_INTERVAL
     )
+    stats = FrameStats.concatenate(b.stats for b in sent)
+    np.testing.assert_array_equal(series['collapsed'][done], stats.collapsed)
+    assert stats.collapsed.any() and not stats.collapsed.all()
 
     # What matplotlib draws is the same data, against time in seconds.
     run_events(viewer).finished.emit()
@@ -121,7 +130,7 @@ def test_plotted_series_equal_batch_stats(viewer_and_plots, qtbot):
     ncc_after = next(line for line in lines if line.get_label() == 'after')
     np.testing.assert_array_equal(ncc_after.get_ydata(), series['ncc_after'])
     np.testing.assert_allclose(ncc_after.get_xdata(), series['time'])
-    assert widget.figure.axes[-1].get_xlabel() == 'time (s)'
+    assert x_label(widget.figure) == 'time (s)'
     titles = [axes.get_title(loc='left') for axes in widget.figure.axes]
     assert titles == [
         'displacement from the reference (µm)',
@@ -331,6 +340,6 @@ def test_frames_without_time_scale_and_theme_follows_viewer(
     wait_drawn(widget, qtbot)
 
     np.testing.assert_array_equal(widget.series['time'], np.arange(N_FRAMES))
-    assert widget.figure.axes[-1].get_xlabel() == 'frame'
+    assert x_label(widget.figure) == 'frame'
     light = get_theme('light').background.as_hex()
     assert to_hex(widget.figure.get_facecolor()) == light

@@ -33,6 +33,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_warning
@@ -54,6 +55,7 @@ from superqt.utils import qthrottled
 from napari_flowscope._qt.docking import share_tabs
 from napari_flowscope._qt.events import run_events
 from napari_flowscope._qt.workers import start_job
+from napari_flowscope.engine import COLLAPSED_TRUSTED_FRACTION
 from napari_flowscope.roi import (
     AREA_SHAPE_TYPES,
     RoiMotion,
@@ -77,6 +79,8 @@ ROI_COMPONENTS = ('dx', 'dy', 'displacement')
 # A redraw costs tens of ms of CPU that the run needs too: at most 4 per s.
 REDRAW_INTERVAL_MS = 250
 ROI_COLORS = tuple(colormaps['tab10'].colors)
+# Frames whose match collapsed are shaded in this colour.
+COLLAPSED_COLOR = '#e8453c'
 
 
 class MotionPlotWidget(QWidget):
@@ -238,14 +242,19 @@ class MotionPlotWidget(QWidget):
             ``max_displacement`` (T,) in ``units.displacement_unit``;
             ``mean_velocity``, ``max_velocity`` (T,) in
             ``units.velocity_unit``; ``ncc_before``, ``ncc_after`` (T,);
-            ``roi_dx``, ``roi_dy``, ``roi_displacement`` (T, R) in
-            ``units.displacement_unit``. Frames not received yet are NaN
-            (and the first frame's velocity); ROI curves fill in as the
-            drawing worker computes them (see `drawing`).
+            ``trusted_fraction`` (T,) and ``collapsed`` (T,) bool, the
+            frames shaded red; ``roi_dx``, ``roi_dy``,
+            ``roi_displacement`` (T, R) in ``units.displacement_unit``.
+            Frames not received yet are NaN (and the first frame's
+            velocity); ROI curves fill in as the drawing worker computes
+            them (see `drawing`).
         """
         stats = self._plotted_stats()
         series = {'frame': np.arange(self._n_frames), 'time': self._times()}
         series.update(stats)
+        series['collapsed'] = stats['trusted_fraction'] < np.float32(
+            COLLAPSED_TRUSTED_FRACTION
+        )
         for name, values in self._plotted_roi().items():
             series[f'roi_{name}'] = values
         return series
@@ -763,6 +772,8 @@ class _MotionFigure:
                 )[0]
         self.roi_lines = []
         self._roi_names = ()
+        self.bands = []
+        self._flag_in_legend = False
         self.cursors = [axes.axvline(0, lw=1, ls='--') for axes in self.axes]
         for artist in (*self.lines.values(), *self.cursors):
             artist.set_animated(True)
@@ -787,6 +798,7 @@ class _MotionFigure:
             cursor.set_visible(data.cursor is not None)
             if data.cursor is not None:
                 cursor.set_xdata([data.cursor, data.cursor])
+        self._flag_collapsed(data)
         limits = self._limits(data, roi)
         layout = (
             data.width,
@@ -812,10 +824,61 @@ class _MotionFigure:
         for axes in self.axes:
             if not axes.get_visible():
                 continue
-            for artist in (*axes.get_lines(), axes.get_legend()):
+            for artist in (
+                *axes.collections,  # collapsed frames, under the curves
+                *axes.get_lines(),
+                axes.get_legend(),
+            ):
                 if artist is not None and artist.get_visible():
                     axes.draw_artist(artist)
         return np.array(canvas.buffer_rgba())
+
+    def _flag_collapsed(self, data):
+        """Red bands over the frames whose match collapsed (fewer than
+        30 % of the textured pixels trusted), on every axes, and a legend
+        entry on the NCC axes while there are any."""
+        for band in self.bands:
+            band.remove()
+        self.bands = []
+        collapsed = data.stats['trusted_fraction'] < np.float32(
+            COLLAPSED_TRUSTED_FRACTION
+        )
+        frames = np.flatnonzero(collapsed)
+        if frames.size:
+            step = float(data.x[1] - data.x[0]) if data.x.size > 1 else 1.0
+            # runs of consecutive frames, one bar each
+            breaks = np.flatnonzero(np.diff(frames) > 1) + 1
+            spans = [
+                (float(data.x[run[0]]) - step / 2, step * len(run))
+                for run in np.split(frames, breaks)
+            ]
+            for axes in self.axes:
+                self.bands.append(
+                    axes.broken_barh(
+                        spans,
+                        (0, 1),
+                        transform=axes.get_xaxis_transform(),
+                        color=COLLAPSED_COLOR,
+                        alpha=0.35,
+                        linewidth=0,
+                        animated=True,
+                        label='_collapsed',
+                    )
+                )
+        flagged = bool(frames.size)
+        if flagged != self._flag_in_legend:
+            ncc_axes = self.axes[2]
+            handles, labels = ncc_axes.get_legend_handles_labels()
+            handles = [h for h in handles if not isinstance(h, Patch)]
+            labels = labels[: len(handles)]
+            if flagged:
+                handles.append(Patch(color=COLLAPSED_COLOR, alpha=0.35))
+                labels.append('match collapsed')
+            ncc_axes.legend(
+                handles, labels, loc='upper right', fontsize='x-small'
+            ).set_animated(True)
+            self._flag_in_legend = flagged
+            self._layout = None  # the legend's colours follow the theme
 
     def _limits(self, data, roi):
         """x limits, then y limits of each axes rounded out to ticks.

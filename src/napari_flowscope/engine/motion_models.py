@@ -93,9 +93,10 @@ class MotionFit:
         Maps reference pixel ``[x, y, 1]`` to its position in the moving
         frame.
     inliers : ndarray, shape (H, W), bool
-        Trusted pixels whose flow agrees with the model (its residual is
-        within Tukey's cut-off), judged on the subsample: each sample
-        decides for its block of pixels.
+        Pixels whose flow agrees with the model (its residual is within
+        Tukey's cut-off), trusted or not: the pixels that move with the
+        frame.  Judged on the subsample: each sample decides for its block
+        of pixels.
     scale : float
         Robust standard deviation (px) of the flow's residuals.
     """
@@ -188,8 +189,7 @@ def fit_motion(w, *, model, weights=None):
     agrees = cv2.resize(
         agrees, (width, height), interpolation=cv2.INTER_NEAREST
     )
-    inliers = agrees.astype(bool) & (weights > 0)
-    return MotionFit(matrix=matrix, inliers=inliers, scale=scale)
+    return MotionFit(matrix=matrix, inliers=agrees.astype(bool), scale=scale)
 
 
 def _solve(points, targets, weights, model):
