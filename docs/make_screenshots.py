@@ -595,11 +595,8 @@ def motion_model_pictures():
         return made
     session = Session()
     viewer = session.viewer
-    viewer.window.resize(1280, 800)
     viewer.add_image(tifffile.imread(cells), name='nuclei (CTC)')
-    motion = session.dock('Motion correction', width=360)
-    session.dock('Motion over time', width=360)
-    session.dock('Feature tracking', width=360)
+    motion = session.dock_all()['Motion correction']
     motion.parameters.motion_model.value = 'translation'
     motion.start()
     session.wait(until=lambda: _idle(motion))
