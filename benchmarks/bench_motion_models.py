@@ -34,6 +34,8 @@ distance between our transform and the exact one, at the worst frame.  Ours: a
 (``previous``, StackReg's order); pystackreg: ``register_transform_stack``
 (single-threaded), ``reference='previous'`` (ImageJ's behaviour) and
 ``'first'``.  The load average is printed: the machine may be shared.
+CPU time per frame (``time.process_time``, all threads of the process) is
+less sensitive to a shared machine than frames/s.
 """
 
 from __future__ import annotations
@@ -239,13 +241,15 @@ def speed_tables(n_frames, rounds):
                 functools.partial(_pystackreg, stack, model, reference)
             )
     seconds = {key: [] for key in methods}
+    cpu_seconds = {key: [] for key in methods}
     errors = {}
     load_before = os.getloadavg()
     for _ in range(rounds):
         for key, run in methods.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = run()
             seconds[key].append(time.perf_counter() - start)
+            cpu_seconds[key].append(time.process_time() - cpu_start)
             if key[1].startswith('ours') and key not in errors:
                 errors[key] = _error(result[1], stacks[key[0]][1])
     load_after = os.getloadavg()
@@ -260,9 +264,10 @@ def speed_tables(n_frames, rounds):
         '',
         (
             '| model | method | frames/s | vs pystackreg (previous), same '
-            'round | error vs exact motion (px) |'
+            'round | CPU ms per frame (all threads) | error vs exact motion '
+            '(px) |'
         ),
-        '| --- | --- | --- | --- | --- |',
+        '| --- | --- | --- | --- | --- | --- |',
     ]
     for (model, name), times in seconds.items():
         anchor = seconds[(model, "pystackreg, reference='previous'")]
@@ -272,6 +277,7 @@ def speed_tables(n_frames, rounds):
             f'| {model} | {name} | {n_frames / np.median(times):.1f} | '
             f'{np.median(ratios):.1f}x (range {min(ratios):.1f}-'
             f'{max(ratios):.1f}) | '
+            f'{1e3 * np.median(cpu_seconds[(model, name)]) / n_frames:.0f} | '
             + ('' if error is None else f'{error:.3f}')
             + ' |'
         )

@@ -63,7 +63,7 @@ _FIT_ITERATIONS = 10
 # on the images does the fine work.
 _FIT_TOLERANCE = 0.01
 # Refinement stops when no pixel moves more than this (px) in an iteration.
-_TOLERANCE = 2e-3
+_TOLERANCE = 5e-3
 _REFINE_ITERATIONS = 10
 # An iteration that moves a pixel further than this (px) has diverged.
 _MAX_STEP = 4.0
@@ -293,7 +293,7 @@ class MotionRefiner:
     model's parameters taken about the frame centre, first at half
     resolution (a quarter of the cost) until the transform moves by less
     than 0.05 px, then at full resolution until it moves by less than
-    0.002 px.  Its fixed point, where the reference's gradients no longer
+    0.005 px.  Its fixed point, where the reference's gradients no longer
     correlate with the difference image, does not move with the
     subpixel-dependent smoothing of bilinear interpolation (a blur is
     symmetric, a gradient antisymmetric), unlike the minimum of the squared
