@@ -93,3 +93,13 @@ def test_stats_table_columns_carry_units():
         table['max_velocity_px_per_frame'], [9, 10, 11]
     )
     np.testing.assert_array_equal(table['collapsed'], [0, 1, 0])
+
+
+def test_volume_velocity_counts_z_as_a_distance():
+    w = np.zeros((2, 3, 4, 5, 3), np.float32)
+    w[1, ..., 2] = 1.0  # one voxel along z between the frames
+    # z voxels twice the in-plane pixel size: 2 px
+    velocity = velocity_magnitude(w, spacing=(2.0, 1.0, 1.0))
+    assert velocity.shape == (2, 3, 4, 5)
+    assert np.isnan(velocity[0]).all()
+    np.testing.assert_allclose(velocity[1], 2.0)

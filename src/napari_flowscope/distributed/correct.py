@@ -250,7 +250,7 @@ or int, optional
                     n_frames=n_frames,
                     progress_callback=progress_callback,
                     cancel=cancel,
-                    length=session.displacement,
+                    length=session.displacement_magnitude,
                 )
             finally:
                 # Cancels what is still pending (a no-op after success).
@@ -398,7 +398,8 @@ def _copy_chunk(
     A chunk is registered without its predecessor, so the velocity of its
     first frame is measured here, against ``last_w``, the flow of the
     frame before it (None for the first chunk), with ``length`` (the
-    session's :meth:`~MotionSession.displacement`), as the session would.
+    session's :meth:`~MotionSession.displacement_magnitude`), as the
+    session would.
     """
     arrays = open_chunk(chunk_dir, start, stop)
     if last_w is not None:

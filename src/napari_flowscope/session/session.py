@@ -493,7 +493,9 @@ class MotionSession:
                     else:
                         # list() re-raises the first error of any frame.
                         list(executor.map(register, range(stop - start)))
-                _fill_velocity(out, last_w, self.displacement_magnitude, executor)
+                _fill_velocity(
+                    out, last_w, self.displacement_magnitude, executor
+                )
                 last_w = out.w[-1].copy()
                 sent = yield out.to_batch(start, stop, self._reference)
                 if sent is not None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_flowscope.engine import COLLAPSED_TRUSTED_FRACTION, speed
+from napari_flowscope.engine import COLLAPSED_TRUSTED_FRACTION
+from napari_flowscope.engine.volume import displacement_length
 
 __all__ = [
     'FrameStats',
@@ -121,47 +122,55 @@ class FrameStats:
         return {name: getattr(self, name) for name in STAT_NAMES}
 
 
-def displacement_magnitude(w):
+def displacement_magnitude(w, *, spacing=None):
     """Length of the displacement from the reference, per pixel.
 
     Parameters
     ----------
-    w : array_like, shape (..., Y, X, 2)
-        ``[x, y]`` flow in px.
+    w : array_like, shape (..., Y, X, 2) or (..., Z, Y, X, 3)
+        ``[x, y]`` flow in px, or ``[x, y, z]`` flow of volumes in voxels.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size, so that z counts as a distance
+        (:func:`napari_flowscope.engine.volume.displacement_length`).
 
     Returns
     -------
-    ndarray, shape (..., Y, X), float32
-        ``|w|`` in px.
+    ndarray, shape of ``w`` without its last axis, float32
+        ``|w|`` in (in-plane) px.
     """
-    return speed(w)
+    return displacement_length(w, spacing=spacing)
 
 
-def velocity_magnitude(w, *, previous=None):
+def velocity_magnitude(w, *, previous=None, spacing=None):
     """Frame-to-frame motion ``|w_t - w_{t-1}|``, per pixel.
 
     Parameters
     ----------
-    w : array_like, shape (n, Y, X, 2)
-        ``[x, y]`` flow of ``n`` consecutive frames, in px.
-    previous : array_like, shape (Y, X, 2), optional
+    w : array_like, shape (n, Y, X, 2) or (n, Z, Y, X, 3)
+        Flow of ``n`` consecutive frames (see :func:`displacement_magnitude`).
+    previous : array_like, shape of ``w[0]``, optional
         Flow of the frame before ``w[0]``; without it the first row is NaN.
+    spacing : tuple of float, optional
+        Volumes: ``(z, y, x)`` voxel size.
 
     Returns
     -------
-    ndarray, shape (n, Y, X), float32
-        In px / frame.
+    ndarray, shape of ``w`` without its last axis, float32
+        In (in-plane) px / frame.
     """
     w = np.asarray(w, dtype=np.float32)
-    if w.ndim != 4 or w.shape[-1] != 2:
-        raise ValueError(f'w must have shape (n, Y, X, 2); got {w.shape}')
+    if w.ndim not in (4, 5) or w.shape[-1] != w.ndim - 2:
+        raise ValueError(
+            f'w must have shape (n, Y, X, 2) or (n, Z, Y, X, 3); got {w.shape}'
+        )
     out = np.empty(w.shape[:-1], np.float32)
     if previous is None:
         out[:1] = np.nan
     else:
-        out[:1] = speed(w[:1] - np.asarray(previous, dtype=np.float32))
+        step = w[:1] - np.asarray(previous, dtype=np.float32)
+        out[:1] = displacement_length(step, spacing=spacing)
     if len(w) > 1:
-        out[1:] = speed(w[1:] - w[:-1])
+        out[1:] = displacement_length(w[1:] - w[:-1], spacing=spacing)
     return out
 
 
