@@ -954,7 +954,11 @@ class _MotionFigure:
         outside = []
         for axes in visible:
             box = axes.get_position().transformed(figure.transFigure)
-            tight = axes.get_tightbbox(renderer)
+            # the axes' decorations only (ticks, labels, title): lines and
+            # legends stay inside
+            tight = axes.get_tightbbox(
+                renderer, bbox_extra_artists=[], for_layout_only=True
+            )
             outside.append(
                 (
                     box.x0 - tight.x0,
