@@ -60,6 +60,14 @@ def test_correct_round_trips_a_tiff(tmp_path, sequence, stack_uint16, capsys):
     captured = capsys.readouterr()
     assert 'frames: 10 of 72 x 72 px' in captured.out
     assert f'results: {out}' in captured.out
+    # 0.4 um pixels, 1.5 s frames: the summary speaks um and um/s
+    lines = captured.out.splitlines()
+    displacement = next(x for x in lines if x.startswith('displacement'))
+    velocity = next(x for x in lines if x.startswith('velocity'))
+    assert (
+        displacement.endswith(' µm') and 'from the reference' in displacement
+    )
+    assert velocity.endswith(' µm/s') and 'frame to frame' in velocity
     assert '10/10 frames' in captured.err
     assert 'ETA' in captured.err
     assert 'trusted: ' in captured.out
