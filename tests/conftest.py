@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-REAL_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'real'
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+REAL_DATA = SHARED_DATA / 'real'
+FLOW_GT_DATA = SHARED_DATA / 'flow_gt'
 
 
 def _start_xvfb():
@@ -86,11 +88,22 @@ def pytest_collection_modifyitems(config, items):
                 )
 
 
+def _shared_folder(path):
+    if not path.is_dir():
+        if os.environ.get('CI'):
+            pytest.fail(f'CI expects the shared data at {path}')
+        pytest.skip(f'{path} is not present')
+    return path
+
+
 @pytest.fixture(scope='session')
 def real_data():
     """Path of ../shared/data/real; skip when absent (never in CI)."""
-    if not REAL_DATA.is_dir():
-        if os.environ.get('CI'):
-            pytest.fail(f'CI expects the real data at {REAL_DATA}')
-        pytest.skip('../shared/data/real is not present')
-    return REAL_DATA
+    return _shared_folder(REAL_DATA)
+
+
+@pytest.fixture(scope='session')
+def flow_gt_data():
+    """Path of ../shared/data/flow_gt (real photographs with ground-truth
+    flow); skip when absent (never in CI)."""
+    return _shared_folder(FLOW_GT_DATA)

@@ -14,9 +14,16 @@ only and are computed once.  Each warp then costs one remap, one Gaussian
 blur of the two-channel ``[Ix r, Iy r]`` and a few multiplications.
 
 ``J`` is regularised as ``J + LAMBDA I`` (Tikhonov) so that flat regions
-get a small update instead of an exploding one.  At full resolution the
-per-pixel solutions are then averaged over the window again, using only the
-reliable pixels (see :meth:`LucasKanadeLevel.average_reliable`).
+get a small update instead of an exploding one.
+
+At full resolution the solver adapts to the noise of the frames.  The
+residual of the first warp, relative to the local contrast of the
+(locally normalised) frames, measures it: clean frames get one more warp,
+which recovers fine detail, noisy ones do not (it would fit the noise).
+The per-pixel solutions are then averaged with weights that grow with the
+reference's texture, over a window chosen per pixel from the noise (see
+:class:`~napari_flowscope.engine._averaging.AdaptiveAverage`), which also
+fills untextured regions from their textured surroundings.
 """
 
 from __future__ import annotations
@@ -27,24 +34,36 @@ import types
 import cv2
 import numpy as np
 
-from ._fill import PushPullFill
-from ._filters import gaussian, gaussian_window, half_resolution_sigma
+from ._averaging import AdaptiveAverage
+from ._filters import gaussian_window
+from .confidence import texture_score
 from .reliability import gradients, structure_tensor
 
-__all__ = ['COARSE_EXTRA_WARPS', 'LucasKanadeLevel', 'LucasKanadeSolver']
+__all__ = [
+    'CLEAN_NOISE',
+    'COARSE_EXTRA_WARPS',
+    'LucasKanadeLevel',
+    'LucasKanadeSolver',
+    'residual_noise',
+]
 
 #: Warps added at every level but the two finest.  Those levels cost a
 #: sixteenth of the finest or less, and the extra linearisations make noisy,
 #: large motions converge (2-photon data).
-COARSE_EXTRA_WARPS = 2
+COARSE_EXTRA_WARPS = 1
+
+#: Frames whose residual noise (relative to the local contrast) is below
+#: this get one more warp at full resolution.  Measured: the Middlebury
+#: photographs 0.15-0.2, photon-limited frames with 1000 photons at the
+#: brightest pixel 0.22-0.33, with 100 photons 0.5-0.65.
+CLEAN_NOISE = 0.35
 
 # Tikhonov weight, in (contrast-normalised intensity / px) ** 2, where
 # textured regions have eigenvalues of 1e-2 to 1: it only matters where
 # the image is flat.
 _TIKHONOV = np.float32(1e-5)
-# Pixels whose window holds less than this (weighted) fraction of reliable
-# pixels are filled from wider neighbourhoods.
-_MIN_SUPPORT = np.float32(0.05)
+# Every this many pixels along each axis enter the noise estimate.
+_NOISE_STRIDE = 4
 
 
 class LucasKanadeSolver:
@@ -55,8 +74,10 @@ class LucasKanadeSolver:
     params : FlowParams
         Uses ``sigma`` (window), ``warps`` and ``reliability_threshold``.
     reliability : ndarray, shape (H, W), float32
-        Full-resolution reliability of the reference: pixels below the
-        threshold get their flow from reliable neighbours.
+        Full-resolution reliability of the reference: each pixel's flow
+        counts in the final averaging with its texture score
+        ``r / (r + reliability_threshold)``, so untextured regions take the
+        flow of their textured surroundings.
     """
 
     def __init__(self, params, reliability):
@@ -66,23 +87,56 @@ class LucasKanadeSolver:
         self.reliability = reliability
 
     def prepare(self, reference_level, *, level):
-        coarse = level >= 2
+        average = None
+        if level == 0:
+            weights = texture_score(
+                self.reliability, self.reliability_threshold
+            )
+            if weights.any():
+                average = AdaptiveAverage(weights, self.sigma)
         return LucasKanadeLevel(
             reference_level,
             sigma=self.sigma,
-            warps=self.warps + COARSE_EXTRA_WARPS if coarse else self.warps,
-            reliable=(
-                self.reliability >= np.float32(self.reliability_threshold)
-                if level == 0
-                else None
+            warps=(
+                self.warps + COARSE_EXTRA_WARPS if level >= 2 else self.warps
             ),
+            average=average,
         )
 
     def solve(self, state, moving_level, w):
-        state.solve(moving_level, w)
-        if state.reliable is not None:
-            w = state.average_reliable(w)
-        return w
+        if state.average is None:
+            state.solve(moving_level, w)
+            return w
+        # Full resolution: measure the noise on the first warp's residual.
+        state.solve(moving_level, w, warps=1)
+        noise = residual_noise(state.residual())
+        more = self.warps - 1 + (noise < CLEAN_NOISE)
+        if more:
+            state.solve(moving_level, w, warps=more)
+        return state.average(w, noise)
+
+
+def residual_noise(residual):
+    """Noise of two frames from the residual of their match.
+
+    Parameters
+    ----------
+    residual : ndarray, shape (H, W), float32
+        ``moving(x + w(x)) - reference(x)`` of locally normalised frames;
+        exact zeros (samples outside the frame) are left out.
+
+    Returns
+    -------
+    float
+        Robust standard deviation (1.4826 x median absolute value) of the
+        residual over sqrt(2): the noise of one frame in units of the
+        local contrast (0 for identical frames).
+    """
+    sample = np.abs(residual[::_NOISE_STRIDE, ::_NOISE_STRIDE]).ravel()
+    sample = sample[sample > 0]
+    if not sample.size:
+        return 0.0
+    return float(np.median(sample)) * 1.4826 / np.sqrt(2)
 
 
 class LucasKanadeLevel:
@@ -96,17 +150,16 @@ class LucasKanadeLevel:
         Standard deviation (px) of the Gaussian window.
     warps : int
         Warp-and-solve iterations of :meth:`solve`.
-    reliable : ndarray of bool, shape (H, W), optional
-        Given for the finest level only: the pixels whose reliability
-        reaches the threshold.  :meth:`average_reliable` averages their
-        flow and fills the others from them.
+    average : AdaptiveAverage, optional
+        The full-resolution level's final averaging (None elsewhere, and
+        for a reference without texture).
     """
 
-    def __init__(self, reference, *, sigma, warps, reliable=None):
+    def __init__(self, reference, *, sigma, warps, average=None):
         self.reference = reference
         self.sigma = float(sigma)
         self.warps = int(warps)
-        self.reliable = reliable
+        self.average = average
         self._thread_local = threading.local()
         ix, iy = gradients(reference)
         jxx, jxy, jyy = structure_tensor(ix, iy, self.sigma)
@@ -122,26 +175,8 @@ class LucasKanadeLevel:
         )
         off_diagonal = -jxy * inverse_det
         self._inverse_off_diagonal = cv2.merge((off_diagonal, off_diagonal))
-        # Flat indices of unreliable pixels (None: all reliable) and the
-        # filler that averages the reliable pixels' flow.  The averaging
-        # runs at half resolution: the window is wide, the flow smooth.
-        self._unreliable = None
-        self._fill = None
-        if reliable is None or not reliable.any():
-            # Nothing to fill from: plain averaging.
-            return
-        if not reliable.all():
-            self._unreliable = np.flatnonzero(~reliable)
-        self._fill = PushPullFill(
-            gaussian(
-                cv2.pyrDown(reliable.astype(np.float32)),
-                half_resolution_sigma(self.sigma),
-            ),
-            _MIN_SUPPORT,
-            channels=2,
-        )
 
-    def solve(self, moving, w):
+    def solve(self, moving, w, *, warps=None):
         """Refine the flow ``w`` in place.
 
         Parameters
@@ -150,6 +185,8 @@ class LucasKanadeLevel:
             Normalised moving image of this level.
         w : ndarray, shape (H, W, 2), float32
             ``[x, y]`` flow (C-contiguous), updated in place.
+        warps : int, optional
+            Warp-and-solve iterations (default: the level's).
         """
         work = self._workspace()
         temporal, residual, pair, b = (
@@ -158,7 +195,7 @@ class LucasKanadeLevel:
             work.pair,
             work.b,
         )
-        for _ in range(self.warps):
+        for _ in range(self.warps if warps is None else warps):
             # Where x + w falls outside the frame the warped value would be
             # made up: sample NaN there and zero the temporal difference
             # (trust the current flow).  A zero flow samples nothing
@@ -214,29 +251,10 @@ class LucasKanadeLevel:
             self._thread_local.work = work
         return work
 
-    def average_reliable(self, w):
-        """Gaussian average of the reliable pixels' flow (normalised).
+    def residual(self):
+        """This thread's residual of the last warp of :meth:`solve`.
 
-        The per-pixel solutions are noisy; averaging them over the window
-        again (``sigma``) removes most of that noise for smooth motion, and
-        fills unreliable pixels from reliable neighbours.  Unreliable
-        regions wider than the window are filled from ever wider
-        neighbourhoods (see :class:`PushPullFill`).
-
-        Parameters
-        ----------
-        w : ndarray, shape (H, W, 2), float32
-
-        Returns
-        -------
-        ndarray, shape (H, W, 2), float32
-            A new array.
+        ``moving(x + w(x)) - reference(x)`` for the flow before the last
+        update; 0 where ``x + w(x)`` fell outside the frame.
         """
-        if self._unreliable is not None:
-            w = w.copy()
-            w.reshape(-1, 2)[self._unreliable] = 0
-        # At half resolution, like the wide windows of gaussian_window.
-        half = gaussian(cv2.pyrDown(w), half_resolution_sigma(self.sigma))
-        if self._fill is not None:
-            half = self._fill(half)
-        return cv2.pyrUp(half, dstsize=w.shape[1::-1])
+        return self._workspace().temporal
