@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from napari_flowscope import synthetic
 from napari_flowscope.engine import (
     METHODS,
     FlowEstimator,
@@ -102,7 +103,7 @@ def test_a_registered_method_runs_through_estimate_flow(blobs, toy_method):
 
 
 def test_an_unknown_method_names_the_registered_ones(toy_method):
-    registered = "'lucas_kanade', 'variational', 'global_translation'"
+    registered = "'variational', 'patch_search', 'global_translation'"
     with pytest.raises(ValueError, match=registered):
         FlowParams(method='horn_schunck')
 
@@ -112,3 +113,20 @@ def test_a_name_is_registered_once(toy_method):
         register_method(toy_method)
     with pytest.raises(ValueError, match='intensities'):
         Method('other', GlobalTranslation, 'per-level', '')
+
+
+def test_patch_search_preset_recovers_a_large_translation():
+    sequence = synthetic.large_translation(n_frames=2, shape=(192, 192))
+    params = FlowParams.preset('detail')
+    assert params.method == 'patch_search'
+
+    field = estimate_flow(sequence.reference, sequence.stack[1], params)
+
+    error = np.linalg.norm(field.w - sequence.flow[1], axis=-1)
+    assert np.median(error[sequence.valid]) < 0.05
+    assert (field.confidence[sequence.valid] >= 0.5).mean() > 0.9
+    # the warm start is its starting point: a 60 px shift found from 55
+    moving = np.roll(sequence.reference, 60, axis=1)
+    init = np.broadcast_to(np.float32([55, 0]), field.w.shape)
+    warm = estimate_flow(sequence.reference, moving, params, init=init)
+    assert np.median(warm.w[..., 0]) == pytest.approx(60, abs=0.05)

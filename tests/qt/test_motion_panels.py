@@ -105,16 +105,18 @@ def test_presets_set_every_widget(qtbot):
     qtbot.addWidget(panel.native)
     seen = []
     panel.params_changed.connect(seen.append)
-    for name in ('quality', 'fast', 'balanced'):
+    for name in ('quality', 'fast', 'detail', 'balanced'):
         panel.preset.value = name
         assert panel.params == FlowParams.preset(name)
         assert panel.warps.value == PRESETS[name]['warps']
         assert seen[-1] == FlowParams.preset(name)
-    # alpha and iterations mean something to the variational method only
+    # each method enables the fields it uses
     panel.preset.value = 'quality'
     assert panel.alpha.enabled and panel.iterations.enabled
     panel.preset.value = 'fast'
     assert not panel.alpha.enabled and not panel.iterations.enabled
+    panel.preset.value = 'detail'
+    assert panel.alpha.enabled and not panel.levels.enabled
 
 
 def test_editing_a_value_makes_the_preset_custom(qtbot):

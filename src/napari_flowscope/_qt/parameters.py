@@ -17,15 +17,13 @@ from psygnal import Signal
 from superqt import QCollapsible
 
 from napari_flowscope.engine import FlowParams
+from napari_flowscope.engine.methods import METHODS, get_method
 from napari_flowscope.engine.params import PRESETS
 
 __all__ = ['ParametersPanel']
 
 CUSTOM = 'custom'
-METHOD_CHOICES = [
-    ('Lucas-Kanade (fast)', 'lucas_kanade'),
-    ('Variational (robust)', 'variational'),
-]
+METHOD_CHOICES = [(method.label, name) for name, method in METHODS.items()]
 MOTION_MODEL_CHOICES = [
     ('dense (every pixel)', 'dense'),
     ('translation (drift)', 'translation'),
@@ -37,8 +35,8 @@ MOTION_MODEL_CHOICES = [
 FIELDS = (*PRESETS['balanced'], 'motion_model')
 # The bottom of the log slider; 0 (keep every pixel) shows as this.
 LOWEST_RELIABILITY = 1e-6
-# Only these fields mean something to the variational solver.
-VARIATIONAL_ONLY = ('alpha', 'iterations')
+# Fields some methods do not use (each method lists its own).
+METHOD_SPECIFIC = ('levels', 'alpha', 'iterations', 'warps')
 
 
 class LogSlider(Container):
@@ -280,9 +278,9 @@ class ParametersPanel(Container):
         self.params_changed.emit(params)
 
     def _update_enabled(self) -> None:
-        variational = self.method.value == 'variational'
-        for name in VARIATIONAL_ONLY:
-            getattr(self, name).enabled = variational
+        used = get_method(self.method.value).parameters
+        for name in METHOD_SPECIFIC:
+            getattr(self, name).enabled = used is None or name in used
 
 
 def _preset_name(params: FlowParams) -> str:

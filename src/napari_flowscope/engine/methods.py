@@ -102,14 +102,23 @@ class Method:
         normalises further itself if it wants to.
     description : str
         One line for help texts.
+    label : str, optional
+        Short name for menus (default ``name``).
+    parameters : tuple of str, optional
+        The :class:`~napari_flowscope.engine.FlowParams` fields the method
+        uses (default all); a GUI disables the others.
     """
 
     name: str
     make_solver: Callable[..., LevelSolver]
     intensities: str
     description: str
+    label: str | None = None
+    parameters: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.label is None:
+            object.__setattr__(self, 'label', self.name)
         if self.intensities not in INTENSITY_MODES:
             raise ValueError(
                 f'intensities must be one of {INTENSITY_MODES}; '
@@ -148,6 +157,7 @@ def get_method(name: str) -> Method:
 
 def _register_builtin_methods():
     from .lucas_kanade import LucasKanadeSolver
+    from .patch_search import PatchSearchSolver
     from .variational import VariationalSolver
 
     register_method(
@@ -155,7 +165,10 @@ def _register_builtin_methods():
             'lucas_kanade',
             LucasKanadeSolver,
             'local',
-            'dense pyramidal Lucas-Kanade on locally normalised frames',
+            'dense pyramidal Lucas-Kanade on locally normalised frames, '
+            'noise-adaptive',
+            label='Lucas-Kanade (fast)',
+            parameters=('sigma', 'reliability_threshold', 'levels', 'warps'),
         )
     )
     register_method(
@@ -164,6 +177,30 @@ def _register_builtin_methods():
             VariationalSolver,
             'global',
             'robust variational flow (smoothness weight alpha)',
+            label='Variational (robust)',
+            parameters=(
+                'sigma',
+                'reliability_threshold',
+                'levels',
+                'alpha',
+                'iterations',
+                'warps',
+            ),
+        )
+    )
+    register_method(
+        Method(
+            'patch_search',
+            PatchSearchSolver,
+            'global',
+            'patch inverse search with variational refinement (DIS)',
+            label='Patch search (sharp)',
+            parameters=(
+                'sigma',
+                'reliability_threshold',
+                'alpha',
+                'iterations',
+            ),
         )
     )
 

@@ -18,15 +18,18 @@ class FlowParams:
     """Parameters of the optical-flow engine.
 
     ``FlowParams()`` equals ``FlowParams.preset('balanced')``, the default
-    used everywhere ``params=None`` is accepted: pyramidal Lucas-Kanade with
-    one warp per level, tuned to register a 512 x 512 frame in about
-    10 ms.
+    used everywhere ``params=None`` is accepted: noise-adaptive pyramidal
+    Lucas-Kanade, tuned to register a 512 x 512 frame in about 14 ms of
+    one core.
 
     Parameters
     ----------
     method : str
         A name in the method table
         :data:`napari_flowscope.engine.methods.METHODS`.
+        ``'patch_search'``: patch inverse search with variational
+        refinement (OpenCV's DIS at full resolution, see
+        :mod:`napari_flowscope.engine.patch_search`).
         ``'lucas_kanade'``: dense pyramidal Lucas-Kanade with warping on
         locally contrast-normalised frames (fast; bleaching and smooth
         illumination changes cancel).  ``'variational'``: robust
@@ -34,29 +37,38 @@ class FlowParams:
         (slower; smooth fields, fills untextured regions, noisy data).
     sigma : float
         Lucas-Kanade: standard deviation (px, at each pyramid level) of the
-        Gaussian window of the structure tensor and
-        of the final averaging of the flow.  Both methods: window of the
-        reliability structure tensor.  Allowed: 0.3 to 50.
+        Gaussian window of the structure tensor, and the narrowest window
+        of the final averaging.  Patch search: patches of ``2 sigma`` px.
+        All methods: window of the reliability structure tensor.
+        Allowed: 0.3 to 50.
     reliability_threshold : float
         Pixels whose reliability (smallest eigenvalue of the structure
         tensor of the normalised reference, see
         :func:`napari_flowscope.engine.estimate_flow`) is below this value
-        are treated as unreliable.  Allowed: 0 to 1.
+        are treated as unreliable: they are not trusted (confidence below
+        0.5), and Lucas-Kanade weighs each pixel's flow by
+        ``r / (r + threshold)`` when averaging, so untextured regions take
+        the flow of their surroundings.  Allowed: 0 to 1.
     levels : int
         Number of pyramid levels, including the full-resolution one (1 =
         single scale).  Each level halves the image; the pyramid stops early
         when the coarsest level would be smaller than 8 px.  Motion up to
-        about ``2 ** (levels - 1)`` pixels is recovered.  Allowed: 1 to 12.
+        about ``2 ** (levels - 1)`` pixels is recovered.  Patch search
+        builds its own pyramid (use 1).  Allowed: 1 to 12.
     alpha : float
-        Variational only: weight of the smoothness term (larger = smoother
-        flow).  Allowed: > 0 to 1e4.
+        Variational and patch search: weight of the smoothness term
+        (larger = smoother flow; patch search on 0-255 intensities).
+        Allowed: > 0 to 1e4.
     iterations : int
-        Variational only: inner solver iterations per warp.
+        Variational: inner solver iterations per warp.  Patch search:
+        variational refinement iterations per scale.
         Allowed: 1 to 10000.
     warps : int
         Linearise-and-warp iterations per pyramid level.  Lucas-Kanade uses
-        ``warps`` at the two finest levels and ``warps + 2`` at the coarser
-        ones, which are cheap.  Allowed: 1 to 100.
+        ``warps`` at the two finest levels, ``warps + 1`` at the coarser
+        ones, which are cheap, and one more at full resolution when the
+        frames are clean (residual noise below 0.35 of the local
+        contrast).  Allowed: 1 to 100.
     motion_model : {'dense', 'translation', 'rigid', 'affine'}
         ``'dense'``: the optical flow itself, one displacement per pixel
         (deformation, beating, crawling cells).  ``'translation'``,
@@ -81,6 +93,7 @@ class FlowParams:
         'fast',
         'balanced',
         'quality',
+        'detail',
     )
 
     def __post_init__(self):
@@ -111,13 +124,19 @@ class FlowParams:
 
         Parameters
         ----------
-        name : {'fast', 'balanced', 'quality'}
-            ``'fast'``: Lucas-Kanade with a 3 px window (slightly faster,
-            follows finer local motion, noisier).  ``'balanced'`` (the
-            default, ``FlowParams()``): Lucas-Kanade with a 4 px window,
-            about twice as fast as OpenCV's DIS (medium preset) and more
-            accurate on smooth motion.  ``'quality'``: variational flow
-            (smooth fields, untextured regions, noisy data; slower).
+        name : {'fast', 'balanced', 'quality', 'detail'}
+            ``'fast'``: Lucas-Kanade with a 3 px window (follows finer
+            local motion, noisier; unreliable on dark, photon-limited
+            frames).  ``'balanced'`` (the default, ``FlowParams()``):
+            noise-adaptive Lucas-Kanade with a 4 px window, about twice as
+            fast as OpenCV's DIS (medium preset) and as accurate or more
+            on photon-limited and most real frames (docs/benchmarks.md).
+            ``'quality'``: variational flow (smooth fields, untextured
+            regions, bleaching; slower).  ``'detail'``: patch inverse
+            search with variational refinement at full resolution (sharp
+            motion boundaries and large motion in clean, textured frames;
+            worse than ``'balanced'`` on noisy frames and under changing
+            illumination).
         """
         try:
             values = PRESETS[name]
@@ -219,5 +238,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         'alpha': 0.5,
         'iterations': 15,
         'warps': 2,
+    },
+    'detail': {
+        'method': 'patch_search',
+        'sigma': 4.0,
+        'reliability_threshold': 1e-4,
+        'levels': 1,
+        'alpha': 20.0,
+        'iterations': 10,
+        'warps': 1,
     },
 }
