@@ -13,7 +13,6 @@ from napari_flowscope.engine._normalize import (
     normalize,
 )
 from napari_flowscope.engine.estimator import FlowField
-from napari_flowscope.engine.lucas_kanade import COARSE_EXTRA_WARPS
 from napari_flowscope.engine.params import FlowParams
 
 from .confidence import VolumeConfidence
@@ -33,6 +32,10 @@ from .pyramid import build_pyramid, plan_levels
 from .variational import solve_level as solve_variational_level
 
 __all__ = ['VolumeFlowEstimator', 'check_spacing', 'estimate_volume_flow']
+
+#: Lucas-Kanade warps added at every level but the two finest (cheap
+#: there; makes noisy, large motions converge).
+COARSE_EXTRA_WARPS = 2
 
 
 class VolumeFlowEstimator:
