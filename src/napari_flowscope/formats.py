@@ -50,6 +50,7 @@ __all__ = [
     'NotEnoughSpaceError',
     'NpyStackWriter',
     'StackMetadata',
+    'available_memory',
     'check_free_space',
     'check_time_lapse',
     'defer_interrupt',
@@ -409,6 +410,8 @@ class _FrameWriter(_AtomicWriter):
     def _attach(self, data_offset, stored_frame_shape, dtype):
         """Open the created partial file for writing frames."""
         self._data_offset = int(data_offset)
+        self._stored_frame_shape = tuple(stored_frame_shape)
+        self._stored_dtype = np.dtype(dtype)
         self._stored_frame_bytes = math.prod(stored_frame_shape) * (
             np.dtype(dtype).itemsize
         )
@@ -480,6 +483,29 @@ class _FrameWriter(_AtomicWriter):
     def _stored(self, frames):
         """`frames` as stored in the file (layout and dtype)."""
         return frames
+
+    def _from_stored(self, array):
+        """The stored ``(n, ...)`` array seen in the order of `write`."""
+        return array
+
+    def mapped(self):
+        """The whole file as a read-only memory map, shape ``(n_frames,
+        *frame_shape)`` (a view in the order of :meth:`write`).
+
+        Readable while frames are written (frames not written yet read as
+        zeros: the file has its full size from the start) and after
+        :meth:`commit` or :meth:`abort` (the mapping keeps the data until
+        it is released).  Only reads go through the map, so a full disk
+        never turns into a SIGBUS.
+        """
+        array = np.memmap(
+            self.partial_path if not self.committed else self.path,
+            dtype=self._stored_dtype,
+            mode='r',
+            offset=self._data_offset,
+            shape=(self.n_frames, *self._stored_frame_shape),
+        )
+        return self._from_stored(array)
 
     def _close_file(self):
         fd, self._fd = self._fd, None
@@ -712,6 +738,10 @@ class ImageJStackWriter(_FrameWriter):
         frames = _cast_exactly(frames, self.dtype)
         order = (0,) + tuple(i + 1 for i in self._frame_order)
         return frames.transpose(order)
+
+    def _from_stored(self, array):
+        order = (0,) + tuple(i + 1 for i in self._frame_order)
+        return array.transpose(np.argsort(order))
 
 
 def write_imagej_stack(path, data, *, axes=None, scale=None, units=None):
@@ -1135,13 +1165,17 @@ def lazy_threshold_bytes():
     """Size above which stacks open lazily (see ``LAZY_THRESHOLD_BYTES``)."""
     if LAZY_THRESHOLD_BYTES is not None:
         return int(LAZY_THRESHOLD_BYTES)
+    return int(available_memory() * _LAZY_FRACTION_OF_AVAILABLE_MEMORY)
+
+
+def available_memory():
+    """Bytes of memory available to new allocations now (psutil's view)."""
     try:
         import psutil
 
-        available = psutil.virtual_memory().available
+        return int(psutil.virtual_memory().available)
     except ImportError:
-        available = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    return int(available * _LAZY_FRACTION_OF_AVAILABLE_MEMORY)
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
 
 
 def _time_axis(axes, *, slices_are_frames=False):

@@ -11,6 +11,7 @@ from napari_flowscope import formats
 from napari_flowscope.engine import FlowParams
 from napari_flowscope.session import (
     DiskSink,
+    MappedDiskSink,
     MemorySink,
     MotionSession,
     RangeReference,
@@ -255,3 +256,55 @@ def test_batches_registered_into_a_memory_sink(drifting_uint16):
     for name, values in copied.stats.as_columns().items():
         np.testing.assert_array_equal(getattr(direct.stats, name), values)
     np.testing.assert_array_equal(direct.reference, copied.reference)
+
+
+@pytest.mark.parametrize('channels', [False, True])
+def test_mapped_disk_sink_reads_like_a_memory_sink(
+    drifting_uint16, tmp_path, channels
+):
+    """The GUI's sink for runs larger than memory: files written as by
+    DiskSink, arrays readable (memory maps) during and after the run."""
+    stack = drifting_uint16[:8]
+    if channels:
+        stack = np.stack([stack, stack // 2], axis=-1)
+    options = {
+        'batch_size': 3,
+        'extra_stacks': [drifting_uint16[:8] // 3],
+        'channel_axis': 3 if channels else None,
+    }
+    memory = MotionSession(stack, **options).run()
+    sink = MappedDiskSink(tmp_path)
+    session = MotionSession(stack, **options)
+    sink.open(session)
+    assert isinstance(sink.w, np.memmap)
+    seen_during_run = []
+    for batch in session.iter_batches():
+        sink.write(batch)
+        seen_during_run.append(sink.w[batch.start].copy())
+    sink.close(session)
+    for name in ('registered', 'w', 'reliability', 'confidence'):
+        np.testing.assert_array_equal(
+            getattr(sink, name), getattr(memory, name)
+        )
+    np.testing.assert_array_equal(sink.extras[0], memory.extras[0])
+    np.testing.assert_array_equal(seen_during_run[1], memory.w[3])
+    np.testing.assert_array_equal(sink.reference, memory.reference)
+    for name, values in memory.stats.as_columns().items():
+        np.testing.assert_array_equal(getattr(sink.stats, name), values)
+    assert (tmp_path / 'registered-extra-0.tif').is_file()
+    assert set(FINAL_NAMES) <= {p.name for p in tmp_path.iterdir()}
+    reread, _ = formats.open_stack(tmp_path / 'registered.tif')
+    expected = np.moveaxis(memory.registered, -1, 1) if channels else None
+    np.testing.assert_array_equal(
+        reread, memory.registered if expected is None else expected
+    )
+
+
+def test_mapped_disk_sink_abort_frees_the_folder(drifting_uint16, tmp_path):
+    session = MotionSession(drifting_uint16[:6], batch_size=3)
+    sink = MappedDiskSink(tmp_path)
+    sink.open(session)
+    sink.write(next(session.iter_batches()))
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+    assert sink.w[:3].any()  # still readable until the map is released

@@ -772,13 +772,19 @@ class RunResults:
     roles : iterable of str
         Output roles, whose contrast limits are taken from the first
         batch.
+    sink : MappedDiskSink, optional
+        An open sink for a run whose arrays do not fit in memory: they
+        are files in a results folder, memory-mapped for the layers.
+        Default: a new :class:`MemorySink`.
 
     Attributes
     ----------
-    sink : MemorySink
+    sink : MemorySink or MappedDiskSink
         Registered frames, flow, reliability, stats, reference and the
         registered extra stacks, as a headless run would collect them
         (saved by ``save_run``).
+    folder : Path or None
+        The results folder of a run kept on disk.
     roles : list of str
     limits : dict of str to (float, float) or None
         Contrast limits fixed from the first batch (see
@@ -789,20 +795,23 @@ class RunResults:
         batch exceeds it by ``AUTO_LENGTH_SLACK`` (steady over a run).
     """
 
-    def __init__(self, session, roles=()):
+    def __init__(self, session, roles=(), *, sink=None):
         from napari_flowscope.session import MemorySink
 
-        sink = MemorySink()
-        sink.open(session)
-        # np.zeros pages are mapped lazily: frames not computed yet
-        # cost no memory (np.zeros, not zeros_like: zeros_like writes
-        # every page)
-        for name in ('registered', 'w', 'reliability', 'confidence'):
-            array = getattr(sink, name)
-            setattr(sink, name, np.zeros(array.shape, array.dtype))
-        sink.extras = [
-            np.zeros(array.shape, array.dtype) for array in sink.extras
-        ]
+        self.session = session
+        self.folder = None if sink is None else sink.directory
+        if sink is None:
+            sink = MemorySink()
+            sink.open(session)
+            # np.zeros pages are mapped lazily: frames not computed yet
+            # cost no memory (np.zeros, not zeros_like: zeros_like writes
+            # every page)
+            for name in ('registered', 'w', 'reliability', 'confidence'):
+                array = getattr(sink, name)
+                setattr(sink, name, np.zeros(array.shape, array.dtype))
+            sink.extras = [
+                np.zeros(array.shape, array.dtype) for array in sink.extras
+            ]
         self.sink = sink
         self.roles = list(roles)
         self.limits = None
@@ -821,6 +830,16 @@ class RunResults:
     def extras(self) -> list:
         """Registered stacks of the extra layers."""
         return self.sink.extras
+
+    def finish(self):
+        """The run is complete (worker thread): a results folder gets its
+        files' final names."""
+        self.sink.close(self.session)
+
+    def discard(self):
+        """The run stopped early: a results folder's files are removed
+        (the layers keep what they show until they let go of it)."""
+        self.sink.abort()
 
     def write(self, batch):
         """Store a batch (worker thread); the first one sets the limits."""

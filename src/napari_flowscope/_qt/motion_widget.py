@@ -21,6 +21,9 @@ Scripts drive exactly what the buttons drive::
 import contextlib
 import math
 import os
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
@@ -34,7 +37,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_flowscope.session import MotionSession
+from napari_flowscope.formats import available_memory, format_size
+from napari_flowscope.session import MappedDiskSink, MemorySink, MotionSession
 
 from .events import RunInfo, run_events
 from .layers import (
@@ -51,6 +55,10 @@ from .run_control import RunControlPanel, save_run, stream_batches
 from .workers import start_job
 
 __all__ = ['MotionCorrectionWidget']
+
+#: Results that would take more than this fraction of the memory available
+#: when a run starts go to a results folder and are shown from disk.
+DISK_RESULTS_ABOVE = 0.5
 
 
 class MotionCorrectionWidget(QWidget):
@@ -239,17 +247,17 @@ class MotionCorrectionWidget(QWidget):
             return
         roles = roles_for(self.run_panel.roles, len(session.frame_shape))
         try:
-            results = RunResults(session, roles)
-        except MemoryError:
-            show_error(
-                'Motion correction cannot start: not enough memory to hold '
-                "this run's results; correct it from the command line "
-                '(napari-flowscope correct), which streams them to disk.'
-            )
+            results = self._run_results(session, roles, source)
+        except OSError as error:
+            show_error(f'Motion correction cannot start: {error}')
             return
         self.session, self.results, self.complete = session, results, False
         self._run_source = source
-        self._batches = session.iter_batches(into=results.sink)
+        # in memory, the session registers straight into the results
+        in_memory = results.folder is None
+        self._batches = session.iter_batches(
+            into=results.sink if in_memory else None
+        )
         n_batches = math.ceil(session.n_frames / session.batch_size)
         worker = start_job(
             stream_batches(self._batches, results=results),
@@ -289,6 +297,45 @@ class MotionCorrectionWidget(QWidget):
             deferred=True,
             on_ready=worker.start,
         )
+
+    def _run_results(self, session, roles, source):
+        """In memory, or, when that would take more than half the memory
+        available, in a results folder shown from disk.
+
+        Raises
+        ------
+        OSError
+            When neither fits (NotEnoughSpaceError, saying how much).
+        """
+        needed = MemorySink.required_bytes(session)
+        available = available_memory()
+        if needed <= DISK_RESULTS_ABOVE * available:
+            try:
+                return RunResults(session, roles)
+            except MemoryError:
+                pass
+        folder = disk_results_folder(source)
+        sink = MappedDiskSink(
+            folder,
+            scale=tuple(source.scale)[-source.ndim :],
+            units=tuple(str(unit) for unit in source.units)[-source.ndim :],
+            source=source.name,
+        )
+        try:
+            sink.open(session)
+        except OSError as error:
+            raise type(error)(
+                f"this run's results ({format_size(needed)}) need more than "
+                f'half of the {format_size(available)} of memory available, '
+                f'and the disk cannot hold them either: {error}'
+            ) from error
+        show_info(
+            f"Motion correction: this run's results ({format_size(needed)}) "
+            f'need more than half of the {format_size(available)} of '
+            f'memory available; they are written to {folder} and shown '
+            'from there.'
+        )
+        return RunResults(session, roles, sink=sink)
 
     def pause(self) -> None:
         """Pause the run after the batch in progress."""
@@ -381,8 +428,11 @@ class MotionCorrectionWidget(QWidget):
         self.outputs.flush()  # a short run can end before its layers exist
         self.run_panel.set_running(False)
         n_frames = self.session.n_frames
+        folder = None if self.results is None else self.results.folder
         if self.complete:
             self.run_panel.progress.value = f'done: {n_frames} frames'
+            if folder is not None:
+                show_info(f'Motion correction: the results are in {folder}')
         else:
             done = int(self.outputs.frames_done)
             self.run_panel.progress.value = (
@@ -528,6 +578,34 @@ def _make_teardown(widget):
         _shutdown(state)
 
     return teardown
+
+
+def disk_results_folder(source):
+    """A new folder for the results of a run too large for memory.
+
+    Beside the source's file when napari knows it and that folder is
+    writable (the results stay with the data), else in the user's cache
+    folder; named after the layer and the time.
+    """
+    name = ''.join(
+        char if char.isalnum() or char in '-_.' else '_'
+        for char in str(source.name)
+    )
+    name = f'{name}-flowscope-{time.strftime("%Y%m%d-%H%M%S")}'
+    path = getattr(source.source, 'path', None) or (source.metadata or {}).get(
+        'source_path'
+    )
+    if path:
+        parent = Path(path).parent
+        if parent.is_dir() and os.access(parent, os.W_OK):
+            return parent / name
+    try:
+        from platformdirs import user_cache_dir
+
+        cache = Path(user_cache_dir('napari-flowscope'))
+    except ImportError:
+        cache = Path(tempfile.gettempdir()) / 'napari-flowscope'
+    return cache / 'runs' / name
 
 
 def not_a_time_lapse(layer):

@@ -70,23 +70,31 @@ def stream_batches(batches, *, results=None):
     """
     params = None
     next_frame = 0
-    while True:
-        try:
-            batch = batches.send(params)
-        except StopIteration:
-            return
-        except Exception as error:
-            # napari shows worker errors as notifications: say where,
-            # unless the error names its frame itself
-            named = hasattr(error, 'frame')
-            where = '' if named else f' at frame {next_frame}'
-            raise MotionCorrectionError(
-                f'Motion correction failed{where}: {error}'
-            ) from error
-        next_frame = batch.stop
+    try:
+        while True:
+            try:
+                batch = batches.send(params)
+            except StopIteration:
+                break
+            except Exception as error:
+                # napari shows worker errors as notifications: say where,
+                # unless the error names its frame itself
+                named = hasattr(error, 'frame')
+                where = '' if named else f' at frame {next_frame}'
+                raise MotionCorrectionError(
+                    f'Motion correction failed{where}: {error}'
+                ) from error
+            next_frame = batch.stop
+            if results is not None:
+                results.write(batch)
+            params = yield batch
         if results is not None:
-            results.write(batch)
-        params = yield batch
+            results.finish()
+    except BaseException:
+        # failed, or cancelled (the job closes this generator)
+        if results is not None:
+            results.discard()
+        raise
 
 
 def save_run(folder, session, results, *, scale, units, source, batch_size):

@@ -22,7 +22,7 @@ from .session import (
     compensate,
     output_dtype,
 )
-from .sinks import DiskSink, MemorySink
+from .sinks import DiskSink, MappedDiskSink, MemorySink
 from .stats import (
     FrameStats,
     MotionUnits,
@@ -38,6 +38,7 @@ __all__ = [
     'FrameReference',
     'FrameStats',
     'ImageReference',
+    'MappedDiskSink',
     'MemorySink',
     'MotionSession',
     'MotionUnits',

@@ -21,7 +21,7 @@ from napari_flowscope import formats
 
 from .stats import FrameStats, MotionUnits
 
-__all__ = ['DiskSink', 'MemorySink']
+__all__ = ['DiskSink', 'MappedDiskSink', 'MemorySink']
 
 
 class MemorySink:
@@ -46,6 +46,23 @@ class MemorySink:
     complete : bool
         True once every frame has been written and the sink closed.
     """
+
+    @staticmethod
+    def required_bytes(session):
+        """Bytes the arrays of a run of ``session`` take in memory."""
+        pixels = session.n_frames * math.prod(session.frame_shape)
+        channels = session.n_channels or 1
+        per_pixel = (
+            channels * np.dtype(session.dtype).itemsize
+            + session.flow_components * 4  # w, float32
+            + 4  # reliability
+            + 4  # confidence
+        )
+        extras = sum(
+            math.prod(shape) * np.dtype(dtype).itemsize
+            for shape, dtype in getattr(session, 'extra_shapes', ())
+        )
+        return pixels * per_pixel + extras
 
     def __init__(self):
         self.registered = None
@@ -422,6 +439,67 @@ class DiskSink:
         }
         record.update(self.extra)
         return record
+
+
+class MappedDiskSink(DiskSink):
+    """A :class:`DiskSink` whose arrays can be read while it writes them.
+
+    For runs whose results do not fit in memory: the files are written as
+    by :class:`DiskSink` (plain writes, ``.partial`` until complete, the
+    registered frames of the session's ``extra_stacks`` too, as
+    ``registered-extra-<i>.tif``), and after :meth:`open` the sink has the
+    attributes of a :class:`MemorySink` (``registered``, ``w``,
+    ``reliability``, ``confidence``, ``extras``, ``stats``, ``reference``,
+    ``spacing``), the arrays being read-only memory maps of the files:
+    napari layers show them lazily, reading only the frames on screen.
+    Frames not written yet read as zeros.  The maps stay valid after
+    :meth:`close` (renamed files) and :meth:`abort` (removed files: their
+    space is freed once the maps are released).
+    """
+
+    def open(self, session):
+        super().open(session)
+        try:
+            self._extra_writers = []
+            for index, (shape, dtype) in enumerate(
+                getattr(session, 'extra_shapes', ())
+            ):
+                spatial = 'ZYX' if session.is_volume else 'YX'
+                channels = 'C' if len(shape) > len(spatial) + 1 else ''
+                writer = formats.ImageJStackWriter(
+                    self.directory / f'registered-extra-{index}.tif',
+                    frame_shape=shape[1:],
+                    dtype=dtype,
+                    n_frames=shape[0],
+                    axes='T' + spatial + channels,
+                )
+                self._writers.append(writer)
+                self._extra_writers.append(writer)
+            self.registered = self._registered.mapped()
+            self.w = self._flow.mapped()
+            self.reliability = self._reliability.mapped()
+            self.confidence = self._confidence.mapped()
+            self.extras = [writer.mapped() for writer in self._extra_writers]
+        except BaseException:
+            self.abort()
+            raise
+        self.spacing = getattr(session, 'spacing', None)
+        self.reference = None
+
+    def required_bytes(self, session):
+        extras = sum(
+            math.prod(shape) * formats.imagej_dtype(dtype).itemsize
+            for shape, dtype in getattr(session, 'extra_shapes', ())
+        )
+        return super().required_bytes(session) + extras
+
+    def write(self, batch):
+        super().write(batch)
+        for writer, registered in zip(
+            self._extra_writers, batch.extras, strict=True
+        ):
+            writer.write(registered)
+        self.reference = batch.reference
 
 
 def stats_csv(stats, units=None):
