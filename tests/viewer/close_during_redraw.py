@@ -10,11 +10,10 @@ import gc
 import json
 import sys
 import time
-from dataclasses import fields
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
+from napari.qt import get_qapp
 
 from napari_flowscope._qt import plots
 from napari_flowscope._qt.events import RunInfo, run_events
@@ -63,9 +62,9 @@ def open_dock(viewer, app, *, mid_render):
     )
     rng = np.random.default_rng(0)
     for start in range(0, N_FRAMES, 10):
-        stats = FrameStats(
-            *(rng.random(10, np.float32) for _ in fields(FrameStats))
-        )
+        stats = FrameStats.empty(10)
+        for column in stats.as_columns().values():
+            column[:] = rng.random(10, np.float32)
         events.batch.emit(
             FlowBatch(
                 start,
@@ -107,25 +106,18 @@ def new_viewer():
     return viewer
 
 
-def main(n_trials):
-    """Closes during a render, and the same closes when nothing renders
-    (napari's own cost on this machine now), interleaved."""
+def main(mid_render):
+    """Close the dock, then the viewer, with a render running (or, without
+    `mid_render`, once every render is done: napari's own cost)."""
     plots._MotionFigure.render = slow_render
-    app = QApplication.instance() or QApplication([])
-    seconds = {'dock': [], 'dock_idle': [], 'viewer': [], 'viewer_idle': []}
+    app = get_qapp()  # napari's settings (shared OpenGL contexts)
     viewer = new_viewer()
-    for _ in range(n_trials):
-        for mid_render, key in ((True, 'dock'), (False, 'dock_idle')):
-            dock = open_dock(viewer, app, mid_render=mid_render)
-            seconds[key].append(close_dock(viewer, app, dock))
-    for mid_render, key in ((True, 'viewer'), (False, 'viewer_idle')):
-        if viewer is None:
-            viewer = new_viewer()
-        open_dock(viewer, app, mid_render=mid_render)
-        seconds[key].append(close_viewer(viewer, app))
-        viewer = None
+    dock = open_dock(viewer, app, mid_render=mid_render)
+    seconds = {'dock': close_dock(viewer, app, dock)}
+    open_dock(viewer, app, mid_render=mid_render)
+    seconds['viewer'] = close_viewer(viewer, app)
     print(json.dumps(seconds))
 
 
 if __name__ == '__main__':
-    main(int(sys.argv[1]))
+    main(sys.argv[1] == 'mid-render')

@@ -101,24 +101,35 @@ def cpu_load():
     burner.wait()
 
 
+def _close_seconds(mode):
+    script = Path(__file__).with_name('close_during_redraw.py')
+    for _attempt in range(3):
+        done = subprocess.run(
+            [sys.executable, str(script), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # Under Xvfb a fresh process sometimes gets no OpenGL context for
+        # its first layer (1 in 10 here, bare napari alike): not what this
+        # test is about, so that start is tried again.
+        if 'glGetParameter' not in done.stderr:
+            break
+    assert done.returncode == 0, done.stderr[-2000:]
+    # a clean exit: no error from a render thread, no crash
+    assert 'Traceback' not in done.stderr, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def test_dock_and_viewer_close_within_2_s_during_a_redraw(cpu_load):
     """Before, closing during a render deadlocked: the main thread, holding
     the GIL, destroyed the dock's thread pool, which waited for a render
     that needed the GIL (the script hung every time)."""
-    script = Path(__file__).with_name('close_during_redraw.py')
-    done = subprocess.run(
-        [sys.executable, str(script), '1'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    seconds = json.loads(done.stdout.splitlines()[-1])
-    for key in ('dock', 'viewer'):
-        for during, idle in zip(
-            seconds[key], seconds[f'{key}_idle'], strict=True
-        ):
-            # Within 2 s; on a machine so loaded that napari itself needs
-            # longer to close, about as fast as closing with no render (a
-            # deadlock never ends: the script times out).
-            assert during < max(2.0, 1.5 * idle), seconds
+    seconds = _close_seconds('mid-render')
+    if max(seconds.values()) < 2.0:
+        return
+    # A machine so loaded that napari itself may need longer to close: as
+    # fast, then, as closing with no render going on.
+    idle = _close_seconds('idle')
+    for key, value in seconds.items():
+        assert value < max(2.0, 1.5 * idle[key]), (seconds, idle)

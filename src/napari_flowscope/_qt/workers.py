@@ -27,6 +27,7 @@ and stop their computations through a :class:`Job`.  What it takes care of:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import threading
@@ -47,6 +48,23 @@ HANDLER_NAMES = (
     'aborted',
     'finished',
 )
+
+
+# Jobs on daemon threads still running.  At exit the Qt objects are torn
+# down, a job's signals among them; a job still running then fails on
+# them (or crashes the interpreter), so exit waits for them first (a
+# render takes a fraction of a second).  atexit runs the last registered
+# function first: it is registered when the first such job starts, after
+# napari and Qt registered theirs.
+_DAEMON_JOBS = set()
+_EXIT_WAIT_S = 2.0
+_exit_wait_registered = False
+
+
+def _let_daemon_jobs_finish():
+    for job in list(_DAEMON_JOBS):
+        job.cancel()
+        job.done.wait(_EXIT_WAIT_S)
 
 
 class _Slot:
@@ -125,11 +143,28 @@ class Job:
             return
         self._started = True
         if self._on_daemon_thread:
+            global _exit_wait_registered
+            if not _exit_wait_registered:
+                atexit.register(_let_daemon_jobs_finish)
+                _exit_wait_registered = True
+            _DAEMON_JOBS.add(self)
             threading.Thread(
-                target=self.worker.run, name='flowscope-job', daemon=True
+                target=self._run_on_daemon_thread,
+                name='flowscope-job',
+                daemon=True,
             ).start()
         else:
             self.worker.start()
+
+    def _run_on_daemon_thread(self):
+        try:
+            self.worker.run()
+        except RuntimeError:
+            # its Qt signals were deleted (the application is exiting):
+            # nobody is left to tell
+            pass
+        finally:
+            _DAEMON_JOBS.discard(self)
 
     @property
     def is_running(self) -> bool:
