@@ -8,6 +8,7 @@ import pytest
 from napari_flowscope import track_features
 from napari_flowscope.synthetic import drifting_spots
 from napari_flowscope.tracking import TrackingParams
+from napari_flowscope.tracking.blobs import blob_centroids, blob_scales
 from napari_flowscope.tracking.drift import DriftCorrection
 from napari_flowscope.tracking.spots import fit_spots
 from napari_flowscope.tracking.template import align_templates, cut_templates
@@ -35,7 +36,7 @@ def errors(tracks, spots):
     return error
 
 
-@pytest.mark.parametrize('mode', ['template', 'spot'])
+@pytest.mark.parametrize('mode', ['auto', 'template', 'spot'])
 def test_noisy_spots_stay_within_half_a_pixel_for_40_frames(noisy_spots, mode):
     tracks = track_features(
         noisy_spots.stack,
@@ -113,6 +114,73 @@ def test_gaussian_fit_finds_the_spot_centre():
     centres, fitted = fit_spots(frame, [[15.0, 16.0]], radius=6, sigma=3.0)
     np.testing.assert_allclose(centres[0], [15.3, 16.8], atol=0.1)
     assert fitted[0]
+
+
+def test_blob_scale_and_centroid_of_a_spot_and_a_disc():
+    y, x = np.mgrid[:96, :96]
+    spot = gaussian((96, 96), (40.3, 50.6), sigma=(2.5, 2.5))
+    disc = 10 + 100 * (np.hypot(y - 48.2, x - 47.7) <= 15).astype(np.float32)
+    sigma, response, peaked = blob_scales(
+        np.stack([spot, disc]).reshape(192, 96), [[40.3, 50.6], [144, 48]]
+    )
+    # A Gaussian's own sigma; R / sqrt(2) for a disc of radius R.
+    np.testing.assert_allclose(sigma, [2.5, 15 / np.sqrt(2)], rtol=0.05)
+    np.testing.assert_allclose(response, [50, 74], rtol=0.05)
+    assert peaked.all()
+
+    centres, mass = blob_centroids(disc, [[45.0, 51.0]], radii=18.0)
+    inside = np.hypot(y - 48.2, x - 47.7) <= 15
+    np.testing.assert_allclose(
+        centres[0], [y[inside].mean(), x[inside].mean()], atol=1e-3
+    )
+    assert mass[0] == pytest.approx(100 * inside.sum(), rel=1e-3)
+
+
+def textured_nuclei(n_frames=20, shape=(96, 96), seed=0):
+    """Two bright nuclei (discs of radius 12) moving 1.2-1.3 px/frame,
+    whose four dark nucleoli drift inside them by 0.25 px/frame; Poisson
+    noise. Returns the stack and the (T, 2, 2) nucleus centres."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    start = np.array([[28.0, 28.0], [68.0, 40.0]])
+    velocity = np.array([[1.2, 0.3], [-0.3, 1.3]])
+    nucleoli = rng.uniform(-4, 4, (2, 4, 2))
+    flow = np.array([[0.25, 0.0], [0.0, -0.25]])
+    centres = start + np.arange(n_frames)[:, None, None] * velocity
+    frames = []
+    for t in range(n_frames):
+        image = np.full(shape, 10.0)
+        for (cy, cx), spots in zip(
+            centres[t], nucleoli + t * flow[:, None], strict=True
+        ):
+            nucleus = 0.5 * (1 - np.tanh(np.hypot(y - cy, x - cx) - 12))
+            for dy, dx in spots:
+                r2 = (y - cy - dy) ** 2 + (x - cx - dx) ** 2
+                nucleus *= 1 - 0.5 * np.exp(-r2 / 4.5)
+            image += 120 * nucleus
+        frames.append(rng.poisson(image))
+    return np.stack(frames).astype(np.float32), centres
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_a_point_on_a_bright_object_follows_its_centre(seed):
+    stack, centres = textured_nuclei(seed=seed)
+
+    def errors(mode):
+        tracks = track_features(
+            stack,
+            seeds=centres[0],
+            params=TrackingParams(drift_correction=mode),
+        )
+        t, k = tracks.data[:, 1].astype(int), tracks.data[:, 0].astype(int)
+        assert len(tracks) == centres.size // 2  # both followed throughout
+        return np.hypot(*(tracks.data[:, 2:] - centres[t, k]).T)
+
+    auto = errors('auto')
+    assert auto.max() < 0.75
+    assert np.median(auto) < 0.3
+    # The template locks onto the nucleoli and drifts with them.
+    assert errors('template').max() > 2.0
 
 
 def turning_bar(n_frames, degrees_per_frame, stop=None):
@@ -242,4 +310,4 @@ def test_drift_parameters_round_trip():
         'max_correction',
     ):
         del old[name]
-    assert TrackingParams.from_dict(old).drift_correction == 'template'
+    assert TrackingParams.from_dict(old).drift_correction == 'auto'

@@ -27,14 +27,32 @@ Baker (2004), with the frame-to-frame step standing in for their update
 of the template to the previous frame, and a renewal rule based on the
 match score so that slowly changing features can be followed.
 
-With ``params.drift_correction == 'spot'`` each corrected point is then
-moved onto the centre of a Gaussian fitted to the spot under it
+**Objects larger than the template** (``'auto'`` and ``'spot'``). A
+template sees only what lies under it; on a nucleus or cell body larger
+than the template that is interior texture, which moves inside the object
+as it deforms, so the template would carry the point away from the object
+it marks. A track therefore follows the centroid of its object instead
+(:func:`~napari_flowscope.tracking.blobs.blob_centroids`) when, in the
+frame where it starts, the point sits on a bright blob (its
+scale-normalised Laplacian peaks at a scale ``sigma`` with a response of at
+least a tenth of the 8-bit range) whose radius ``sqrt(2) * sigma`` exceeds
+the template's, within 15 % of that radius of the blob's centroid. The
+track keeps its starting offset from the centroid; each step is refined to
+the centroid of a disc of that radius, and the track ends where that
+moves the point further than ``params.max_correction`` or the object's
+brightness above its surroundings halves or doubles from one frame to the
+next (it vanished or merged). Its ``match`` is still its template's score,
+for information; it does not end the track.
+
+With ``params.drift_correction == 'spot'`` each corrected template point is
+then moved onto the centre of a Gaussian fitted to the spot under it
 (:func:`~napari_flowscope.tracking.spots.fit_spots`), which removes the
 error the template carried from the frame it was cut in.
 """
 
 import numpy as np
 
+from .blobs import blob_centroids, blob_scales
 from .lucas_kanade import inside
 from .spots import fit_spots
 from .template import Templates, align_templates, cut_templates
@@ -43,6 +61,16 @@ from .template import Templates, align_templates, cut_templates
 # side: about 3 px for the default 15 px template, the size of a
 # diffraction-limited spot plus its nearest surroundings.
 _WEIGHT_FRACTION = 0.2
+# A bright object: its Laplacian response (8-bit frames, so about 0.74 x
+# the contrast of a disc) is at least this.
+_MIN_OBJECT_RESPONSE = 0.1 * 255
+# The point marks the object (rather than some texture on it) when it lies
+# within this fraction of the object's radius of the object's centroid;
+# the starting offset then turns with the object by little.
+_CENTRED_FRACTION = 0.15
+# The object's brightness above its surroundings may change by at most
+# this factor from one frame to the next (gradual bleaching is fine).
+_MAX_MASS_CHANGE = 2.0
 
 
 class DriftCorrection:
@@ -51,7 +79,7 @@ class DriftCorrection:
     Parameters
     ----------
     params : TrackingParams
-        ``drift_correction`` (``'template'`` or ``'spot'``),
+        ``drift_correction`` (``'auto'``, ``'template'`` or ``'spot'``),
         ``template_size``, ``template_renewal``, ``min_match``,
         ``max_correction``.
 
@@ -67,6 +95,7 @@ class DriftCorrection:
         self.params = params
         self.radius = params.template_size // 2
         self.sigma = _WEIGHT_FRACTION * params.template_size
+        self.objects = params.drift_correction in ('auto', 'spot')
         self.templates = Templates(
             np.empty(
                 (0, 2 * self.radius + 1, 2 * self.radius + 1), np.float32
@@ -74,6 +103,12 @@ class DriftCorrection:
             np.empty((0, 2), np.float32),
         )
         self.velocity = np.empty((0, 2), np.float32)
+        # Tracks that follow an object's centroid: its disc radius (0 for
+        # template tracks), the point's offset from the centroid, and the
+        # object's mass above its background in the last frame.
+        self.object_radius = np.empty(0, np.float32)
+        self.offset = np.empty((0, 2), np.float32)
+        self.mass = np.empty(0, np.float32)
 
     def __len__(self):
         return len(self.templates)
@@ -84,10 +119,15 @@ class DriftCorrection:
         Returns the positions the tracks start at: the spot centres in
         ``'spot'`` mode (where a spot is found), else ``positions``.
         """
-        positions = self._centred(frame, positions)
-        positions = np.clip(positions, 0, np.subtract(frame.shape, 1)).astype(
-            np.float32
-        )
+        positions = np.clip(
+            np.asarray(positions, np.float32).reshape(-1, 2),
+            0,
+            np.subtract(frame.shape, 1),
+        ).astype(np.float32)
+        radius, offset, mass = self._objects(frame, positions)
+        template = radius == 0
+        positions[template] = self._centred(frame, positions[template])
+        positions = np.clip(positions, 0, np.subtract(frame.shape, 1))
         self.templates = Templates.concatenate(
             [
                 self.templates,
@@ -97,11 +137,45 @@ class DriftCorrection:
         self.velocity = np.concatenate(
             [self.velocity, np.zeros((len(positions), 2), np.float32)]
         )
+        self.object_radius = np.concatenate([self.object_radius, radius])
+        self.offset = np.concatenate([self.offset, offset])
+        self.mass = np.concatenate([self.mass, mass])
         return positions
+
+    def _objects(self, frame, positions):
+        """Disc radius (0: not an object track), offset from the centroid
+        and mass of the object under each new point."""
+        n = len(positions)
+        radius = np.zeros(n, np.float32)
+        offset = np.zeros((n, 2), np.float32)
+        mass = np.zeros(n, np.float32)
+        if not self.objects or not n:
+            return radius, offset, mass
+        sigma, response, peaked = blob_scales(frame, positions)
+        size = np.float32(np.sqrt(2)) * sigma
+        candidate = (
+            peaked & (response >= _MIN_OBJECT_RESPONSE) & (size > self.radius)
+        )
+        if candidate.any():
+            centres, found = blob_centroids(
+                frame, positions[candidate], radii=size[candidate]
+            )
+            away = np.hypot(*(positions[candidate] - centres).T)
+            centred = (found > 0) & (
+                away <= _CENTRED_FRACTION * size[candidate]
+            )
+            index = np.flatnonzero(candidate)[centred]
+            radius[index] = size[index]
+            offset[index] = positions[index] - centres[centred]
+            mass[index] = found[centred]
+        return radius, offset, mass
 
     def _select(self, keep):
         self.templates = self.templates[keep]
         self.velocity = self.velocity[keep]
+        self.object_radius = self.object_radius[keep]
+        self.offset = self.offset[keep]
+        self.mass = self.mass[keep]
 
     def correct(self, frame, previous, stepped, stepped_valid):
         """Drift-corrected positions of every track in ``frame``.
@@ -133,21 +207,28 @@ class DriftCorrection:
         previous = np.asarray(previous, np.float32).reshape(-1, 2)
         stepped = np.asarray(stepped, np.float32).reshape(-1, 2)
         stepped_valid = np.asarray(stepped_valid, bool)
-        positions, kept, score = self._fit(frame, stepped, stepped_valid)
+        on_object = self.object_radius > 0
+        positions, kept, score, mass = self._refine(
+            frame, stepped, stepped_valid, on_object
+        )
         retry = ~kept
         if retry.any():
             predicted = previous[retry] + self.velocity[retry]
-            again, again_kept, again_score = self._fit(
+            (
+                positions[retry],
+                kept[retry],
+                score[retry],
+                mass[retry],
+            ) = self._refine(
                 frame,
                 predicted,
                 np.ones(len(predicted), bool),
-                templates=self.templates[retry],
+                on_object[retry],
+                select=retry,
             )
-            positions[retry] = again
-            kept[retry] = again_kept
-            score[retry] = again_score
-        if params.drift_correction == 'spot' and kept.any():
-            positions[kept] = self._centred(frame, positions[kept])
+        centre = kept & ~on_object
+        if params.drift_correction == 'spot' and centre.any():
+            positions[centre] = self._centred(frame, positions[centre])
             kept &= inside(positions, frame.shape)
         positions[~kept] = stepped[~kept]
         renew = kept & (score < params.template_renewal)
@@ -159,29 +240,67 @@ class DriftCorrection:
         self.velocity = np.where(
             kept[:, None], positions - previous, self.velocity
         ).astype(np.float32)
+        self.mass = np.where(on_object & kept, mass, self.mass).astype(
+            np.float32
+        )
         self._select(kept)
         return positions, kept, score
 
-    def _fit(self, frame, start, valid, templates=None):
-        templates = self.templates if templates is None else templates
+    def _refine(self, frame, start, valid, on_object, select=slice(None)):
+        """Template fit, or object centroid, of the selected tracks from
+        ``start``: positions, kept, score, object mass."""
+        templates = self.templates[select]
         positions, converged, score = align_templates(
-            frame, templates, start, sigma=self.sigma
+            frame,
+            templates[~on_object],
+            start[~on_object],
+            sigma=self.sigma,
         )
-        moved = np.hypot(*(positions - start).T)
+        fitted = np.array(start, np.float32)
+        fitted[~on_object] = positions
+        good = np.zeros(len(start), bool)
+        good[~on_object] = converged & (score >= self.params.min_match)
+        matched = np.zeros(len(start), np.float32)
+        matched[~on_object] = score
+        mass = np.zeros(len(start), np.float32)
+        if on_object.any():
+            offset = self.offset[select][on_object]
+            centres, found = blob_centroids(
+                frame,
+                start[on_object] - offset,
+                radii=self.object_radius[select][on_object],
+            )
+            fitted[on_object] = centres + offset
+            change = found / np.maximum(
+                self.mass[select][on_object], np.finfo(np.float32).tiny
+            )
+            good[on_object] = (change >= 1 / _MAX_MASS_CHANGE) & (
+                change <= _MAX_MASS_CHANGE
+            )
+            mass[on_object] = found
+            # The template is not what places these points; its score is
+            # reported (and renews the template) but ends nothing.
+            _, _, matched[on_object] = align_templates(
+                frame,
+                templates[on_object],
+                fitted[on_object],
+                sigma=self.sigma,
+                max_iterations=0,
+            )
+        moved = np.hypot(*(fitted - start).T)
         kept = (
             valid
-            & converged
-            & inside(positions, frame.shape)
+            & good
+            & inside(fitted, frame.shape)
             & (moved <= self.params.max_correction)
-            & (score >= self.params.min_match)
         )
-        return positions, kept, score
+        return fitted, kept, matched, mass
 
     def _centred(self, frame, positions):
         """Spot centres in ``'spot'`` mode, the positions unchanged
         otherwise."""
         positions = np.asarray(positions, np.float32).reshape(-1, 2)
-        if self.params.drift_correction != 'spot':
+        if self.params.drift_correction != 'spot' or not len(positions):
             return positions
         centres, _ = fit_spots(
             frame, positions, radius=self.radius, sigma=self.sigma

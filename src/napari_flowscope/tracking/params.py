@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 MODES = ('lucas_kanade', 'dense_flow')
 FLOW_REFERENCES = ('first', 'previous')
-DRIFT_CORRECTIONS = ('off', 'template', 'spot')
+DRIFT_CORRECTIONS = ('off', 'auto', 'template', 'spot')
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,21 @@ class TrackingParams:
         Forward-backward check: a point is dropped when tracking it forward
         and then back lands more than this many px from where it started.
         None skips the backward pass (faster, no check).
-    drift_correction : {'template', 'spot', 'off'}
+    drift_correction : {'auto', 'template', 'spot', 'off'}
         After each frame-to-frame step (Lucas-Kanade, or dense flow against
-        the previous frame), move every point to where its track's own
-        template fits best, so that step errors do not add up along long
-        tracks (see :mod:`napari_flowscope.tracking.drift`). ``'spot'``
-        also puts each point on the centre of a Gaussian fitted to the
-        spot under it (for beads, vesicles, puncta; tracks then start on
-        the spot centre nearest each seed). ``'off'``: plain
-        frame-to-frame tracking. Dense flow against the first frame does
-        not drift and ignores it.
+        the previous frame), move every point back onto its feature so that
+        step errors do not add up along long tracks (see
+        :mod:`napari_flowscope.tracking.drift`). ``'template'``: to where
+        its track's own template fits best (for corners, texture, spots).
+        ``'auto'``: the same, except for a point on the centre of a bright
+        object larger than the template (a nucleus, a cell body), which
+        follows the object's intensity-weighted centroid instead, since
+        its texture moves inside it. ``'spot'``: ``'auto'``, and points
+        that follow their template are also put on the centre of a
+        Gaussian fitted to the spot under them (beads, vesicles, puncta;
+        tracks then start on the spot centre nearest each seed).
+        ``'off'``: plain frame-to-frame tracking. Dense flow against the
+        first frame does not drift and ignores it.
     template_size : int
         Side (px, odd, >= 5) of each track's template; its pixels are
         weighted by a Gaussian of a fifth of that, so the feature's centre
@@ -95,7 +100,7 @@ class TrackingParams:
     max_iterations: int = 30
     epsilon: float = 0.01
     fb_threshold: float | None = 1.0
-    drift_correction: str = 'template'
+    drift_correction: str = 'auto'
     template_size: int = 15
     template_renewal: float = 0.8
     min_match: float = 0.5
