@@ -223,7 +223,7 @@ def test_layer_choices_follow_the_viewer(viewer_and_widget):
 
 def test_drift_correction_controls_reach_the_params(viewer_and_widget):
     _, widget = viewer_and_widget
-    assert widget.params.drift_correction == 'template'
+    assert widget.params.drift_correction == 'auto'
     widget.drift_correction.value = 'spot'
     widget.template_size.value = 10  # even: the next odd size is used
     assert widget.params.drift_correction == 'spot'

@@ -56,8 +56,9 @@ FLOW_REFERENCE_CHOICES = [
     ('previous frame', 'previous'),
 ]
 DRIFT_CHOICES = [
+    ('auto (template / object centre)', 'auto'),
     ('template', 'template'),
-    ('template + spot centre', 'spot'),
+    ('auto + spot centre', 'spot'),
     ('off', 'off'),
 ]
 LK_ONLY = (
@@ -236,8 +237,10 @@ class FeatureTrackingWidget(Container):
             choices=DRIFT_CHOICES,
             value=defaults.drift_correction,
             tooltip="After each step, fit every point to its track's own "
-            'template so that long tracks stay on their feature. '
-            '"+ spot centre": also fit a Gaussian to the spot (beads, '
+            'template so that long tracks stay on their feature. "auto": '
+            'a point on the centre of a bright object larger than the '
+            "template (a nucleus) follows the object's centroid instead. "
+            '"+ spot centre": also fit a Gaussian to spots (beads, '
             'vesicles, puncta). Not needed with dense flow against the '
             'first frame.',
         )
