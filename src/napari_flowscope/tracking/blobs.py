@@ -32,6 +32,8 @@ SCALES = 2.0 ** np.arange(0.0, 5.01, 0.25)
 # The background of an object is the median of the ring this many px wide
 # just outside its disc.
 _RING_WIDTH = 4
+# Points at which each of four circles across that ring is sampled.
+_RING_SAMPLES = 48
 # Each pyramid level is blurred by cv2.pyrDown's 5-tap kernel (variance 1
 # in the pixels of the level it came from) before it is decimated; a level
 # is used for a scale once the scale is this many of its pixels.
@@ -149,32 +151,56 @@ def blob_centroids(frame, points, *, radii, max_iterations=10, epsilon=0.01):
     centres = np.array(points, np.float32).reshape(-1, 2)
     n = len(centres)
     mass = np.zeros(n, np.float32)
-    if n == 0:
-        return centres, mass
     radii = np.broadcast_to(np.asarray(radii, np.float32), (n,))
-    half = int(np.ceil(radii.max())) + _RING_WIDTH
+    # Discs of similar size share one patch size; a few large ones do not
+    # inflate the patches of many small ones.
+    order = np.argsort(radii)
+    groups = np.split(
+        order, np.flatnonzero(np.diff(np.ceil(np.log2(radii[order])))) + 1
+    )
+    for group in groups:
+        if len(group):
+            centres[group], mass[group] = _mean_shift(
+                frame, centres[group], radii[group], max_iterations, epsilon
+            )
+    return centres, mass
+
+
+def _mean_shift(frame, centres, radii, max_iterations, epsilon):
+    half = int(np.ceil(radii.max()))
     offsets = np.arange(-half, half + 1, dtype=np.float32)
     squared = offsets[:, None] ** 2 + offsets[None, :] ** 2
-    inner = radii[:, None, None] ** 2
-    outer = (radii[:, None, None] + _RING_WIDTH) ** 2
-    active = np.ones(n, bool)
+    disc = squared <= radii[:, None, None] ** 2
+    # The ring is sampled at a fixed number of points, so that its median
+    # is one vectorised call whatever the radii.
+    angles = np.linspace(0, 2 * np.pi, _RING_SAMPLES, endpoint=False)
+    ring_radii = radii[:, None] + np.linspace(0.5, _RING_WIDTH, 4)[None]
+    ring = np.stack(
+        [
+            ring_radii[:, :, None] * np.sin(angles),
+            ring_radii[:, :, None] * np.cos(angles),
+        ],
+        axis=-1,
+    ).reshape(len(radii), -1, 2)
+    mass = np.zeros(len(centres), np.float32)
+    active = np.ones(len(centres), bool)
     for _ in range(max_iterations):
         index = np.flatnonzero(active)
         if not len(index):
             break
         patch = patches_at(frame, centres[index] - half, 2 * half + 1)
-        disc = squared <= inner[index]
-        ring = (squared > inner[index]) & (squared <= outer[index])
-        background = np.nanmedian(
-            np.where(ring, patch, np.nan).reshape(len(index), -1), axis=1
+        background = np.median(
+            sample(frame, centres[index, None] + ring[index]), axis=1
         )
-        weight = np.clip(patch - background[:, None, None], 0, None) * disc
+        weight = (
+            np.clip(patch - background[:, None, None], 0, None) * disc[index]
+        )
         total = weight.sum(axis=(1, 2))
         safe = np.maximum(total, np.finfo(np.float32).tiny)
         shift = np.stack(
             [
-                (weight * offsets[None, :, None]).sum(axis=(1, 2)) / safe,
-                (weight * offsets[None, None, :]).sum(axis=(1, 2)) / safe,
+                (weight.sum(axis=2) @ offsets) / safe,
+                (weight.sum(axis=1) @ offsets) / safe,
             ],
             axis=1,
         )
@@ -183,3 +209,20 @@ def blob_centroids(frame, points, *, radii, max_iterations=10, epsilon=0.01):
         mass[index] = total
         active[index] = (total > 0) & (np.hypot(*shift.T) >= epsilon)
     return centres, mass
+
+
+def sample(image, coordinates):
+    """``image`` sampled bilinearly at float ``coordinates`` (..., 2)
+    ``[y, x]``; outside the image the nearest edge pixel is repeated."""
+    height, width = image.shape
+    coordinates = np.asarray(coordinates, np.float32)
+    y = np.clip(coordinates[..., 0], 0, height - 1)
+    x = np.clip(coordinates[..., 1], 0, width - 1)
+    top = np.minimum(np.floor(y).astype(np.intp), height - 2)
+    left = np.minimum(np.floor(x).astype(np.intp), width - 2)
+    fy, fx = y - top, x - left
+    if height == 1 or width == 1:
+        return image[np.rint(y).astype(np.intp), np.rint(x).astype(np.intp)]
+    upper = image[top, left] * (1 - fx) + image[top, left + 1] * fx
+    lower = image[top + 1, left] * (1 - fx) + image[top + 1, left + 1] * fx
+    return upper * (1 - fy) + lower * fy

@@ -156,18 +156,27 @@ class DriftCorrection:
         candidate = (
             peaked & (response >= _MIN_OBJECT_RESPONSE) & (size > self.radius)
         )
-        if candidate.any():
+        # Mean shift moves steadily away from a point off the object's
+        # centre: three steps tell, and only the centred points go on to
+        # converge.
+        index = np.flatnonzero(candidate)
+        centres = positions[index]
+        found = np.zeros(len(index), np.float32)
+        for iterations in (3, 10):
+            if not len(index):
+                break
             centres, found = blob_centroids(
-                frame, positions[candidate], radii=size[candidate]
+                frame,
+                centres,
+                radii=size[index],
+                max_iterations=iterations,
             )
-            away = np.hypot(*(positions[candidate] - centres).T)
-            centred = (found > 0) & (
-                away <= _CENTRED_FRACTION * size[candidate]
-            )
-            index = np.flatnonzero(candidate)[centred]
-            radius[index] = size[index]
-            offset[index] = positions[index] - centres[centred]
-            mass[index] = found[centred]
+            away = np.hypot(*(positions[index] - centres).T)
+            keep = (found > 0) & (away <= _CENTRED_FRACTION * size[index])
+            index, centres, found = index[keep], centres[keep], found[keep]
+        radius[index] = size[index]
+        offset[index] = positions[index] - centres
+        mass[index] = found
         return radius, offset, mass
 
     def _select(self, keep):
