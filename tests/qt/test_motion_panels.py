@@ -316,7 +316,7 @@ def test_output_roles_and_enabled_state(qtbot):
     panel = RunControlPanel()
     qtbot.addWidget(panel.native)
     # roles come bottom to top, as the layers are stacked
-    assert panel.roles == ['registered', 'speed', 'vectors']
+    assert panel.roles == ['registered', 'displacement', 'vectors']
     panel.outputs['vx'].value = True
     panel.outputs['divergence'].value = True
     panel.outputs['vectors'].value = False
@@ -327,7 +327,7 @@ def test_output_roles_and_enabled_state(qtbot):
         'vx',
         'vy',
         'vz',
-        'speed',
+        'displacement',
     ]
     # what a run of images or of volumes shows of them
     assert roles_for(panel.roles, 2) == [
@@ -336,18 +336,19 @@ def test_output_roles_and_enabled_state(qtbot):
         'curl',
         'vx',
         'vy',
-        'speed',
+        'displacement',
     ]
     assert roles_for(panel.roles, 3) == [
         'registered',
         'vx',
         'vy',
         'vz',
-        'speed',
+        'displacement',
     ]
     assert [box.text for box in panel.outputs.values()] == [
         'vectors',
-        'speed',
+        'displacement',
+        'velocity',
         'vx / vy',
         'divergence / curl',
         'confidence',
@@ -358,7 +359,7 @@ def test_output_roles_and_enabled_state(qtbot):
     assert not panel.start_button.enabled
     assert panel.pause_button.enabled and panel.cancel_button.enabled
     assert not panel.batch_size.enabled
-    assert not panel.outputs['speed'].enabled
+    assert not panel.outputs['displacement'].enabled
     panel.set_paused(True)
     assert panel.pause_button.text == 'Resume'
     panel.set_running(False)
@@ -405,7 +406,7 @@ def test_stream_stores_each_batch_before_yielding_it():
     stack = _shifted_stack()
     extra = (stack * 1000).astype(np.uint16)
     session = MotionSession(stack, batch_size=3, extra_stacks=[extra])
-    results = RunResults(session, ['speed', 'registered'])
+    results = RunResults(session, ['displacement', 'registered'])
     batches = []
     for batch in stream_batches(session.iter_batches(), results=results):
         frames = slice(batch.start, batch.stop)
@@ -418,7 +419,7 @@ def test_stream_stores_each_batch_before_yielding_it():
     t = 3
     expected = np.clip(np.rint(warp(extra[t], results.sink.w[t])), 0, 65535)
     np.testing.assert_array_equal(results.extras[0][t], expected)
-    assert results.limits['speed'][1] == nice_ceiling(
+    assert results.limits['displacement'][1] == nice_ceiling(
         np.percentile(speed(batches[0].w)[:, ::4, ::4], 99.5) * 1.25
     )
 
@@ -483,7 +484,7 @@ def test_field_maps_compute_what_napari_reads():
     w = rng.normal(size=(6, 20, 24, 2)).astype(np.float32)
     reliability = rng.random((6, 20, 24), dtype=np.float32)
     fields = _Fields(w, reliability)
-    values = SPECS['speed'].values
+    values = SPECS['displacement'].values
     speed_map = FieldMap(values, (6, 20, 24), fields)
     assert (speed_map.shape, speed_map.ndim, speed_map.size) == (
         (6, 20, 24),
@@ -553,7 +554,7 @@ def test_output_layers_hold_the_results():
         axis_labels=('time', 'row', 'column'),
     )
     outputs = OutputLayers(viewer)
-    _run_into(outputs, viewer, source, ['vectors', 'speed', 'vx', 'vy'])
+    _run_into(outputs, viewer, source, ['vectors', 'displacement', 'vx', 'vy'])
     results = outputs.results
     names = [layer.name for layer in viewer.layers]
     assert names == [
@@ -561,18 +562,18 @@ def test_output_layers_hold_the_results():
         'cells reference',
         'cells vx',
         'cells vy',
-        'cells speed',
+        'cells displacement',
         'cells flow vectors',
     ]
     # heatmaps are computed from the run's arrays when napari reads them
-    assert isinstance(viewer.layers['cells speed'].data, FieldMap)
+    assert isinstance(viewer.layers['cells displacement'].data, FieldMap)
     np.testing.assert_array_equal(
-        viewer.layers['cells speed'].data, speed(results.sink.w)
+        viewer.layers['cells displacement'].data, speed(results.sink.w)
     )
     np.testing.assert_array_equal(
         viewer.layers['cells vy'].data, results.sink.w[..., 1]
     )
-    limit = outputs.speed_limit
+    limit = outputs.displacement_limit
     assert viewer.layers['cells vx'].contrast_limits == [-limit, limit]
     assert viewer.layers['cells flow vectors'].edge_contrast_limits == (
         0.0,
@@ -589,28 +590,32 @@ def test_a_second_run_reuses_and_recreates_layers():
     viewer = ViewerModel()
     source = viewer.add_image(_shifted_stack(), name='cells')
     outputs = OutputLayers(viewer)
-    _run_into(outputs, viewer, source, ['vectors', 'speed', 'registered'])
-    speed_layer = viewer.layers['cells speed']
+    _run_into(
+        outputs, viewer, source, ['vectors', 'displacement', 'registered']
+    )
+    speed_layer = viewer.layers['cells displacement']
     registered = viewer.layers['cells registered']
     viewer.layers.remove(registered)
     speed_layer.name = 'renamed by the user'
-    _run_into(outputs, viewer, source, ['speed', 'registered', 'vx', 'vy'])
+    _run_into(
+        outputs, viewer, source, ['displacement', 'registered', 'vx', 'vy']
+    )
 
     names = sorted(layer.name for layer in viewer.layers)
     assert names == sorted(
         [
             'cells',
             'cells reference',
-            'cells speed',
+            'cells displacement',
             'cells registered',
             'cells vx',
             'cells vy',
         ]
     )
-    assert viewer.layers['cells speed'] is speed_layer
+    assert viewer.layers['cells displacement'] is speed_layer
     assert outputs['registered'] is not registered
     np.testing.assert_array_equal(
-        viewer.layers['cells speed'].data, speed(outputs.results.sink.w)
+        viewer.layers['cells displacement'].data, speed(outputs.results.sink.w)
     )
 
 
@@ -633,7 +638,7 @@ def test_deferred_layers_show_batches_that_came_first(qtbot):
     source = viewer.add_image(_shifted_stack(), name='cells')
     outputs = OutputLayers(viewer)
     session = MotionSession(np.asarray(source.data), batch_size=2)
-    roles = ['vectors', 'speed']
+    roles = ['vectors', 'displacement']
     results = RunResults(session, roles)
     outputs.prepare(source, results, roles, deferred=True)
     assert outputs.pending
@@ -645,13 +650,15 @@ def test_deferred_layers_show_batches_that_came_first(qtbot):
     assert [layer.name for layer in viewer.layers] == [
         'cells',
         'cells reference',
-        'cells speed',
+        'cells displacement',
         'cells flow vectors',
     ]
     w = results.sink.w
-    np.testing.assert_array_equal(viewer.layers['cells speed'].data, speed(w))
-    assert viewer.layers['cells speed'].contrast_limits == list(
-        results.limits['speed']
+    np.testing.assert_array_equal(
+        viewer.layers['cells displacement'].data, speed(w)
+    )
+    assert viewer.layers['cells displacement'].contrast_limits == list(
+        results.limits['displacement']
     )
     np.testing.assert_array_equal(
         viewer.layers['cells reference'].data, session.reference_image

@@ -221,7 +221,7 @@ def test_preview_of_a_stack_larger_than_memory(qtbot, widget):
     )
     result = widget.preview.last_result
     assert result.request.frame == 23_457
-    heatmap = viewer.layers['huge speed']
+    heatmap = viewer.layers['huge displacement']
     assert heatmap.data.shape == stack.shape
     flow = result.flow
     # hidden where the vectors are: too little texture, or untrusted
@@ -251,7 +251,7 @@ def test_untrusted_matches_hide_vectors_and_heatmaps(qtbot, widget):
     assert untrusted[24:40, 24:40].mean() > 0.9  # the patch
     assert not untrusted[8:-8, 4:12].any()  # the drifting texture
     vectors = viewer.layers['patch flow vectors']
-    heatmap = viewer.layers['patch speed']
+    heatmap = viewer.layers['patch displacement']
 
     def shown_at_untrusted_points():
         y, x = vectors.data[:, 0, 1:].astype(int).T

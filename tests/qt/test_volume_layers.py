@@ -40,9 +40,9 @@ def test_speed_heatmap_and_limits_of_a_volume_count_z_physically():
         spacing = (3.0, 1.0, 1.0)
 
     Sink.w = w
-    speed = FieldMap(SPECS['speed'].values, w.shape[:-1], Sink)
+    speed = FieldMap(SPECS['displacement'].values, w.shape[:-1], Sink)
     np.testing.assert_allclose(speed[1], 3.0)
     vz = FieldMap(SPECS['vz'].values, w.shape[:-1], Sink)
     np.testing.assert_array_equal(vz[0], 1.0)
-    limits = output_limits(fields, ['speed', 'vz'])
-    assert limits['speed'] == (0.0, 5.0) and limits['vz'] == (-5.0, 5.0)
+    limits = output_limits(fields, ['displacement', 'vz'])
+    assert limits['displacement'] == (0.0, 5.0) and limits['vz'] == (-5.0, 5.0)

@@ -114,7 +114,16 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
         return np.where(hidden, np.nan, values)
 
     expected_maps = {
-        'speed': masked(speed(expected.w)),
+        'displacement': masked(speed(expected.w)),
+        # frame to frame; nothing before the first frame
+        'velocity': masked(
+            np.concatenate(
+                [
+                    np.full((1, *expected.w.shape[1:3]), np.nan),
+                    speed(np.diff(expected.w, axis=0)),
+                ]
+            )
+        ),
         'vx': masked(expected.w[..., 0]),
         'vy': masked(expected.w[..., 1]),
         'reliability': expected.reliability,
@@ -141,7 +150,7 @@ def test_sample_run_matches_headless_session(make_napari_viewer_proxy, qtbot):
     )
     vectors = layers[f'{name} flow vectors']
     np.testing.assert_array_equal(vectors.data, data)
-    np.testing.assert_array_equal(vectors.features['speed'], lengths)
+    np.testing.assert_array_equal(vectors.features['displacement'], lengths)
     assert len(data) > 0
     assert np.all(data[:, 0, 0] == t) and np.all(data[:, 1, 0] == 0)
     # every derived layer overlays the source and adds no slider axis
@@ -191,7 +200,7 @@ def test_layers_hold_first_batches_while_running(docked, qtbot, tissue):
     assert widget.worker is worker and worker.is_running
     _, expected = _headless(tissue.stack, FlowParams(), 2)
     registered = viewer.layers['tissue registered'].data
-    speed_map = viewer.layers['tissue speed'].data
+    speed_map = viewer.layers['tissue displacement'].data
     np.testing.assert_array_equal(registered[:4], expected.registered[:4])
     np.testing.assert_array_equal(
         speed_map[:4], _masked_speed(expected, FlowParams())[:4]
@@ -229,7 +238,7 @@ def test_layers_show_current_values_on_and_off_screen(docked, qtbot, tissue):
     _wait_idle(qtbot, widget)
     _, expected = _headless(tissue.stack, FlowParams(), 4)
     layers = [
-        (viewer.layers['tissue speed'], speed(expected.w)),
+        (viewer.layers['tissue displacement'], speed(expected.w)),
         (viewer.layers['tissue registered'], expected.registered),
     ]
     pixels = [(10, 20), (48, 48), (90, 7)]
@@ -277,9 +286,9 @@ def test_second_run_replaces_its_outputs(docked, qtbot):
     widget.start()
     _wait_idle(qtbot, widget)
     first = {layer.name for layer in viewer.layers}
-    speed_layer = viewer.layers['tissue speed']
+    speed_layer = viewer.layers['tissue displacement']
     viewer.layers.remove('tissue registered')  # the user removed one
-    speed_layer.name = 'my speed'  # and renamed another
+    speed_layer.name = 'my displacement'  # and renamed another
     widget.parameters.preset.value = 'fast'
     widget.start()
     _wait_idle(qtbot, widget)
@@ -288,7 +297,7 @@ def test_second_run_replaces_its_outputs(docked, qtbot):
     assert set(names) == first
     assert len(names) == len(first)
     # the renamed layer was reused (same object, name restored)
-    assert viewer.layers['tissue speed'] == speed_layer
+    assert viewer.layers['tissue displacement'] == speed_layer
     _, expected = _headless(
         np.asarray(viewer.layers['tissue'].data),
         FlowParams.preset('fast'),
@@ -321,7 +330,7 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     assert result.request.params == params
     expected = estimate_flow(tissue.stack[0], tissue.stack[6], params)
     np.testing.assert_array_equal(result.flow.w, expected.w)
-    heatmap = viewer.layers['tissue speed']
+    heatmap = viewer.layers['tissue displacement']
     # a (T, Y, X) heatmap that shows the previewed frame only, hidden
     # where the vectors are
     assert heatmap.data.shape == tissue.stack.shape
@@ -355,7 +364,9 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     assert np.isnan(heatmap.data[6]).all()
 
     widget.parameters.live_preview.value = False
-    assert 'tissue speed' not in viewer.layers  # made for the preview only
+    assert (
+        'tissue displacement' not in viewer.layers
+    )  # made for the preview only
     _wait_threads_done(qtbot)
 
 
@@ -371,7 +382,7 @@ def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
     widget.start()
     _wait_idle(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    heatmap = viewer.layers['tissue speed']
+    heatmap = viewer.layers['tissue displacement']
     vectors = viewer.layers['tissue flow vectors']
     run_frame = np.array(heatmap.data[9])
     qtbot.waitUntil(lambda: len(vectors.data) > 0, timeout=RUN_TIMEOUT_MS)
@@ -401,7 +412,7 @@ def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
     np.testing.assert_array_equal(vectors.data, data)
     # the run's results are untouched, and come back with the preview off
     np.testing.assert_array_equal(
-        heatmap.data[3], widget.outputs['speed'].data[3]
+        heatmap.data[3], widget.outputs['displacement'].data[3]
     )
     widget.parameters.live_preview.value = False
     np.testing.assert_array_equal(heatmap.data[9], run_frame)
@@ -552,12 +563,12 @@ def test_preview_of_another_source_gets_its_own_layers(docked, qtbot, tissue):
     other = viewer.add_image(tissue.stack[:, ::-1].copy(), name='mirrored')
     widget.reference.source.value = other
     qtbot.waitUntil(
-        lambda: 'mirrored speed' in viewer.layers,
+        lambda: 'mirrored displacement' in viewer.layers,
         timeout=RUN_TIMEOUT_MS,
     )
     qtbot.waitUntil(lambda: preview.worker is None, timeout=RUN_TIMEOUT_MS)
     names = [layer.name for layer in viewer.layers]
-    assert 'tissue speed' not in names
+    assert 'tissue displacement' not in names
     assert 'mirrored flow vectors' in names
 
 
@@ -584,13 +595,17 @@ def test_heatmaps_are_hidden_where_the_vectors_are(docked, qtbot, tissue):
     shown[y, x] = True
     grid = np.ix_(rows, rows)
     assert 0.3 < shown[grid].mean() < 0.7
-    for role in ('speed', 'vx', 'vy'):
+    for role in ('displacement', 'vx', 'vy'):
         heatmap = viewer.layers[f'tissue {role}'].data[t]
         np.testing.assert_array_equal(np.isfinite(heatmap[grid]), shown[grid])
     # between grid points too: about half of the heatmap is hidden
-    assert np.isfinite(viewer.layers['tissue speed'].data[t]).mean() < 0.6
+    assert (
+        np.isfinite(viewer.layers['tissue displacement'].data[t]).mean() < 0.6
+    )
     widget.run_panel.intensity_percentile.value = 0.0
-    assert np.isfinite(viewer.layers['tissue speed'].data[t]).mean() > 0.9
+    assert (
+        np.isfinite(viewer.layers['tissue displacement'].data[t]).mean() > 0.9
+    )
 
 
 @pytest.mark.realdata

@@ -81,7 +81,7 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     session, expected = _headless(source, widget)
     layers = viewer.layers
     registered = layers['drifting volume registered'].data
-    speed_map = layers['drifting volume speed'].data
+    speed_map = layers['drifting volume displacement'].data
     assert registered.shape == speed_map.shape == source.data.shape
     np.testing.assert_array_equal(registered[:2], expected.registered[:2])
     lengths = displacement_length(expected.w, spacing=session.spacing)
@@ -151,7 +151,7 @@ def test_live_preview_of_a_volume(volume_dock, qtbot):
     np.testing.assert_array_equal(result.flow.w, expected.w)
     # shown in the run's layers: a (T, Z, Y, X) heatmap holding the
     # previewed volume only (hidden where the vectors are)
-    heatmap = viewer.layers['drifting volume speed']
+    heatmap = viewer.layers['drifting volume displacement']
     assert heatmap.data.shape == source.data.shape
     lengths = displacement_length(expected.w, spacing=(2, 1, 1))
     threshold = widget.parameters.params.reliability_threshold

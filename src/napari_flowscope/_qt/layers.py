@@ -42,6 +42,7 @@ from napari_flowscope.engine.volume import (
     displacement_length,
     vector_steps,
 )
+from napari_flowscope.session.stats import displacement_magnitude
 
 __all__ = [
     'AUTO_ARROW_STEPS',
@@ -78,24 +79,24 @@ AUTO_ARROW_STEPS = 0.8
 AUTO_LENGTH_SLACK = 1.5
 
 
-def _speed_colormap():
+def _displacement_colormap():
     """magma without its black end, transparent where nothing moves.
 
     Over the registered image: still parts (below a tenth of the scale)
     show the image itself, moving parts a colour that gets more opaque
-    with speed, up to 65 % from half the scale on, so that the image
+    with displacement, up to 65 % from half the scale on, so that the image
     shows through even where everything moves (a drift); never the
     additive glare that hid the image.
     """
     colors = np.array(AVAILABLE_COLORMAPS['magma'].colors[48:], np.float32)
     positions = np.linspace(0.0, 1.0, len(colors), dtype=np.float32)
     colors[:, 3] = 0.65 * np.clip((positions - 0.1) / 0.4, 0.0, 1.0)
-    return Colormap(colors, controls=positions, name='flowscope speed')
+    return Colormap(colors, controls=positions, name='flowscope displacement')
 
 
-#: Colours of the speed heatmap (magma hues, alpha growing with speed).
-SPEED_COLORMAP = _speed_colormap()
-#: Arrow colours by speed, cyan to white: apart from the heatmap's hues.
+#: Colours of the displacement heatmap (magma hues, alpha growing with it).
+DISPLACEMENT_COLORMAP = _displacement_colormap()
+#: Arrow colours by length, cyan to white: apart from the heatmap's hues.
 VECTOR_COLORMAP = Colormap(
     [[0.0, 0.75, 1.0, 1.0], [0.85, 1.0, 1.0, 1.0]],
     name='flowscope vectors',
@@ -119,6 +120,9 @@ class FrameFields(NamedTuple):
     confidence : ndarray, shape (n, *frame), float32, optional
         How well each displacement matched, 0 to 1 (``>=
         CONFIDENCE_THRESHOLD`` trusted).
+    previous : ndarray, shape of ``w``, optional
+        The flow of the frame before each frame (NaN before frame 0), for
+        velocities; taken only when asked for.
     """
 
     w: np.ndarray
@@ -126,19 +130,27 @@ class FrameFields(NamedTuple):
     image: np.ndarray | None = None
     spacing: tuple | None = None
     confidence: np.ndarray | None = None
+    previous: np.ndarray | None = None
 
     @classmethod
-    def take(cls, fields, frames) -> FrameFields:
+    def take(cls, fields, frames, *, previous=False) -> FrameFields:
         """Frames ``frames`` (a slice or index array) of ``fields``, an
-        object with the arrays of a whole run (e.g. a ``MemorySink``)."""
+        object with the arrays of a whole run (e.g. a ``MemorySink``);
+        with ``previous``, the flow of the frame before each too."""
         image = getattr(fields, 'registered', None)
         confidence = getattr(fields, 'confidence', None)
+        before = None
+        if previous:
+            indices = np.arange(len(fields.w))[frames] - 1
+            before = fields.w[np.maximum(indices, 0)]
+            before[indices < 0] = np.nan
         return cls(
             fields.w[frames],
             fields.reliability[frames],
             None if image is None else image[frames],
             getattr(fields, 'spacing', None),
             None if confidence is None else confidence[frames],
+            before,
         )
 
     @classmethod
@@ -152,6 +164,13 @@ class FrameFields(NamedTuple):
             spacing,
             field.confidence[np.newaxis],
         )
+
+    @property
+    def previous_or_nan(self):
+        """``previous``, or NaN where it is not known."""
+        if self.previous is None:
+            return np.full(self.w.shape, np.nan, np.float32)
+        return self.previous
 
     def trusted(self) -> np.ndarray | None:
         """Where the match is trusted (None: no confidence known)."""
@@ -171,8 +190,15 @@ class FrameFields(NamedTuple):
         return image
 
 
-def _speed(fields):
-    return fields.lengths()
+def _displacement(fields):
+    return displacement_magnitude(fields.w, spacing=fields.spacing)
+
+
+def _velocity(fields):
+    # previous: the flow of the frame before each one (NaN before frame 0)
+    return displacement_magnitude(
+        fields.w - fields.previous_or_nan, spacing=fields.spacing
+    )
 
 
 def _component(index):
@@ -207,7 +233,7 @@ class OutputLayer:
     Attributes
     ----------
     role : str
-        Key of the output (``'speed'``, ``'registered'``, ...).
+        Key of the output (``'displacement'``, ``'registered'``, ...).
     suffix : str
         The layer is named ``'<source layer> <suffix>'``.
     output : str or None
@@ -220,6 +246,9 @@ class OutputLayer:
         time; ``'vectors'``: the flow of the frame on screen as arrows.
     values : callable, optional
         ``values(FrameFields) -> ndarray (n, *frame)`` of an image role.
+    previous : bool
+        ``values`` reads the flow of the frame before each one
+        (``FrameFields.previous``: velocities).
     stored : str, optional
         Sink attribute of a stack role.
     colormap : str, Colormap or None
@@ -227,7 +256,8 @@ class OutputLayer:
     limits : str or None
         Contrast limits, fixed from the first batch of a run so colours
         mean the same in every frame (see :func:`output_limits`):
-        ``'speed'`` (0 to the speed scale), ``'signed speed'``,
+        ``'displacement'`` (0 to the displacement scale), ``'signed
+        displacement'``,
         ``'robust'`` (0 to a robust maximum of the values),
         ``'signed robust'``, ``'unit'`` (0 to 1); None: the source
         layer's.
@@ -248,6 +278,7 @@ class OutputLayer:
     output: str | None
     kind: str = 'image'
     values: Callable | None = None
+    previous: bool = False
     stored: str | None = None
     colormap: str | Colormap | None = None
     limits: str | None = None
@@ -314,7 +345,7 @@ OUTPUT_LAYERS = (
         'vx / vy',
         values=_component(0),
         colormap='RdBu_r',
-        limits='signed speed',
+        limits='signed displacement',
         masked=True,
     ),
     OutputLayer(
@@ -323,7 +354,7 @@ OUTPUT_LAYERS = (
         'vx / vy',
         values=_component(1),
         colormap='RdBu_r',
-        limits='signed speed',
+        limits='signed displacement',
         masked=True,
     ),
     OutputLayer(
@@ -332,17 +363,27 @@ OUTPUT_LAYERS = (
         'vx / vy',
         values=_component(2),
         colormap='RdBu_r',
-        limits='signed speed',
+        limits='signed displacement',
         masked=True,
         dims=(3,),
     ),
     OutputLayer(
-        'speed',
-        'speed',
-        'speed',
-        values=_speed,
-        colormap=SPEED_COLORMAP,
-        limits='speed',
+        'velocity',
+        'velocity',
+        'velocity',
+        values=_velocity,
+        previous=True,
+        colormap='viridis',
+        limits='robust',
+        masked=True,
+    ),
+    OutputLayer(
+        'displacement',
+        'displacement',
+        'displacement',
+        values=_displacement,
+        colormap=DISPLACEMENT_COLORMAP,
+        limits='displacement',
         masked=True,
         default=True,
         visible=True,
@@ -354,7 +395,7 @@ OUTPUT_LAYERS = (
         'vectors',
         kind='vectors',
         colormap=VECTOR_COLORMAP,
-        limits='speed',
+        limits='displacement',
         default=True,
         visible=True,
         opacity=1.0,
@@ -370,7 +411,7 @@ def roles_for(roles, frame_ndim) -> list:
 
 
 #: Roles a live preview shows (computed from one frame's flow).
-PREVIEW_ROLES = ('speed', 'vectors')
+PREVIEW_ROLES = ('displacement', 'vectors')
 
 
 @dataclass(frozen=True)
@@ -421,8 +462,8 @@ def display_mask(fields: FrameFields, style: VectorStyle):
 
     The rules :func:`frame_vectors` applies to the grid points:
     reliability and confidence at least their thresholds, the registered
-    frame at least its ``intensity_percentile`` (per frame), speed at
-    least ``min_speed``.
+    frame at least its ``intensity_percentile`` (per frame),
+    displacement at least ``min_speed``.
 
     Returns
     -------
@@ -506,8 +547,11 @@ class FieldMap:
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, values, shape, fields=None, *, fill=np.nan):
+    def __init__(
+        self, values, shape, fields=None, *, fill=np.nan, previous=False
+    ):
         self.values = values
+        self.previous = previous
         self.shape = tuple(int(size) for size in shape)
         self.ndim = len(self.shape)
         self.size = math.prod(self.shape)
@@ -541,9 +585,13 @@ class FieldMap:
         if self.fields is None:
             maps = np.full((len(indices), *self.shape[1:]), self.fill)
         else:
-            maps = self._compute(FrameFields.take(self.fields, time))
+            maps = self._compute(
+                FrameFields.take(self.fields, time, previous=self.previous)
+            )
             if self.done is not None:
                 pending = ~self.done[indices]
+                if self.previous:  # the frame before must be done too
+                    pending |= ~self.done[np.maximum(indices - 1, 0)]
                 if pending.any():
                     maps = np.array(maps)
                     maps[pending] = self.fill
@@ -717,11 +765,13 @@ def nice_ceiling(value: float) -> float:
 
 
 def _robust_max(values) -> float:
-    return float(np.percentile(np.abs(values), 99.5))
+    values = np.abs(values[np.isfinite(values)])
+    return float(np.percentile(values, 99.5)) if values.size else 0.0
 
 
 def output_limits(fields: FrameFields, roles) -> dict:
-    """Contrast limits of ``roles`` (and ``'speed'``) from a few frames.
+    """Contrast limits of ``roles`` (and ``'displacement'``) from a few
+    frames.
 
     Parameters
     ----------
@@ -738,14 +788,14 @@ def output_limits(fields: FrameFields, roles) -> dict:
     """
     # a strided sample is plenty for percentiles and 16x cheaper
     sample = (slice(None), *(slice(None, None, 4),) * (fields.w.ndim - 2))
-    speed_limit = nice_ceiling(_robust_max(fields.lengths(sample)) * 1.25)
-    limits = {'speed': (0.0, speed_limit)}
+    top = nice_ceiling(_robust_max(fields.lengths(sample)) * 1.25)
+    limits = {'displacement': (0.0, top)}
     for role in roles:
         kind = SPECS[role].limits
-        if kind == 'speed':
-            limits[role] = (0.0, speed_limit)
-        elif kind == 'signed speed':
-            limits[role] = (-speed_limit, speed_limit)
+        if kind == 'displacement':
+            limits[role] = (0.0, top)
+        elif kind == 'signed displacement':
+            limits[role] = (-top, top)
         elif kind == 'unit':
             limits[role] = (0.0, 1.0)
         elif kind in ('robust', 'signed robust'):
@@ -851,7 +901,13 @@ class RunResults:
             confidence=batch.confidence,
         )
         if self.limits is None:
-            self.limits = output_limits(fields, self.roles)
+            # from the sink, which has the frame before (velocities)
+            self.limits = output_limits(
+                FrameFields.take(
+                    self.sink, slice(batch.start, batch.stop), previous=True
+                ),
+                self.roles,
+            )
         scale = displacement_scale(fields)
         if scale > AUTO_LENGTH_SLACK * self.displacement_scale:
             self.displacement_scale = scale
@@ -1066,7 +1122,9 @@ class OutputLayers:
                 visible=spec.visible,
             )
         else:
-            data = FieldMap(spec.values, self._shape, fields)
+            data = FieldMap(
+                spec.values, self._shape, fields, previous=spec.previous
+            )
             data.done = self._done
             if spec.masked:
                 data.mask = self._mask()
@@ -1150,8 +1208,8 @@ class OutputLayers:
         self._layers[spec.role] = self._viewer.add_vectors(
             data,
             name=name,
-            features={'speed': lengths},
-            edge_color='speed',
+            features={'displacement': lengths},
+            edge_color='displacement',
             edge_colormap=spec.colormap,
             edge_contrast_limits=(0.0, 1.0),
             edge_width=max(1.0, float(np.mean(geometry['scale'][1:]))),
@@ -1229,11 +1287,11 @@ class OutputLayers:
             self.show_vectors(t)
 
     @property
-    def speed_limit(self):
-        """Top of the speed colour scale (px / frame), None before the
+    def displacement_limit(self):
+        """Top of the displacement colour scale (px), None before the
         first batch."""
         limits = None if self.results is None else self.results.limits
-        return None if limits is None else limits['speed'][1]
+        return None if limits is None else limits['displacement'][1]
 
     def _set_limits(self, limits, roles=None):
         if roles is None:
@@ -1243,7 +1301,7 @@ class OutputLayers:
             if role not in self:
                 continue
             if SPECS[role].kind == 'vectors':
-                value = tuple(limits['speed'])
+                value = tuple(limits['displacement'])
                 if tuple(self[role].edge_contrast_limits) != value:
                     self[role].edge_contrast_limits = value
             elif role in limits:
@@ -1449,7 +1507,7 @@ class OutputLayers:
         # edge_color again would redraw napari's thumbnail, a Python loop
         # over up to 1024 vectors (about 30 ms).
         layer.data = data
-        layer.features = {'speed': lengths}
+        layer.features = {'displacement': lengths}
         # napari 0.9 recolours the vectors from the features without
         # telling its canvas, which drew new arrows in the colour of the
         # feature default (invisible after a run) until the next redraw:

@@ -640,8 +640,8 @@ def _warm_up_vectors():
 
     Vectors(
         np.zeros((1, 2, 3), np.float32),
-        features={'speed': np.zeros(1, np.float32)},
-        edge_color='speed',
+        features={'displacement': np.zeros(1, np.float32)},
+        edge_color='displacement',
     )
 
 

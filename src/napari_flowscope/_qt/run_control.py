@@ -258,7 +258,7 @@ class RunControlPanel(Container):
             'of the frame (0 = off).',
         )
         self.min_speed = FloatSpinBox(
-            label='hide slower than (px)',
+            label='hide shorter than (px)',
             value=0.0,
             min=0.0,
             max=100.0,
