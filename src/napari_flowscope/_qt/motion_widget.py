@@ -98,6 +98,7 @@ class MotionCorrectionWidget(QWidget):
         self.complete = False
         self._batches = None
         self._run_source = None
+        self._shown_step = None
 
         self.outputs = OutputLayers(napari_viewer)
         self.preview = PreviewController(
@@ -479,6 +480,12 @@ class MotionCorrectionWidget(QWidget):
         self._request_preview()
 
     def _on_step(self, _event=None):
+        # napari also emits this when a layer's extent changes (new
+        # vectors of another frame): only a new position is worth a redraw
+        step = tuple(self.viewer.dims.current_step)
+        if step == self._shown_step:
+            return
+        self._shown_step = step
         self.outputs.show_current_vectors()
         self._request_preview()
 
