@@ -146,3 +146,24 @@ def test_volume_flow_reports_the_same_confidence():
     )
     assert (good.confidence[-1] < CONFIDENCE_THRESHOLD).all()
     assert (failed.confidence >= CONFIDENCE_THRESHOLD).mean() <= 0.1
+
+
+def test_consistency_score_checks_the_round_trip():
+    from napari_flowscope.engine.confidence import consistency_score
+
+    shape = (40, 50, 2)
+    forward = np.broadcast_to(np.float32([3.0, -1.0]), shape).copy()
+    undone = consistency_score(forward, -forward)
+    assert undone.shape == shape[:2] and undone.dtype == np.float32
+    np.testing.assert_array_equal(undone, 1)
+    missed = consistency_score(forward, -forward + np.float32([0.5, 0]))
+    np.testing.assert_allclose(missed, 0.5, atol=1e-6)
+    assert not consistency_score(forward, np.zeros(shape, np.float32)).any()
+
+
+def test_patch_search_is_not_trusted_on_an_unrelated_frame(texture):
+    # flexible enough to fit unrelated texture locally; the backward
+    # estimate does not undo such a fit (without the check: 56 % trusted)
+    unrelated = synthetic.tissue_texture(SHAPE, seed=9)
+    field = estimate_flow(texture, unrelated, FlowParams.preset('detail'))
+    assert trusted(field).mean() <= 0.1

@@ -33,17 +33,20 @@ volumes), so a volume engine can report the same confidence.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ._filters import gaussian_nd
 
 __all__ = [
     'COLLAPSED_TRUSTED_FRACTION',
+    'CONSISTENCY_TOLERANCE',
     'CONFIDENCE_THRESHOLD',
     'CONFIDENCE_WINDOW',
     'MATCH_CORRELATION',
     'LocalCorrelation',
     'combine_scores',
+    'consistency_score',
     'match_confidence',
     'match_score',
     'standardize',
@@ -59,6 +62,9 @@ CONFIDENCE_THRESHOLD = 0.5
 COLLAPSED_TRUSTED_FRACTION = 0.3
 #: Standard deviation (px, full resolution) of the correlation window.
 CONFIDENCE_WINDOW = 8.0
+#: Round-trip miss (px) of forward-backward consistency that scores 0.5
+#: (methods that check it, see :func:`consistency_score`).
+CONSISTENCY_TOLERANCE = 0.5
 #: Local correlation that gives a match score of 0.5.
 MATCH_CORRELATION = 0.65
 # Width of the match ramp: rho from MATCH_CORRELATION - half to + half
@@ -177,6 +183,39 @@ def texture_score(reliability, reliability_threshold):
 def combine_scores(match, texture):
     """Confidence from a match and a texture score: their minimum."""
     return np.minimum(match, texture).astype(np.float32, copy=False)
+
+
+def consistency_score(forward, backward):
+    """Forward-backward consistency score 0-1 of two 2-D flows.
+
+    ``forward`` maps the reference onto the moving frame, ``backward`` the
+    moving frame onto the reference; where both are right,
+    ``forward(x) + backward(x + forward(x)) = 0``.  The score is 1 where
+    that round trip misses by at most 0.25 px, 0.5 at
+    :data:`CONSISTENCY_TOLERANCE` (0.5 px), 0 from 0.75 px (Sundaram, Brox
+    & Keutzer 2010 use the same test to find occlusions).
+
+    Parameters
+    ----------
+    forward, backward : ndarray, shape (H, W, 2), float32
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32
+    """
+    forward = np.ascontiguousarray(forward, np.float32)
+    back = cv2.remap(
+        np.ascontiguousarray(backward, np.float32),
+        forward,
+        None,
+        cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    back += forward
+    miss = np.sqrt(back[..., 0] ** 2 + back[..., 1] ** 2)
+    score = (np.float32(CONSISTENCY_TOLERANCE + 0.25) - miss) * np.float32(2)
+    np.clip(score, 0, 1, out=score)
+    return score
 
 
 def match_confidence(
