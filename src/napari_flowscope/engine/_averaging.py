@@ -95,7 +95,7 @@ class AdaptiveAverage:
         -------
         ndarray, shape (H, W, 2), float32
         """
-        numerator = cv2.pyrDown(w * self._weights)
+        numerator = cv2.pyrDown(cv2.multiply(w, self._weights))
         averages = []
         for index, (blur, fill, _) in enumerate(self._levels):
             if index:

@@ -165,14 +165,17 @@ def local_normalize(image, *, sigma, floor=LOCAL_FLOOR, presmooth=0.0):
     """
     if presmooth > 0:
         image = gaussian(image, presmooth)
-    centred = image - gaussian_window(image, sigma)
-    variance = gaussian_window(centred * centred, sigma)
-    np.maximum(variance, 0, out=variance)
+    # OpenCV arithmetic: it releases the GIL for threads registering other
+    # frames.
+    centred = cv2.subtract(image, gaussian_window(image, sigma))
+    variance = gaussian_window(cv2.multiply(centred, centred), sigma)
+    cv2.max(variance, 0, dst=variance)
     # The floor is relative, so the result does not depend on the scale of
     # the input; ``tiny`` only guards an all-zero variance.
-    variance += np.float32(floor**2 * float(variance.mean())) + _TINY
-    centred /= np.sqrt(variance, out=variance)
-    return centred
+    floor = floor**2 * cv2.mean(variance)[0] + float(_TINY)
+    cv2.add(variance, floor, dst=variance)
+    cv2.sqrt(variance, dst=variance)
+    return cv2.divide(centred, variance)
 
 
 def as_float32(image):

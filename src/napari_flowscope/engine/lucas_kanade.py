@@ -62,6 +62,8 @@ CLEAN_NOISE = 0.35
 # textured regions have eigenvalues of 1e-2 to 1: it only matters where
 # the image is flat.
 _TIKHONOV = np.float32(1e-5)
+# Exchanges the two channels of a pixel-interleaved pair (cv2.transform).
+_SWAP = np.array([[0, 1], [1, 0]], np.float32)
 # Every this many pixels along each axis enter the noise estimate.
 _NOISE_STRIDE = 4
 
@@ -189,10 +191,10 @@ class LucasKanadeLevel:
             Warp-and-solve iterations (default: the level's).
         """
         work = self._workspace()
-        temporal, residual, pair, b = (
+        temporal, pair, swap, b = (
             work.temporal,
-            work.residual,
             work.pair,
+            work.swap,
             work.b,
         )
         for _ in range(self.warps if warps is None else warps):
@@ -219,21 +221,23 @@ class LucasKanadeLevel:
             # Linearised residual of the whole flow at each window pixel,
             # moving(x + w_new) ~ warped(x) + grad(x) . (w_new - w(x)),
             # so that neighbours with a different flow are used correctly.
-            temporal -= self.reference
+            cv2.subtract(temporal, self.reference, dst=temporal)
             cv2.patchNaNs(temporal, 0)
-            np.multiply(self._gradient, w, out=pair)
-            np.add(pair[..., 0], pair[..., 1], out=residual)
-            residual -= temporal
-            # numpy is slow at broadcasting over a last axis of length 2,
-            # so the residual is duplicated into both channels first.
-            cv2.merge((residual, residual), dst=pair)
-            np.multiply(self._gradient, pair, out=pair)
+            # OpenCV calls throughout: they release the GIL, so threads
+            # registering other frames run meanwhile.  Pairs are [x, y]
+            # channels; swapping and adding puts a sum into both.
+            cv2.multiply(self._gradient, w, dst=pair)
+            cv2.transform(pair, _SWAP, dst=swap)
+            cv2.add(pair, swap, dst=pair)
+            cv2.merge((temporal, temporal), dst=swap)
+            cv2.subtract(pair, swap, dst=pair)
+            cv2.multiply(self._gradient, pair, dst=pair)
             gaussian_window(pair, self.sigma, dst=b)
             # w = J^-1 b, with J^-1 = [[d_x, o], [o, d_y]].
-            np.multiply(self._inverse_diagonal, b, out=w)
-            np.multiply(self._inverse_off_diagonal, b, out=pair)
-            w[..., 0] += pair[..., 1]
-            w[..., 1] += pair[..., 0]
+            cv2.multiply(self._inverse_diagonal, b, dst=w)
+            cv2.multiply(self._inverse_off_diagonal, b, dst=pair)
+            cv2.transform(pair, _SWAP, dst=swap)
+            cv2.add(w, swap, dst=w)
 
     def _workspace(self):
         # Per-thread scratch arrays: one estimator serves several threads,
@@ -244,8 +248,8 @@ class LucasKanadeLevel:
             shape = self.reference.shape
             work = types.SimpleNamespace(
                 temporal=np.empty(shape, np.float32),
-                residual=np.empty(shape, np.float32),
                 pair=np.empty((*shape, 2), np.float32),
+                swap=np.empty((*shape, 2), np.float32),
                 b=np.empty((*shape, 2), np.float32),
             )
             self._thread_local.work = work
