@@ -98,7 +98,7 @@ def downsample_flow(w, shape, level):
         Area-averaged (anti-aliased) flow.
     """
     if level == 0:
-        return np.array(w, dtype=np.float32, copy=True)
+        return np.array(w, dtype=np.float32, order='C', copy=True)
     coarse = cv2.resize(
         np.ascontiguousarray(w, dtype=np.float32),
         (shape[1], shape[0]),
