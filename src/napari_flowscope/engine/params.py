@@ -126,7 +126,7 @@ class FlowParams:
         ----------
         name : {'fast', 'balanced', 'quality', 'detail'}
             ``'fast'``: Lucas-Kanade with a 3 px window (follows finer
-            local motion, noisier; unreliable on dark, photon-limited
+            local motion; noisier than ``'balanced'`` on photon-limited
             frames).  ``'balanced'`` (the default, ``FlowParams()``):
             noise-adaptive Lucas-Kanade with a 4 px window, about twice as
             fast as OpenCV's DIS (medium preset) and as accurate or more
