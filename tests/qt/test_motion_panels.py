@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 from napari.utils._proxies import PublicOnlyProxy
+from qtpy.QtCore import Qt
 
 from napari_flowscope._qt.layers import (
     MAX_VECTORS,
@@ -49,6 +50,7 @@ from napari_flowscope.session import (
     FrameReference,
     ImageReference,
     MotionSession,
+    PreviousReference,
     RangeReference,
 )
 
@@ -257,6 +259,14 @@ def test_strategies_from_each_mode(qtbot):
     panel.update_weight.value = 0.5
     assert panel.strategy() == AdaptiveReference(10, 5, 0.5)
 
+    panel.mode.value = 'previous'
+    assert panel.strategy() == PreviousReference()
+    assert panel.strategy().to_dict() == {'strategy': 'previous'}
+    tooltip = panel.mode.native.itemData(
+        panel.mode.native.currentIndex(), Qt.ItemDataRole.ToolTipRole
+    )
+    assert 'StackReg' in tooltip
+
     panel.mode.value = 'layer'
     panel.reference_layer.value = None
     with pytest.raises(ValueError, match='reference layer'):
@@ -278,7 +288,8 @@ def test_only_the_current_mode_shows_its_widgets(qtbot):
         for other_mode, others in panel._mode_widgets.items():
             for widget in others:
                 assert widget.native.isHidden() == (other_mode != mode)
-        assert widgets
+        # the previous frame needs no setting
+        assert bool(widgets) == (mode != 'previous')
 
 
 def test_current_frame_button_takes_the_time_slider(qtbot):

@@ -1,7 +1,8 @@
 """Widget tier: whole runs of the dock on a ViewerModel (no OpenGL).
 
-Channels, RGB, the adaptive reference, retuning mid-run and saving errors;
-the full-viewer tests in tests/viewer cover streaming and control.
+Channels, RGB, the adaptive and previous-frame references, retuning mid-run
+and saving errors; the full-viewer tests in tests/viewer cover streaming and
+control.
 """
 
 import threading
@@ -14,7 +15,13 @@ from napari.utils.notifications import notification_manager
 from napari_flowscope import synthetic
 from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
 from napari_flowscope.engine import FlowParams, speed, warp
-from napari_flowscope.session import AdaptiveReference, MotionSession
+from napari_flowscope.session import (
+    AdaptiveReference,
+    FrameReference,
+    MotionSession,
+    PreviousReference,
+    compensate,
+)
 
 TIMEOUT_MS = 30_000
 
@@ -100,6 +107,33 @@ def test_adaptive_reference_layer_follows_the_run(qtbot, widget):
     assert reference.ndim == 2  # no extra slider axis
     np.testing.assert_array_equal(reference.data, expected.reference)
     np.testing.assert_array_equal(widget.results.sink.w, expected.w)
+
+
+def test_previous_frame_reference_runs_as_headless(qtbot, widget):
+    viewer = widget.viewer
+    stack = _texture_stack(n_frames=10)
+    viewer.add_image(stack, name='drift')
+    widget.reference.mode.value = 'previous'
+    widget.parameters.preset.value = 'fast'
+    widget.run_panel.batch_size.value = 4
+    _run(qtbot, widget)
+
+    params = FlowParams.preset('fast')
+    assert widget.session.params == params
+    assert widget.session.reference_strategy == PreviousReference()
+    registered, w = compensate(stack, PreviousReference(), params)
+    np.testing.assert_allclose(widget.results.sink.w, w, atol=1e-4)
+    np.testing.assert_array_equal(
+        viewer.layers['drift registered'].data, registered
+    )
+    # the reference at the end is the last registered frame (before its
+    # rounding to uint16)
+    np.testing.assert_allclose(
+        viewer.layers['drift reference'].data, registered[-1], atol=0.5
+    )
+    # and it is not frame 0's registration under another name
+    _, w_frame0 = compensate(stack, FrameReference(0), params)
+    assert np.abs(w - w_frame0).mean() > 0.01
 
 
 def test_vectors_are_redrawn_only_when_their_style_changes(qtbot, widget):

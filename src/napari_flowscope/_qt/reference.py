@@ -26,11 +26,13 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from psygnal import Signal
+from qtpy.QtCore import Qt
 
 from napari_flowscope.session import (
     AdaptiveReference,
     FrameReference,
     ImageReference,
+    PreviousReference,
     RangeReference,
 )
 
@@ -46,9 +48,24 @@ __all__ = [
 MODES = [
     ('one frame', 'frame'),
     ('mean / median of frames', 'range'),
+    ('previous frame (StackReg order)', 'previous'),
     ('another layer', 'layer'),
     ('adaptive (follows the sample)', 'adaptive'),
 ]
+MODE_TOOLTIPS = {
+    'frame': 'Every frame registered to one frame of the stack.',
+    'range': 'Every frame registered to the mean or median of a range of '
+    'frames (less noisy than one frame).',
+    'previous': 'Each frame registered to the previous frame once that is '
+    "registered (Fiji StackReg's order): neighbours stay alike when the "
+    'sample changes slowly, but match errors add up along the stack.  '
+    'The whole stack ends up aligned with frame 0; the live preview '
+    'compares the frame with frame 0.',
+    'layer': 'Every frame registered to an image of another layer.',
+    'adaptive': 'A reference that starts as the mean of the first frames '
+    'and blends in registered frames as the run goes (FlowRegLive), for '
+    'samples that change slowly.',
+}
 RGB_CHANNELS = [
     ('luminance', (0.299, 0.587, 0.114)),
     ('red', 0),
@@ -136,7 +153,16 @@ class ReferencePanel(Container):
             'imaged at different times).  Otherwise the flow is 3-D, with '
             "the layer's scale as the voxel size.",
         )
-        self.mode = ComboBox(label='reference', choices=MODES)
+        self.mode = ComboBox(
+            label='reference',
+            choices=MODES,
+            tooltip='What each frame is registered to (hover over a '
+            'choice for details).',
+        )
+        for index, (_label, mode) in enumerate(MODES):
+            self.mode.native.setItemData(
+                index, MODE_TOOLTIPS[mode], Qt.ItemDataRole.ToolTipRole
+            )
         self.frame = SpinBox(label='frame', min=0, max=0)
         self.current_frame_button = PushButton(text='current frame')
         self._frame_row = Container(
@@ -183,6 +209,7 @@ class ReferencePanel(Container):
         self._mode_widgets = {
             'frame': [self._frame_row],
             'range': [self.frame_range, self.statistic, self.preregister],
+            'previous': [],
             'layer': [self.reference_layer],
             'adaptive': [
                 self.buffer_size,
@@ -396,6 +423,8 @@ class ReferencePanel(Container):
                 statistic=self.statistic.value,
                 preregister=bool(self.preregister.value),
             )
+        if mode == 'previous':
+            return PreviousReference()
         if mode == 'adaptive':
             return AdaptiveReference(
                 buffer_size=int(self.buffer_size.value),
