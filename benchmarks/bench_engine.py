@@ -49,6 +49,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import skimage
+from _docs_section import write_section
 from skimage.registration import (
     optical_flow_ilk,
     optical_flow_tvl1,
@@ -1216,19 +1217,6 @@ def _real_report(pc12_rows, sima_rows):
     return lines
 
 
-def write_section(markdown, path=DOCS):
-    """Replace (or append) only the "## Flow engine" section of the file."""
-    text = path.read_text() if path.exists() else '# Benchmarks\n'
-    start = text.find(HEADING + '\n')
-    if start == -1:
-        text = text.rstrip('\n') + '\n\n' + markdown
-    else:
-        end = text.find('\n## ', start + len(HEADING))
-        rest = '' if end == -1 else '\n' + text[end + 1 :]
-        text = text[:start] + markdown + rest
-    path.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -1241,7 +1229,7 @@ def main():
     markdown = run(quick=args.quick)
     print(markdown)
     if not args.no_write:
-        write_section(markdown)
+        write_section(markdown, heading=HEADING)
         print(f'wrote the "{HEADING[3:]}" section of {DOCS}')
 
 

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import skimage
 import tifffile
+from _docs_section import write_section
 from scipy import ndimage as ndi
 from skimage.registration import optical_flow_ilk, optical_flow_tvl1
 
@@ -580,19 +581,6 @@ def run(*, quick=False, real_data=REAL_DATA, scratch=None):
     return '\n'.join(out) + '\n'
 
 
-def write_section(markdown, path=DOCS):
-    """Replace (or append) only this benchmark's section of the file."""
-    text = path.read_text() if path.exists() else '# Benchmarks\n'
-    start = text.find(HEADING + '\n')
-    if start == -1:
-        text = text.rstrip('\n') + '\n\n' + markdown
-    else:
-        end = text.find('\n## ', start + len(HEADING))
-        rest = '' if end == -1 else '\n' + text[end + 1 :]
-        text = text[:start] + markdown + rest
-    path.write_text(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -616,7 +604,7 @@ def main():
     )
     print(markdown)
     if not args.no_write:
-        write_section(markdown)
+        write_section(markdown, heading=HEADING)
         print(f'wrote the "{HEADING[3:]}" section of {DOCS}', file=sys.stderr)
 
 
