@@ -6,43 +6,20 @@ import os
 
 import numpy as np
 import pytest
-from napari.components import ViewerModel
-from napari.utils.notifications import notification_manager
 
+from dock_runs import (
+    drifting_texture,
+    start_and_cancel_after_a_batch,
+    start_and_collect_messages,
+)
 from napari_flowscope import formats
 from napari_flowscope._qt import motion_widget
 from napari_flowscope._qt.motion_widget import (
-    MotionCorrectionWidget,
     disk_results_folder,
 )
 from napari_flowscope.session import DiskSink, MemorySink, MotionSession
 
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture
-def widget(qtbot):
-    widget = MotionCorrectionWidget(ViewerModel())
-    qtbot.addWidget(widget)
-    yield widget
-    widget.close_run()
-
-
-def _texture(n_frames=10):
-    y, x = np.mgrid[0:40, 0:48].astype(np.float32)
-    shifts = 0.5 * np.arange(n_frames, dtype=np.float32)
-    return np.stack([np.sin((x - s) / 3) * np.cos(y / 4) for s in shifts]) + 2
-
-
-def _run(qtbot, widget):
-    messages = []
-    notification_manager.notification_ready.connect(messages.append)
-    try:
-        widget.start()
-        qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-    finally:
-        notification_manager.notification_ready.disconnect(messages.append)
-    return [message.message for message in messages]
 
 
 @pytest.fixture
@@ -58,10 +35,10 @@ def little_memory(monkeypatch, tmp_path):
 def test_run_larger_than_half_the_memory_is_kept_on_disk(
     qtbot, widget, little_memory, tmp_path
 ):
-    stack = _texture()
+    stack = drifting_texture(10)
     widget.viewer.add_image(stack, name='drift')
     widget.run_panel.batch_size.value = 4
-    messages = _run(qtbot, widget)
+    messages = start_and_collect_messages(qtbot, widget)
     assert widget.complete
     results = widget.results
     assert results.folder == little_memory
@@ -94,15 +71,9 @@ def test_run_larger_than_half_the_memory_is_kept_on_disk(
 
 
 def test_cancelled_disk_run_leaves_no_files(qtbot, widget, little_memory):
-    widget.viewer.add_image(_texture(40), name='drift')
+    widget.viewer.add_image(drifting_texture(40), name='drift')
     widget.run_panel.batch_size.value = 2
-    widget.start()
-    qtbot.waitUntil(
-        lambda: widget.outputs.frames_done >= 2, timeout=TIMEOUT_MS
-    )
-    widget.cancel()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-    assert not widget.complete
+    start_and_cancel_after_a_batch(qtbot, widget)
     assert list(little_memory.iterdir()) == []
     # what was computed stays on screen until the next run
     assert np.asarray(widget.outputs['registered'].data)[:2].any()
@@ -115,8 +86,8 @@ def test_no_room_in_memory_nor_on_disk_says_both(
     monkeypatch.setattr(
         formats.shutil, 'disk_usage', lambda path: usage(1, 0, 1000)
     )
-    widget.viewer.add_image(_texture(), name='drift')
-    (message,) = _run(qtbot, widget)
+    widget.viewer.add_image(drifting_texture(10), name='drift')
+    (message,) = start_and_collect_messages(qtbot, widget)
     assert message.startswith(
         "Motion correction cannot start: this run's results"
     )
@@ -128,7 +99,7 @@ def test_no_room_in_memory_nor_on_disk_says_both(
 def test_results_folder_beside_the_source_or_in_the_cache(
     widget, tmp_path, monkeypatch
 ):
-    layer = widget.viewer.add_image(_texture(), name='cells 1')
+    layer = widget.viewer.add_image(drifting_texture(10), name='cells 1')
     layer.metadata['source_path'] = str(tmp_path / 'data' / 'cells.tif')
     (tmp_path / 'data').mkdir()
     folder = disk_results_folder(layer)
@@ -143,8 +114,8 @@ def test_results_folder_beside_the_source_or_in_the_cache(
 
 
 def test_a_run_that_fits_stays_in_memory(qtbot, widget, tmp_path):
-    widget.viewer.add_image(_texture(), name='drift')
-    _run(qtbot, widget)
+    widget.viewer.add_image(drifting_texture(10), name='drift')
+    start_and_collect_messages(qtbot, widget)
     assert widget.results.folder is None
     assert type(widget.results.sink) is MemorySink
     assert not isinstance(widget.results.sink, DiskSink)

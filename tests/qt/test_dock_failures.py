@@ -10,6 +10,7 @@ import pytest
 from napari.components import ViewerModel
 from napari.utils.notifications import notification_manager
 
+from dock_runs import drifting_texture, start_and_collect_messages
 from napari_flowscope import formats
 from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
 
@@ -75,46 +76,21 @@ def test_disk_filling_up_during_save_is_an_error_message(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture
-def widget(qtbot):
-    widget = MotionCorrectionWidget(ViewerModel())
-    qtbot.addWidget(widget)
-    yield widget
-    widget.close_run()
-
-
-def _texture(n_frames=12):
-    y, x = np.mgrid[0:40, 0:48].astype(np.float32)
-    shifts = 0.5 * np.arange(n_frames, dtype=np.float32)
-    return np.stack([np.sin((x - s) / 3) * np.cos(y / 4) for s in shifts]) + 2
-
-
-def _start_and_collect_messages(qtbot, widget):
-    messages = []
-    notification_manager.notification_ready.connect(messages.append)
-    try:
-        widget.start()
-        qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-    finally:
-        notification_manager.notification_ready.disconnect(messages.append)
-    return [message.message for message in messages]
-
-
 def test_a_z_stack_layer_is_refused_at_start(qtbot, widget):
     widget.viewer.add_image(
-        _texture(), name='slices', axis_labels=('z', 'y', 'x')
+        drifting_texture(12), name='slices', axis_labels=('z', 'y', 'x')
     )
-    (message,) = _start_and_collect_messages(qtbot, widget)
+    (message,) = start_and_collect_messages(qtbot, widget)
     assert message.startswith('Motion correction cannot start')
     assert "'slices' is a Z-stack (axes z, y, x)" in message
     assert widget.session is None
 
 
 def test_a_nan_frame_is_named_in_the_error(qtbot, widget):
-    stack = _texture()
+    stack = drifting_texture(12)
     stack[9, 5, 5] = np.nan
     widget.viewer.add_image(stack, name='drift')
     widget.run_panel.batch_size.value = 4
-    (message,) = _start_and_collect_messages(qtbot, widget)
+    (message,) = start_and_collect_messages(qtbot, widget)
     assert message.startswith('Motion correction failed: frame 9 contains')
     assert not widget.complete

@@ -9,11 +9,9 @@ import threading
 
 import numpy as np
 import pytest
-from napari.components import ViewerModel
 from napari.utils.notifications import notification_manager
 
 from napari_flowscope import synthetic
-from napari_flowscope._qt.motion_widget import MotionCorrectionWidget
 from napari_flowscope.engine import FlowParams, speed, warp
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -34,15 +32,6 @@ def _texture_stack(n_frames=8, shape=(48, 56)):
         for t in range(n_frames)
     ]
     return (np.stack(frames) * 1000).astype(np.uint16)
-
-
-@pytest.fixture
-def widget(qtbot):
-    viewer = ViewerModel()
-    widget = MotionCorrectionWidget(viewer)
-    qtbot.addWidget(widget)
-    yield widget
-    widget.close_run()
 
 
 def _run(qtbot, widget):

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dock_runs import start_and_cancel_after_a_batch
+
 RUN_TIMEOUT_MS = 30_000
 MB = 1 << 20
 
@@ -65,16 +67,6 @@ def docked(make_napari_viewer_proxy):
     widget.close_run()
 
 
-def _start_and_cancel_after_a_batch(qtbot, widget):
-    widget.start()
-    qtbot.waitUntil(
-        lambda: widget.outputs.frames_done >= 4, timeout=RUN_TIMEOUT_MS
-    )
-    widget.cancel()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
-    assert not widget.complete
-
-
 @pytest.mark.skipif(
     not os.path.exists('/proc/self/statm'), reason='reads /proc for RSS'
 )
@@ -82,10 +74,10 @@ def test_fifty_start_cancel_cycles_give_their_memory_back(docked, qtbot):
     _, widget = docked
     _fixed_mmap_threshold()
     for _ in range(3):  # layers, caches and allocator pools settle
-        _start_and_cancel_after_a_batch(qtbot, widget)
+        start_and_cancel_after_a_batch(qtbot, widget)
     before = _rss()
     for _ in range(50):
-        _start_and_cancel_after_a_batch(qtbot, widget)
+        start_and_cancel_after_a_batch(qtbot, widget)
     grown = _rss() - before
     print(f'RSS {before / MB:.0f} MB -> {(before + grown) / MB:.0f} MB')
     # Leaking, each cycle would keep at least its first batch: 250 MB.
