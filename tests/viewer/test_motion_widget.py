@@ -339,14 +339,7 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     )
     assert np.isnan(np.delete(heatmap.data, 6, axis=0)).all()
     assert tuple(heatmap.scale) == SCALE
-    data, _ = frame_vectors(
-        expected.w,
-        6,
-        style=widget._vector_style(),
-        reliability=expected.reliability,
-        image=tissue.stack[0],
-        confidence=expected.confidence,
-    )
+    data = _expected_vectors(widget, expected, 6, tissue.stack[0])
     np.testing.assert_array_equal(
         viewer.layers['tissue flow vectors'].data, data
     )
@@ -368,6 +361,19 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
         'tissue displacement' not in viewer.layers
     )  # made for the preview only
     _wait_threads_done(qtbot)
+
+
+def _expected_vectors(widget, field, frame, reference):
+    """The arrows the dock should draw for ``field`` at ``frame``."""
+    data, _ = frame_vectors(
+        field.w,
+        frame,
+        style=widget._vector_style(),
+        reliability=field.reliability,
+        image=reference,
+        confidence=field.confidence,
+    )
+    return data
 
 
 def _masked_speed(field, params):
@@ -401,14 +407,7 @@ def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
     np.testing.assert_array_equal(
         heatmap.data[9], _masked_speed(expected, params)
     )
-    data, _ = frame_vectors(
-        expected.w,
-        9,
-        style=widget._vector_style(),
-        reliability=expected.reliability,
-        image=tissue.stack[0],
-        confidence=expected.confidence,
-    )
+    data = _expected_vectors(widget, expected, 9, tissue.stack[0])
     np.testing.assert_array_equal(vectors.data, data)
     # the run's results are untouched, and come back with the preview off
     np.testing.assert_array_equal(
