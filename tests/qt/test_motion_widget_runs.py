@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from napari_flowscope import synthetic
+from lazy_stacks import huge_rolling_stack
 from napari_flowscope.engine import FlowParams, speed, warp
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -224,17 +224,7 @@ def test_save_before_a_complete_run_is_refused(qtbot, widget, tmp_path):
 
 
 def test_preview_of_a_stack_larger_than_memory(qtbot, widget):
-    da = pytest.importorskip('dask.array')
-    texture = synthetic.tissue_texture((512, 512)).astype(np.float32)
-
-    def frame(block_info=None):
-        t = block_info[None]['chunk-location'][0]
-        return np.roll(texture, t % 5, axis=1)[np.newaxis]
-
-    # 40 000 frames of 512 x 512 float32: 39 GiB, read one frame at a time
-    stack = da.map_blocks(
-        frame, chunks=((1,) * 40_000, (512,), (512,)), dtype=np.float32
-    )
+    stack = huge_rolling_stack()  # 39 GiB, read one frame at a time
     viewer = widget.viewer
     viewer.add_image(stack, name='huge', contrast_limits=(0, 1))
     viewer.dims.set_current_step(0, 23_457)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_flowscope import synthetic
+from lazy_stacks import huge_rolling_stack
 from napari_flowscope.engine import (
     FlowEstimator,
     FlowParams,
@@ -424,17 +424,7 @@ def test_one_frame_is_the_frame_of_a_run(
 
 
 def test_one_frame_of_a_stack_larger_than_memory():
-    da = pytest.importorskip('dask.array')
-    texture = synthetic.tissue_texture((512, 512)).astype(np.float32)
-
-    def frame(block_info=None):
-        t = block_info[None]['chunk-location'][0]
-        return np.roll(texture, t % 5, axis=1)[np.newaxis]
-
-    # 40 000 frames of 512 x 512 float32: 39 GiB, never held at once
-    stack = da.map_blocks(
-        frame, chunks=((1,) * 40_000, (512,), (512,)), dtype=np.float32
-    )
+    stack = huge_rolling_stack()  # 39 GiB, never held at once
     session = MotionSession(stack)
     field = session.estimate_frame(23_457)  # moved by 2 px along x
     inner = field.w[64:-64, 64:-64]
