@@ -40,7 +40,6 @@ Every method's flow is converted to the project convention
 import argparse
 import datetime
 import os
-import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +47,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import skimage
 from _docs_section import write_section
+from _machine import machine
 from skimage.registration import (
     optical_flow_ilk,
     optical_flow_tvl1,
@@ -702,24 +701,6 @@ def sima(all_methods):
 # --------------------------------------------------------------- run
 
 
-def machine():
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            model = next(
-                line.split(':', 1)[1].strip()
-                for line in cpuinfo
-                if line.startswith('model name')
-            )
-    except (OSError, StopIteration):
-        model = platform.processor() or 'unknown CPU'
-    return (
-        f'{os.cpu_count()}-core VM ({model}), Python '
-        f'{platform.python_version()}, OpenCV {cv2.__version__} '
-        f'({cv2.getNumThreads()} threads), NumPy {np.__version__}, '
-        f'scikit-image {skimage.__version__}'
-    )
-
-
 def _load():
     return ' '.join(open('/proc/loadavg').read().split()[:3])
 
@@ -895,7 +876,8 @@ def report(ours, anchors, results):
         '',
         (
             f'`python benchmarks/bench_engine.py` — '
-            f'{today:%Y-%m-%d %H:%M} UTC, {machine()}. Whole run '
+            f'{today:%Y-%m-%d %H:%M} UTC, {machine(opencv_threads=True)}. '
+            'Whole run '
             f'{results["elapsed"] / 60:.1f} min; load average (1, 5, 15 '
             f'min) {results["load_start"]} at the start and '
             f'{results["load_end"]} at the end. Timings under load are '

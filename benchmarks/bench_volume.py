@@ -26,18 +26,16 @@ Everything is measured in the same run on the same machine:
 import argparse
 import datetime
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
-import skimage
 import tifffile
 from _docs_section import write_section
+from _machine import machine
 from scipy import ndimage as ndi
 from skimage.registration import optical_flow_ilk, optical_flow_tvl1
 
@@ -319,23 +317,6 @@ def memory(scratch, lengths, shape):
 
 
 # ----------------------------------------------------------------- report
-
-
-def machine():
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            model = next(
-                line.split(':', 1)[1].strip()
-                for line in cpuinfo
-                if line.startswith('model name')
-            )
-    except (OSError, StopIteration):
-        model = platform.processor() or 'unknown CPU'
-    return (
-        f'{os.cpu_count()}-core VM ({model}), Python '
-        f'{platform.python_version()}, OpenCV {cv2.__version__}, NumPy '
-        f'{np.__version__}, scikit-image {skimage.__version__}'
-    )
 
 
 def _table(header, rows):
