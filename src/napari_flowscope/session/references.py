@@ -142,16 +142,7 @@ class RangeReference(ReferenceStrategy):
                 f'got start={self.start}, stop={self.stop}'
             )
 
-    def build(
-        self,
-        read,
-        n_frames,
-        *,
-        params,
-        interpolation='linear',
-        spacing=None,
-        per_plane=False,
-    ):
+    def build(self, read, n_frames, *, params, **options):
         if self.start >= n_frames:
             raise ValueError(
                 f'reference range starts at frame {self.start} but the '
@@ -160,12 +151,7 @@ class RangeReference(ReferenceStrategy):
         frames = read(self.start, min(self.stop, n_frames))
         if self.preregister:
             return preregistered_mean(
-                frames,
-                params,
-                statistic=self.statistic,
-                interpolation=interpolation,
-                spacing=spacing,
-                per_plane=per_plane,
+                frames, params, statistic=self.statistic, **options
             )
         return _combine(frames, self.statistic)
 
@@ -250,24 +236,9 @@ class AdaptiveReference(ReferenceStrategy):
                 f'update_weight must be in [0, 1]; got {self.update_weight}'
             )
 
-    def build(
-        self,
-        read,
-        n_frames,
-        *,
-        params,
-        interpolation='linear',
-        spacing=None,
-        per_plane=False,
-    ):
+    def build(self, read, n_frames, *, params, **options):
         frames = read(0, min(self.buffer_size, n_frames))
-        return preregistered_mean(
-            frames,
-            params,
-            interpolation=interpolation,
-            spacing=spacing,
-            per_plane=per_plane,
-        )
+        return preregistered_mean(frames, params, **options)
 
     def update_due(self, index: int) -> bool:
         """Whether frame ``index`` (0-based) is blended into the reference."""
