@@ -328,21 +328,14 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
     result = preview.last_result
     params = FlowParams.preset('balanced').replace(sigma=4.0)
     assert result.request.params == params
-    expected = estimate_flow(tissue.stack[0], tissue.stack[6], params)
-    np.testing.assert_array_equal(result.flow.w, expected.w)
     heatmap = viewer.layers['tissue displacement']
+    expected = _assert_preview_shows(docked, tissue.stack, 6, params)
+    np.testing.assert_array_equal(result.flow.w, expected.w)
     # a (T, Y, X) heatmap that shows the previewed frame only, hidden
     # where the vectors are
     assert heatmap.data.shape == tissue.stack.shape
-    np.testing.assert_array_equal(
-        heatmap.data[6], _masked_speed(expected, params)
-    )
     assert np.isnan(np.delete(heatmap.data, 6, axis=0)).all()
     assert tuple(heatmap.scale) == SCALE
-    data = _expected_vectors(widget, expected, 6, tissue.stack[0])
-    np.testing.assert_array_equal(
-        viewer.layers['tissue flow vectors'].data, data
-    )
 
     viewer.dims.set_current_step(0, 11)
     qtbot.waitUntil(
@@ -361,6 +354,22 @@ def test_preview_follows_parameters_and_frame(docked, qtbot, tissue):
         'tissue displacement' not in viewer.layers
     )  # made for the preview only
     _wait_threads_done(qtbot)
+
+
+def _assert_preview_shows(docked, stack, frame, params):
+    """The heatmap at ``frame`` and the arrows show the engine's flow of
+    ``frame`` against frame 0 (returned)."""
+    viewer, widget = docked
+    expected = estimate_flow(stack[0], stack[frame], params)
+    np.testing.assert_array_equal(
+        viewer.layers['tissue displacement'].data[frame],
+        _masked_speed(expected, params),
+    )
+    np.testing.assert_array_equal(
+        viewer.layers['tissue flow vectors'].data,
+        _expected_vectors(widget, expected, frame, stack[0]),
+    )
+    return expected
 
 
 def _expected_vectors(widget, field, frame, reference):
@@ -403,12 +412,7 @@ def test_preview_after_a_run_shows_in_its_layers(docked, qtbot, tissue):
     # no second heatmap or vector layer: the run's show the preview
     assert [layer.name for layer in viewer.layers] == names
     params = FlowParams().replace(sigma=2.5)
-    expected = estimate_flow(tissue.stack[0], tissue.stack[9], params)
-    np.testing.assert_array_equal(
-        heatmap.data[9], _masked_speed(expected, params)
-    )
-    data = _expected_vectors(widget, expected, 9, tissue.stack[0])
-    np.testing.assert_array_equal(vectors.data, data)
+    _assert_preview_shows(docked, tissue.stack, 9, params)
     # the run's results are untouched, and come back with the preview off
     np.testing.assert_array_equal(
         heatmap.data[3], widget.outputs['displacement'].data[3]
