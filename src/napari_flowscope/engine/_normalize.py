@@ -46,6 +46,15 @@ def check_frame(image, name):
         raise ValueError(
             f'{name} must be at least 2 x 2 pixels; got shape {image.shape}'
         )
+    return check_real(image, name)
+
+
+def check_real(image, name):
+    """Raise unless ``image`` (an array of any dimension) has an integer
+    or floating dtype and only finite values; return it.
+
+    The frame and volume checks share it after their shape checks.
+    """
     if image.dtype == bool or not (
         np.issubdtype(image.dtype, np.integer)
         or np.issubdtype(image.dtype, np.floating)
@@ -56,6 +65,32 @@ def check_frame(image, name):
     if np.issubdtype(image.dtype, np.floating) and not _all_finite(image):
         raise ValueError(f'{name} contains NaN or infinite values')
     return image
+
+
+def check_init(init, shape):
+    """A warm-start flow as float32, checked against ``shape``.
+
+    Parameters
+    ----------
+    init : array_like or None
+    shape : tuple of int
+        Expected shape, ``(H, W, 2)`` for frames, ``(Z, Y, X, 3)`` for
+        volumes.
+
+    Returns
+    -------
+    ndarray, float32, or None (for ``init=None``)
+    """
+    if init is None:
+        return None
+    init = np.asarray(init, dtype=np.float32)
+    if init.shape != tuple(shape):
+        raise ValueError(
+            f'init must have shape {tuple(shape)}; got {init.shape}'
+        )
+    if not np.isfinite(init).all():
+        raise ValueError('init contains NaN or infinite values')
+    return init
 
 
 def _all_finite(image):

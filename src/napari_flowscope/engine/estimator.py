@@ -10,6 +10,7 @@ import numpy as np
 from ._normalize import (
     as_float32,
     check_frame,
+    check_init,
     local_normalize,
     match_statistics,
     normalize,
@@ -177,15 +178,7 @@ class FlowEstimator:
                 f'moving has shape {moving.shape} but the reference has '
                 f'shape {self.shape}'
             )
-        if init is not None:
-            init = np.asarray(init, dtype=np.float32)
-            if init.shape != (*self.shape, 2):
-                raise ValueError(
-                    f'init must have shape {(*self.shape, 2)}; '
-                    f'got {init.shape}'
-                )
-            if not np.isfinite(init).all():
-                raise ValueError('init contains NaN or infinite values')
+        init = check_init(init, (*self.shape, 2))
         if self._local:
             # Local normalisation ignores gain and offset, so the moving
             # frame needs no intensity matching.

@@ -187,13 +187,7 @@ def decimate_flow(
         reliability = _check_map(reliability, (height, width), 'reliability')
         keep &= reliability[np.ix_(rows, cols)] >= reliability_threshold
     if intensity_percentile is not None:
-        if image is None:
-            raise ValueError('intensity_percentile needs an image')
-        if not 0 <= intensity_percentile <= 100:
-            raise ValueError(
-                'intensity_percentile must be in [0, 100]; '
-                f'got {intensity_percentile!r}'
-            )
+        check_intensity_percentile(image, intensity_percentile)
         image = _check_map(image, (height, width), 'image')
         cutoff = np.percentile(image, intensity_percentile)
         keep &= image[np.ix_(rows, cols)] >= cutoff
@@ -229,6 +223,18 @@ def _cell_means(w, step, n_rows, n_cols):
         )
         means /= fraction[..., None]
     return means
+
+
+def check_intensity_percentile(image, intensity_percentile):
+    """Raise unless an intensity mask can be made: an image is given and
+    the percentile is within 0-100 (frames and volumes)."""
+    if image is None:
+        raise ValueError('intensity_percentile needs an image')
+    if not 0 <= intensity_percentile <= 100:
+        raise ValueError(
+            'intensity_percentile must be in [0, 100]; '
+            f'got {intensity_percentile!r}'
+        )
 
 
 def _check_map(values, shape, name):

@@ -28,14 +28,12 @@ fills untextured regions from their textured surroundings.
 
 from __future__ import annotations
 
-import threading
-import types
-
 import cv2
 import numpy as np
 
 from ._averaging import AdaptiveAverage
 from ._filters import gaussian_window
+from ._scratch import ThreadScratch
 from .confidence import texture_score
 from .reliability import gradients, structure_tensor
 
@@ -162,7 +160,13 @@ class LucasKanadeLevel:
         self.sigma = float(sigma)
         self.warps = int(warps)
         self.average = average
-        self._thread_local = threading.local()
+        shape = reference.shape
+        self._scratch = ThreadScratch(
+            temporal=(shape, np.float32),
+            pair=((*shape, 2), np.float32),
+            swap=((*shape, 2), np.float32),
+            b=((*shape, 2), np.float32),
+        )
         ix, iy = gradients(reference)
         jxx, jxy, jyy = structure_tensor(ix, iy, self.sigma)
         jxx += _TIKHONOV
@@ -240,20 +244,7 @@ class LucasKanadeLevel:
             cv2.add(w, swap, dst=w)
 
     def _workspace(self):
-        # Per-thread scratch arrays: one estimator serves several threads,
-        # and allocating megabyte temporaries for every operation costs
-        # page faults.
-        work = getattr(self._thread_local, 'work', None)
-        if work is None:
-            shape = self.reference.shape
-            work = types.SimpleNamespace(
-                temporal=np.empty(shape, np.float32),
-                pair=np.empty((*shape, 2), np.float32),
-                swap=np.empty((*shape, 2), np.float32),
-                b=np.empty((*shape, 2), np.float32),
-            )
-            self._thread_local.work = work
-        return work
+        return self._scratch.get()
 
     def residual(self):
         """This thread's residual of the last warp of :meth:`solve`.

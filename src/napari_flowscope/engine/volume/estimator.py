@@ -8,6 +8,8 @@ import numpy as np
 
 from napari_flowscope.engine._normalize import (
     as_float32,
+    check_init,
+    check_real,
     intensity_range,
     match_statistics,
     normalize,
@@ -180,15 +182,7 @@ class VolumeFlowEstimator:
                 f'moving has shape {moving.shape} but the reference has '
                 f'shape {self.shape}'
             )
-        if init is not None:
-            init = np.asarray(init, dtype=np.float32)
-            if init.shape != (*self.shape, 3):
-                raise ValueError(
-                    f'init must have shape {(*self.shape, 3)}; '
-                    f'got {init.shape}'
-                )
-            if not np.isfinite(init).all():
-                raise ValueError('init contains NaN or infinite values')
+        init = check_init(init, (*self.shape, 3))
         flat = moving.reshape(-1, self.shape[-1])
         if self._lucas_kanade:
             # Local contrast normalisation ignores gain and offset, so the
@@ -339,20 +333,7 @@ def check_volume(volume, name):
             f'{name} must have at least 2 planes of 2 x 2 pixels; got shape '
             f'{volume.shape}'
         )
-    if volume.dtype == bool or not (
-        np.issubdtype(volume.dtype, np.integer)
-        or np.issubdtype(volume.dtype, np.floating)
-    ):
-        raise ValueError(
-            f'{name} must have an integer or floating dtype; got '
-            f'{volume.dtype}'
-        )
-    if (
-        np.issubdtype(volume.dtype, np.floating)
-        and not np.isfinite(volume).all()
-    ):
-        raise ValueError(f'{name} contains NaN or infinite values')
-    return volume
+    return check_real(volume, name)
 
 
 def check_spacing(spacing):

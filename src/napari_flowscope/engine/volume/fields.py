@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_flowscope.engine.fields import VectorGrid, flow_to_row_col
+from napari_flowscope.engine.fields import (
+    VectorGrid,
+    check_intensity_percentile,
+    flow_to_row_col,
+)
 
 __all__ = ['decimate_volume_flow', 'displacement_length', 'vector_steps']
 
@@ -105,13 +109,7 @@ def decimate_volume_flow(
     if reliability is not None:
         keep &= np.asarray(reliability)[grid] >= reliability_threshold
     if intensity_percentile is not None:
-        if image is None:
-            raise ValueError('intensity_percentile needs an image')
-        if not 0 <= intensity_percentile <= 100:
-            raise ValueError(
-                'intensity_percentile must be in [0, 100]; '
-                f'got {intensity_percentile!r}'
-            )
+        check_intensity_percentile(image, intensity_percentile)
         image = np.asarray(image)
         cutoff = np.percentile(image[:, ::2, ::2], intensity_percentile)
         keep &= image[grid] >= cutoff

@@ -16,10 +16,9 @@ operation is one contiguous numpy or OpenCV pass.
 
 from __future__ import annotations
 
-import threading
-import types
-
 import numpy as np
+
+from napari_flowscope.engine._scratch import ThreadScratch
 
 from ._fill import ReliableAverage
 from .filters import blur, gradients
@@ -127,7 +126,13 @@ class LucasKanadeVolumeLevel:
     ):
         self.reference = reference
         self.sigma = tuple(float(s) for s in sigma)
-        self._thread_local = threading.local()
+        shape = reference.shape
+        self._scratch = ThreadScratch(
+            temporal=(shape, np.float32),
+            residual=(shape, np.float32),
+            outside=(shape, bool),
+            b=((3, *shape), np.float32),
+        )
         self.gradient = gradients(reference)
         jxx, jxy, jxz, jyy, jyz, jzz = structure_tensor(
             self.gradient, self.sigma
@@ -220,18 +225,7 @@ class LucasKanadeVolumeLevel:
             flat_w[:, self._unreliable] = kept
 
     def _workspace(self):
-        # Per-thread scratch volumes: one estimator serves several threads.
-        work = getattr(self._thread_local, 'work', None)
-        if work is None:
-            shape = self.reference.shape
-            work = types.SimpleNamespace(
-                temporal=np.empty(shape, np.float32),
-                residual=np.empty(shape, np.float32),
-                outside=np.empty(shape, bool),
-                b=np.empty((3, *shape), np.float32),
-            )
-            self._thread_local.work = work
-        return work
+        return self._scratch.get()
 
     def average_reliable(self, w):
         """Gaussian average of the reliable voxels' flow (normalised).

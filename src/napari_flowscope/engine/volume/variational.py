@@ -25,25 +25,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# The 2-D solver's constants (see engine/variational.py for their why).
+from napari_flowscope.engine.variational import (
+    _BRIGHTNESS_WEIGHT,
+    _DATA_EPSILON,
+    _GRADIENT_WEIGHT,
+    _MAX_STEP,
+    _MEDIAN_KSIZE,
+    _MIN_SOLVED_SIZE,
+    _NORMALISATION_FLOOR,
+    _NORMALISATION_SHARE,
+    _NORMALISATION_SIGMA,
+    _PRESMOOTHING_SIGMA,
+    _SMOOTHNESS_EPSILON,
+    _SOR_OMEGA,
+    _SWEEPS_PER_REWEIGHT,
+)
+
 from .filters import blur, filter_z
 from .warp import sample_linear
 
 __all__ = ['solve_level']
 
-# The 2-D solver's constants (see engine/variational.py for their why).
-_BRIGHTNESS_WEIGHT = np.float32(0.5)
-_GRADIENT_WEIGHT = np.float32(0.5)
-_DATA_EPSILON = 0.05
-_SMOOTHNESS_EPSILON = 0.05
-_PRESMOOTHING_SIGMA = 0.8
-_NORMALISATION_SIGMA = 4.0
-_NORMALISATION_SHARE = 1 / 8
-_NORMALISATION_FLOOR = 0.2
-_MIN_SOLVED_SIZE = 8
-_MAX_STEP = 1.0
-_MEDIAN_KSIZE = 5
-_SOR_OMEGA = np.float32(1.9)
-_SWEEPS_PER_REWEIGHT = 8
 _DERIVATIVE = np.array([1, -8, 0, 8, -1], np.float32) / 12
 
 
