@@ -28,13 +28,15 @@ What opens, and how:
   stack.
 * The output folder of a finished run (``registered.tif``, ``flow.npy`` +
   ``flow.json``, ``reliability.npy``, ``confidence.npy``, ``params.json``)
-  opens as the registered stack plus hidden ``vx``, ``vy``, reliability
-  and confidence layers.
+  opens as the registered stack, the registered extra channels
+  (``registered_<name>.tif``, listed in ``params.json``) plus hidden
+  ``vx``, ``vy``, reliability and confidence layers.
 
 A single 2-D image is not a time-lapse: the reader function raises a
 ``ValueError`` that says so, as it does for corrupt or truncated files.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -276,10 +278,11 @@ def _is_results_folder(path):
 def read_results_folder(path):
     """Read the output folder of a motion-correction run.
 
-    The registered stack, the flow as ``vx`` / ``vy``, the reliability and
-    the confidence (contrast limits 0-1), each on the recorded scale, named
-    after the folder.  Folders of older runs without ``confidence.npy``
-    open without it.
+    The registered stack, each registered extra channel (``<folder>
+    <channel> registered``), the flow as ``vx`` / ``vy``, the reliability
+    and the confidence (contrast limits 0-1), each on the recorded scale,
+    named after the folder.  Folders of older runs without
+    ``confidence.npy`` open without it.
 
     Returns
     -------
@@ -295,6 +298,14 @@ def read_results_folder(path):
             metadata,
             name=f'{folder.name} registered',
             path=os.fspath(registered),
+        )
+    for channel, path in _extra_channel_files(folder):
+        data, metadata = formats.open_stack(path)
+        layers += stack_layer_data(
+            data,
+            metadata,
+            name=f'{folder.name} {channel} registered',
+            path=os.fspath(path),
         )
     flow = folder / _RESULT_FILES['flow']
     geometry = {}
@@ -327,6 +338,23 @@ def read_results_folder(path):
         kwargs.update(style, name=f'{folder.name} {key}', visible=False)
         layers.append((data, kwargs, layer_type))
     return layers
+
+
+def _extra_channel_files(folder):
+    """``(name, path)`` of each extra channel ``params.json`` lists."""
+    try:
+        record = json.loads((folder / _RESULT_FILES['params']).read_text())
+        entries = [
+            (str(entry['name']), str(entry['file']))
+            for entry in record.get('extra_channels', ())
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [
+        (name, folder / file)
+        for name, file in entries
+        if Path(file).name == file and (folder / file).is_file()
+    ]
 
 
 def read_single_image(path):

@@ -37,6 +37,8 @@ def test_run_larger_than_half_the_memory_is_kept_on_disk(
 ):
     stack = drifting_texture(10)
     widget.viewer.add_image(stack, name='drift')
+    membrane = widget.viewer.add_image(stack[:, ::-1] * 3, name='membrane')
+    widget.reference.also_correct.value = [membrane]
     widget.run_panel.batch_size.value = 4
     messages = start_and_collect_messages(qtbot, widget)
     assert widget.complete
@@ -54,7 +56,9 @@ def test_run_larger_than_half_the_memory_is_kept_on_disk(
         f'Motion correction: the results are in {little_memory}'
     )
     # the folder is a finished run, equal to a headless one
-    headless = MotionSession(stack, batch_size=4).run()
+    headless = MotionSession(
+        stack, batch_size=4, extra_stacks=[membrane.data]
+    ).run()
     registered, _ = formats.open_stack(little_memory / 'registered.tif')
     np.testing.assert_array_equal(registered, headless.registered)
     w, _ = formats.read_flow(little_memory / 'flow.npy')
@@ -68,6 +72,14 @@ def test_run_larger_than_half_the_memory_is_kept_on_disk(
     qtbot.waitUntil(lambda: widget.save_worker is None, timeout=TIMEOUT_MS)
     saved, _ = formats.read_flow(tmp_path / 'saved' / 'flow.npy')
     np.testing.assert_array_equal(saved, headless.w)
+    # the other channel too, shown from its file and saved with the run
+    extra_layer = widget.viewer.layers['membrane registered']
+    assert np.shares_memory(
+        np.asarray(extra_layer.data), results.sink.extras[0]
+    )
+    for folder in (little_memory, tmp_path / 'saved'):
+        extra, _ = formats.open_stack(folder / 'registered_membrane.tif')
+        np.testing.assert_array_equal(extra, headless.extras[0])
 
 
 def test_cancelled_disk_run_leaves_no_files(qtbot, widget, little_memory):

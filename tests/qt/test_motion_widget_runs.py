@@ -5,6 +5,7 @@ and saving errors; the full-viewer tests in tests/viewer cover streaming and
 control.
 """
 
+import json
 import threading
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from napari.utils.notifications import notification_manager
 
 from lazy_stacks import huge_rolling_stack
+from napari_flowscope import formats
+from napari_flowscope._reader import get_reader
 from napari_flowscope.engine import FlowParams, speed, warp
 from napari_flowscope.session import (
     AdaptiveReference,
@@ -210,6 +213,33 @@ def test_saving_into_a_used_folder_is_an_error_message(
     )
     assert 'already holds results' in message.message
     assert widget.run_panel.save_button.enabled
+
+
+def test_save_writes_the_other_channels(qtbot, widget, tmp_path):
+    viewer = widget.viewer
+    stack = _texture_stack()
+    viewer.add_image(stack, name='nuclei', scale=(2.0, 0.5, 0.5))
+    membrane = viewer.add_image(stack[..., ::-1].copy(), name='membrane')
+    widget.reference.also_correct.value = [membrane]
+    _run(qtbot, widget)
+    widget.save(tmp_path)
+    qtbot.waitUntil(lambda: widget.save_worker is None, timeout=TIMEOUT_MS)
+
+    on_screen = viewer.layers['membrane registered'].data
+    saved, metadata = formats.open_stack(tmp_path / 'registered_membrane.tif')
+    np.testing.assert_array_equal(saved, on_screen)
+    assert metadata.scale == (2.0, 0.5, 0.5)
+    params = json.loads((tmp_path / 'params.json').read_text())
+    assert params['extra_channels'] == [
+        {'name': 'membrane', 'file': 'registered_membrane.tif'}
+    ]
+    # the results folder opens with the channel in it
+    opened = {
+        kwargs['name']: data
+        for data, kwargs, _ in get_reader(str(tmp_path))(str(tmp_path))
+    }
+    name = f'{tmp_path.name} membrane registered'
+    np.testing.assert_array_equal(opened[name], on_screen)
 
 
 def test_save_before_a_complete_run_is_refused(qtbot, widget, tmp_path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_flowscope import formats
+from napari_flowscope import _reader, formats
 from napari_flowscope.engine import FlowParams
 from napari_flowscope.session import (
     DiskSink,
@@ -291,7 +291,7 @@ def test_mapped_disk_sink_reads_like_a_memory_sink(
     np.testing.assert_array_equal(sink.reference, memory.reference)
     for name, values in memory.stats.as_columns().items():
         np.testing.assert_array_equal(getattr(sink.stats, name), values)
-    assert (tmp_path / 'registered-extra-0.tif').is_file()
+    assert (tmp_path / 'registered_extra0.tif').is_file()
     assert set(FINAL_NAMES) <= {p.name for p in tmp_path.iterdir()}
     reread, _ = formats.open_stack(tmp_path / 'registered.tif')
     expected = np.moveaxis(memory.registered, -1, 1) if channels else None
@@ -308,3 +308,137 @@ def test_mapped_disk_sink_abort_frees_the_folder(drifting_uint16, tmp_path):
     sink.abort()
     assert list(tmp_path.iterdir()) == []
     assert sink.w[:3].any()  # still readable until the map is released
+
+
+def _two_channel_session(stack, **options):
+    """``stack`` plus a second channel (half as bright) and a third with
+    two sub-channels, corrected with the stack's flow."""
+    return MotionSession(
+        stack,
+        extra_stacks=[stack // 2, np.stack([stack, stack // 3], axis=-1)],
+        **options,
+    )
+
+
+def test_extra_channels_round_trip_through_a_results_folder(
+    drifting_uint16, tmp_path
+):
+    stack = drifting_uint16[:9]
+    memory = _two_channel_session(stack, batch_size=4).run()
+    out = tmp_path / 'run'
+    scale, units = (2.0, 0.5, 0.5), ('s', 'um', 'um')
+    sink = _two_channel_session(stack, batch_size=4).run(
+        sink=DiskSink(
+            out,
+            scale=scale,
+            units=units,
+            extra_names=['GFP / 488 nm', 'GFP / 488 nm'],
+        )
+    )
+    files = ['registered_GFP_488_nm.tif', 'registered_GFP_488_nm_2.tif']
+    assert [path.name for _, path in sink.extra_files] == files
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*FINAL_NAMES, *files]
+    )
+    first, first_metadata = formats.open_stack(out / files[0])
+    assert first.dtype == np.uint16
+    assert first_metadata.scale == scale
+    assert first_metadata.units == units
+    np.testing.assert_array_equal(first, memory.extras[0])
+    second, second_metadata = formats.open_stack(out / files[1])
+    assert second_metadata.axes == 'TCYX'
+    np.testing.assert_array_equal(second, np.moveaxis(memory.extras[1], -1, 1))
+    # the extras really are moved: not copies of the input
+    assert not np.array_equal(memory.extras[0], stack // 2)
+
+    params = json.loads((out / 'params.json').read_text())
+    assert params['extra_channels'] == [
+        {'name': 'GFP / 488 nm', 'file': files[0]},
+        {'name': 'GFP / 488 nm', 'file': files[1]},
+    ]
+    assert set(files) <= set(params['files'].values())
+
+    layers = _reader.get_reader(str(out))(str(out))
+    by_name = {
+        kwargs['name']: data
+        for data, kwargs, _ in layers
+        if isinstance(kwargs['name'], str)
+    }
+    assert list(by_name)[:2] == [
+        'run registered',
+        'run GFP / 488 nm registered',
+    ]
+    np.testing.assert_array_equal(
+        by_name['run GFP / 488 nm registered'], memory.extras[0]
+    )
+    # the two-channel extra opens as one layer per channel
+    [(data, kwargs, _)] = [
+        layer for layer in layers if layer[1].get('channel_axis') == 1
+    ]
+    assert kwargs['name'] == [
+        'run GFP / 488 nm registered ch0',
+        'run GFP / 488 nm registered ch1',
+    ]
+    np.testing.assert_array_equal(data, np.moveaxis(memory.extras[1], -1, 1))
+
+
+def test_extra_names_default_to_an_index_and_must_match(
+    drifting_uint16, tmp_path
+):
+    stack = drifting_uint16[:4]
+    _two_channel_session(stack).run(sink=DiskSink(tmp_path / 'a'))
+    assert (tmp_path / 'a' / 'registered_extra0.tif').is_file()
+    assert (tmp_path / 'a' / 'registered_extra1.tif').is_file()
+    with pytest.raises(ValueError, match='names 1 extra stacks'):
+        _two_channel_session(stack).run(
+            sink=DiskSink(tmp_path / 'b', extra_names=['one'])
+        )
+    assert not (tmp_path / 'b').exists()
+
+
+def test_required_bytes_count_the_extra_channels(drifting_uint16, tmp_path):
+    stack = drifting_uint16[:6]
+    plain = DiskSink(tmp_path).required_bytes(MotionSession(stack))
+    with_extras = DiskSink(tmp_path).required_bytes(
+        _two_channel_session(stack)
+    )
+    # uint16: 2 bytes per pixel, one and two channels
+    assert with_extras - plain == stack.size * 2 * 3
+    session = MotionSession(stack, extra_stacks=[stack.astype(np.float64)])
+    # float64 is written as float32
+    assert DiskSink(tmp_path).required_bytes(session) - plain == (
+        stack.size * 4
+    )
+
+
+def test_cancel_removes_the_extra_channel_partials(drifting_uint16, tmp_path):
+    seen_during_run = []
+
+    def progress(current, total):
+        seen_during_run.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _two_channel_session(drifting_uint16[:8], batch_size=4).run(
+            sink=DiskSink(tmp_path, extra_names=['a', 'b']),
+            progress_callback=progress,
+        )
+    assert 'registered_a.tif.partial' in seen_during_run[0]
+    assert 'registered_b.tif.partial' in seen_during_run[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_drops_the_extra_channels_of_the_old_run(
+    drifting_uint16, tmp_path
+):
+    stack = drifting_uint16[:4]
+    _two_channel_session(stack).run(
+        sink=DiskSink(tmp_path, extra_names=['a', 'b'])
+    )
+    (tmp_path / 'notes.tif').write_bytes(b'not ours')
+    MotionSession(stack).run(sink=DiskSink(tmp_path, overwrite=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*FINAL_NAMES, 'notes.tif']
+    )
+    params = json.loads((tmp_path / 'params.json').read_text())
+    assert params['extra_channels'] == []

@@ -98,6 +98,7 @@ class MotionCorrectionWidget(QWidget):
         self.complete = False
         self._batches = None
         self._run_source = None
+        self._run_extra_names = []
         self._shown_step = None
 
         self.outputs = OutputLayers(napari_viewer)
@@ -248,12 +249,18 @@ class MotionCorrectionWidget(QWidget):
             return
         roles = roles_for(self.run_panel.roles, len(session.frame_shape))
         try:
-            results = self._run_results(session, roles, source)
+            results = self._run_results(
+                session,
+                roles,
+                source,
+                extra_names=[layer.name for layer in extra_layers],
+            )
         except OSError as error:
             show_error(f'Motion correction cannot start: {error}')
             return
         self.session, self.results, self.complete = session, results, False
         self._run_source = source
+        self._run_extra_names = [layer.name for layer in extra_layers]
         # in memory, the session registers straight into the results
         in_memory = results.folder is None
         self._batches = session.iter_batches(
@@ -299,7 +306,7 @@ class MotionCorrectionWidget(QWidget):
             on_ready=worker.start,
         )
 
-    def _run_results(self, session, roles, source):
+    def _run_results(self, session, roles, source, *, extra_names):
         """In memory, or, when that would take more than half the memory
         available, in a results folder shown from disk.
 
@@ -321,6 +328,7 @@ class MotionCorrectionWidget(QWidget):
             scale=tuple(source.scale)[-source.ndim :],
             units=tuple(str(unit) for unit in source.units)[-source.ndim :],
             source=source.name,
+            extra_names=extra_names,
         )
         try:
             sink.open(session)
@@ -359,8 +367,10 @@ class MotionCorrectionWidget(QWidget):
         """Write the last complete run's files into ``folder`` (worker).
 
         Files: ``registered.tif``, ``flow.npy`` + ``flow.json``,
-        ``reliability.npy``, ``params.json``, ``stats.csv`` (see
-        docs/architecture.md).  Returns at once; ``save_worker`` runs.
+        ``reliability.npy``, ``confidence.npy``, ``params.json``,
+        ``stats.csv`` and ``registered_<layer>.tif`` for each layer under
+        "also correct" (see docs/outputs.md).  Returns at once;
+        ``save_worker`` runs.
         """
         if not self.complete or self.results is None:
             show_error('Motion correction: run the whole stack before saving.')
@@ -379,6 +389,7 @@ class MotionCorrectionWidget(QWidget):
                 ],
                 source=source.name,
                 batch_size=self.session.batch_size,
+                extra_names=self._run_extra_names,
             ),
             handlers={
                 'returned': self._on_saved,

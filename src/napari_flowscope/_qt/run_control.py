@@ -97,20 +97,38 @@ def stream_batches(batches, *, results=None):
         raise
 
 
-def save_run(folder, session, results, *, scale, units, source, batch_size):
-    # ``results`` is the run's MemorySink
+def save_run(
+    folder,
+    session,
+    results,
+    *,
+    scale,
+    units,
+    source,
+    batch_size,
+    extra_names=None,
+):
     """Worker body: write a finished run's files into ``folder``.
 
-    Replays the in-memory results through the session's
+    Replays the run's results (its sink: ``MemorySink`` or
+    ``MappedDiskSink``) through a
     :class:`~napari_flowscope.session.sinks.DiskSink`, so the files are
-    exactly those of a headless run (atomic, ``.partial`` until complete).
+    exactly those of a headless run (atomic, ``.partial`` until complete),
+    the registered extra channels included (``extra_names``: their layer
+    names, for the file names).
 
     Returns
     -------
     Path
         ``folder``.
     """
-    sink = DiskSink(folder, scale=scale, units=units, source=source)
+    sink = DiskSink(
+        folder,
+        scale=scale,
+        units=units,
+        source=source,
+        extra_names=extra_names,
+    )
     sink.open(session)
     try:
         for start in range(0, session.n_frames, batch_size):
@@ -132,6 +150,7 @@ def save_run(folder, session, results, *, scale, units, source, batch_size):
                     registered=results.registered[frames],
                     stats=stats,
                     reference=results.reference,
+                    extras=tuple(extra[frames] for extra in results.extras),
                 )
             )
             yield stop

@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +156,11 @@ class DiskSink:
     displacement and velocity in the units of :attr:`motion_units`) and
     ``params.json``.  Volumes: ``registered.tif`` is ``TZYX`` (``TZCYX``
     with channels, z spacing kept), ``flow.npy`` ``(T, Z, Y, X, 3)``,
-    ``reliability.npy`` and ``confidence.npy`` ``(T, Z, Y, X)``.  The
-    registered ``extra_stacks`` of a session are not written (only
-    :class:`MemorySink` keeps them).
+    ``reliability.npy`` and ``confidence.npy`` ``(T, Z, Y, X)``.  Each of
+    the session's ``extra_stacks`` (other channels corrected with the
+    flow) goes to its own ImageJ TIFF ``registered_<name>.tif``, written
+    like ``registered.tif`` and listed in ``params.json`` under
+    ``extra_channels`` (name and file).
 
     Every file is written as ``<name>.partial`` and renamed only when the
     whole run is complete (``params.json`` last), so a cancelled or crashed
@@ -190,12 +193,21 @@ class DiskSink:
     scratch_bytes : int
         Bytes the run needs in ``directory`` besides its results while it
         runs (a distributed run's chunk files), for the free-space check.
+    extra_names : sequence of str, optional
+        A name for each of the session's ``extra_stacks`` (e.g. the
+        channel's layer name), used in its file name: characters other
+        than letters, digits, ``.``, ``-`` and ``_`` become ``_``, and a
+        name taken already gets a number.  Default ``extra0``,
+        ``extra1``, ...
 
     Raises
     ------
     FileExistsError
         From :meth:`open`, when ``directory`` holds results and
         ``overwrite`` is False.
+    ValueError
+        From :meth:`open`, when ``extra_names`` does not name every extra
+        stack of the session.
     NotEnoughSpaceError
         From :meth:`open` when the files will not fit, from :meth:`write`
         or :meth:`close` when the disk fills up.
@@ -205,7 +217,11 @@ class DiskSink:
     paths : dict of str to Path
         Final path of each file, by key ``'registered'``, ``'flow'``,
         ``'flow_metadata'``, ``'reliability'``, ``'confidence'``,
-        ``'stats'``, ``'params'``.
+        ``'stats'``, ``'params'``, and, after :meth:`open`, one key per
+        extra stack (its file name without ``.tif``).
+    extra_files : list of (str, Path)
+        After :meth:`open`: name and final path of each extra stack's
+        file, in the order of the session's ``extra_stacks``.
     motion_units : MotionUnits
         Units of the displacement and velocity columns of ``stats.csv``
         (µm and µm/s, say, when ``scale`` and ``units`` give a pixel size
@@ -237,6 +253,7 @@ class DiskSink:
         extra=None,
         overwrite=False,
         scratch_bytes=0,
+        extra_names=None,
     ):
         self.directory = Path(directory)
         self.scale = None if scale is None else tuple(map(float, scale))
@@ -252,12 +269,17 @@ class DiskSink:
         self.paths = {
             key: self.directory / name for key, name in self.FILE_NAMES.items()
         }
+        self.extra_names = (
+            None if extra_names is None else [str(n) for n in extra_names]
+        )
+        self.extra_files = []
         self.overwrite = overwrite
         self.scratch_bytes = int(scratch_bytes)
         self.motion_units = MotionUnits.from_scale(self.scale, self.units)
         self.complete = False
         self.stats = None
         self._writers = []
+        self._extra_writers = []
         self._committed = []
 
     def required_bytes(self, session):
@@ -274,10 +296,44 @@ class DiskSink:
             'reliability': np.dtype(np.float32).itemsize,
             'confidence': np.dtype(np.float32).itemsize,
         }
+        extras = sum(
+            math.prod(shape) * formats.imagej_dtype(dtype).itemsize
+            for shape, dtype in getattr(session, 'extra_shapes', ())
+        )
         small_files = (1 << 20) + 128 * session.n_frames
-        return pixels * sum(bytes_per_pixel.values()) + small_files
+        return pixels * sum(bytes_per_pixel.values()) + extras + small_files
+
+    def _name_extra_files(self, session):
+        """``extra_files`` and their ``paths`` entries for ``session``."""
+        n_extras = len(getattr(session, 'extra_shapes', ()))
+        names = self.extra_names
+        if names is None:
+            names = [f'extra{index}' for index in range(n_extras)]
+        if len(names) != n_extras:
+            raise ValueError(
+                f'extra_names names {len(names)} extra stacks; the session '
+                f'has {n_extras}'
+            )
+        self.paths = {
+            key: self.directory / name for key, name in self.FILE_NAMES.items()
+        }
+        taken = {path.name.lower() for path in self.paths.values()}
+        self.extra_files = []
+        for index, name in enumerate(names):
+            stem = 'registered_' + (
+                re.sub(r'[^\w.-]+', '_', name, flags=re.ASCII).strip('._')
+                or f'extra{index}'
+            )
+            unique, number = stem, 2
+            while f'{unique}.tif'.lower() in taken:
+                unique, number = f'{stem}_{number}', number + 1
+            taken.add(f'{unique}.tif'.lower())
+            path = self.directory / f'{unique}.tif'
+            self.paths[unique] = path
+            self.extra_files.append((name, path))
 
     def open(self, session):
+        self._name_extra_files(session)
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = [path for path in self.paths.values() if path.exists()]
         if existing and not self.overwrite:
@@ -342,6 +398,29 @@ class DiskSink:
                 dtype='float32',
             )
             self._writers.append(self._confidence)
+            self._extra_writers = []
+            spatial_ndim = len(frame_shape)
+            for (_name, path), (shape, dtype) in zip(
+                self.extra_files,
+                getattr(session, 'extra_shapes', ()),
+                strict=True,
+            ):
+                has_channels = len(shape) > spatial_ndim + 1
+                writer = formats.ImageJStackWriter(
+                    path,
+                    frame_shape=shape[1:],
+                    dtype=dtype,
+                    n_frames=n_frames,
+                    axes='T' + spatial + ('C' if has_channels else ''),
+                    scale=None
+                    if self.scale is None
+                    else self.scale + (1.0,) * has_channels,
+                    units=None
+                    if self.units is None
+                    else self.units + ('pixel',) * has_channels,
+                )
+                self._writers.append(writer)
+                self._extra_writers.append(writer)
         except BaseException:
             self.abort()
             raise
@@ -361,6 +440,10 @@ class DiskSink:
         self._flow.write(batch.w)
         self._reliability.write(batch.reliability)
         self._confidence.write(batch.confidence)
+        for writer, registered in zip(
+            self._extra_writers, batch.extras, strict=True
+        ):
+            writer.write(registered)
         frames = slice(batch.start, batch.stop)
         for name, values in batch.stats.as_columns().items():
             getattr(self.stats, name)[frames] = values
@@ -384,8 +467,11 @@ class DiskSink:
                 _write_partial(self.paths[key], text)
             # An interrupt arriving now waits until the folder holds one
             # run's files, old or new, never a mixture.
+            stale = self._stale_extra_files()
             with formats.publishing():
                 _remove(self.paths['params'])
+                for path in stale:
+                    _remove(path)
                 for writer in self._writers:
                     self._committed.append(writer.publish())
                     if writer is self._flow:
@@ -397,6 +483,25 @@ class DiskSink:
             self.abort()
             raise
         self.complete = True
+
+    def _stale_extra_files(self):
+        """Extra-channel files of the earlier run this one replaces that
+        this run does not write (its ``params.json`` lists them)."""
+        try:
+            record = json.loads(self.paths['params'].read_text())
+            names = [entry['file'] for entry in record['extra_channels']]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        ours = {path.name for path in self.paths.values()}
+        return [
+            self.directory / name
+            for name in names
+            if isinstance(name, str)
+            and name not in ours
+            and Path(name).name == name
+            and name.startswith('registered_')
+            and name.endswith('.tif')
+        ]
 
     def abort(self):
         """Remove everything this run wrote, partial or committed.
@@ -436,6 +541,10 @@ class DiskSink:
                 'velocity': self.motion_units.velocity_unit,
             },
             'files': {key: path.name for key, path in self.paths.items()},
+            'extra_channels': [
+                {'name': name, 'file': path.name}
+                for name, path in self.extra_files
+            ],
         }
         record.update(self.extra)
         return record
@@ -447,7 +556,7 @@ class MappedDiskSink(DiskSink):
     For runs whose results do not fit in memory: the files are written as
     by :class:`DiskSink` (plain writes, ``.partial`` until complete, the
     registered frames of the session's ``extra_stacks`` too, as
-    ``registered-extra-<i>.tif``), and after :meth:`open` the sink has the
+    ``registered_<name>.tif``), and after :meth:`open` the sink has the
     attributes of a :class:`MemorySink` (``registered``, ``w``,
     ``reliability``, ``confidence``, ``extras``, ``stats``, ``reference``,
     ``spacing``), the arrays being read-only memory maps of the files:
@@ -460,21 +569,6 @@ class MappedDiskSink(DiskSink):
     def open(self, session):
         super().open(session)
         try:
-            self._extra_writers = []
-            for index, (shape, dtype) in enumerate(
-                getattr(session, 'extra_shapes', ())
-            ):
-                spatial = 'ZYX' if session.is_volume else 'YX'
-                channels = 'C' if len(shape) > len(spatial) + 1 else ''
-                writer = formats.ImageJStackWriter(
-                    self.directory / f'registered-extra-{index}.tif',
-                    frame_shape=shape[1:],
-                    dtype=dtype,
-                    n_frames=shape[0],
-                    axes='T' + spatial + channels,
-                )
-                self._writers.append(writer)
-                self._extra_writers.append(writer)
             self.registered = self._registered.mapped()
             self.w = self._flow.mapped()
             self.reliability = self._reliability.mapped()
@@ -486,19 +580,8 @@ class MappedDiskSink(DiskSink):
         self.spacing = getattr(session, 'spacing', None)
         self.reference = None
 
-    def required_bytes(self, session):
-        extras = sum(
-            math.prod(shape) * formats.imagej_dtype(dtype).itemsize
-            for shape, dtype in getattr(session, 'extra_shapes', ())
-        )
-        return super().required_bytes(session) + extras
-
     def write(self, batch):
         super().write(batch)
-        for writer, registered in zip(
-            self._extra_writers, batch.extras, strict=True
-        ):
-            writer.write(registered)
         self.reference = batch.reference
 
 
