@@ -411,6 +411,9 @@ def test_progress_text():
     assert format_progress(10, 40, 2.0) == '10 / 40 frames · ETA 6 s'
     assert format_progress(1, 100, 2.0) == '1 / 100 frames · ETA 3.3 min'
     assert format_progress(40, 40, 9.0) == '40 / 40 frames'
+    assert format_progress(3, 12, 6.0, unit='volumes') == (
+        '3 / 12 volumes · ETA 18 s'
+    )
 
 
 def test_stream_stores_each_batch_before_yielding_it():

@@ -65,6 +65,9 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
         'spacing': (1.3, 0.65, 0.65),
         'per_plane': False,
     }
+    _, plot = viewer.window.add_plugin_dock_widget(
+        'napari-flowscope', 'Motion over time'
+    )
     GATE.clear()
     source.data = np.asarray(source.data).view(GatedVolumes)
     widget.run_panel.batch_size.value = 1
@@ -78,6 +81,7 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     )
     # two volumes are in the layers while the worker waits for the third
     assert widget.worker is worker and worker.is_running
+    assert widget.run_panel.progress.value.startswith('2 / 10 volumes')
     session, expected = _headless(source, widget)
     layers = viewer.layers
     registered = layers['drifting volume registered'].data
@@ -118,7 +122,23 @@ def test_volume_run_fills_3d_layers_while_running(volume_dock, qtbot):
     GATE.set()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
     assert widget.complete
+    assert widget.run_panel.progress.value == 'done: 10 volumes'
     np.testing.assert_array_equal(registered, expected.registered)
+    # the plot dock shows every volume's motion, in the sample's units
+    # (5 s per volume, 0.65 um pixels), and no ROI panel for volumes
+    series = plot.series
+    np.testing.assert_allclose(series['time'], 5.0 * np.arange(10))
+    np.testing.assert_allclose(
+        series['mean_displacement'],
+        0.65 * expected.stats.mean_displacement,
+        rtol=1e-5,
+    )
+    assert plot._snapshot().x_label == 'time (s)'
+    assert not plot._new_roi_button.isEnabled()
+    assert not plot._roi_layer_combo.isEnabled()
+    assert 'volumes' in plot._new_roi_button.toolTip()
+    plot.clear()
+    assert plot._new_roi_button.isEnabled()
     np.testing.assert_array_equal(
         vz, np.where(untrusted, np.nan, expected.w[..., 2])
     )

@@ -285,7 +285,9 @@ class MotionCorrectionWidget(QWidget):
         )
         self.worker = worker
         self.run_panel.set_running(True)
-        self.run_panel.show_progress(0, session.n_frames)
+        self.run_panel.show_progress(
+            0, session.n_frames, unit=_time_points(session)
+        )
         self._update_enabled()
         run_events(self.viewer).started.emit(
             _run_info(source, session, self.parameters.params, results.sink.w)
@@ -411,7 +413,9 @@ class MotionCorrectionWidget(QWidget):
         # already written into self.results
         self.outputs.update(batch)
         self._show_vector_length()
-        self.run_panel.show_progress(batch.stop, self.session.n_frames)
+        self.run_panel.show_progress(
+            batch.stop, self.session.n_frames, unit=_time_points(self.session)
+        )
         run_events(self.viewer).batch.emit(batch)
 
     def _on_returned(self, _value=None):
@@ -440,15 +444,16 @@ class MotionCorrectionWidget(QWidget):
         self.outputs.flush()  # a short run can end before its layers exist
         self.run_panel.set_running(False)
         n_frames = self.session.n_frames
+        unit = _time_points(self.session)
         folder = None if self.results is None else self.results.folder
         if self.complete:
-            self.run_panel.progress.value = f'done: {n_frames} frames'
+            self.run_panel.progress.value = f'done: {n_frames} {unit}'
             if folder is not None:
                 show_info(f'Motion correction: the results are in {folder}')
         else:
             done = int(self.outputs.frames_done)
             self.run_panel.progress.value = (
-                f'stopped after {done} / {n_frames} frames'
+                f'stopped after {done} / {n_frames} {unit}'
             )
         self._update_enabled()
         self.preview.resume()
@@ -596,6 +601,11 @@ def _make_teardown(widget):
         _shutdown(state)
 
     return teardown
+
+
+def _time_points(session) -> str:
+    """What a run counts: 'frames', or 'volumes' for a TZYX stack."""
+    return 'volumes' if session.is_volume else 'frames'
 
 
 def disk_results_folder(source):

@@ -198,6 +198,26 @@ class MotionPlotWidget(QWidget):
         self._new_roi_button.clicked.connect(self.new_roi_layer)
         self._export_button.clicked.connect(self._on_export_clicked)
         self._clear_button.clicked.connect(self.clear)
+        self._roi_tooltips = {
+            widget: widget.toolTip()
+            for widget in (
+                self._roi_layer_combo,
+                self._new_roi_button,
+                self._export_button,
+            )
+        }
+
+    def _offer_rois(self, offer: bool) -> None:
+        """Enable the ROI controls, or grey them out saying why (ROIs
+        are drawn on 2-D frames; a volume run has no ROI curves)."""
+        for widget, tooltip in self._roi_tooltips.items():
+            widget.setEnabled(offer)
+            widget.setToolTip(
+                tooltip
+                if offer
+                else 'ROI curves are for 2-D time-lapses: this run '
+                'registers volumes (T, Z, Y, X)'
+            )
 
     def _connect(self):
         viewer = self._viewer
@@ -285,6 +305,7 @@ class MotionPlotWidget(QWidget):
         """Forget the last run's curves (the ROI layer stays)."""
         self._run = None
         self._units = MotionUnits()
+        self._offer_rois(True)
         self._flow = self._flow_xy = None
         self._forget_roi_work()
         self._allocate(0)
@@ -353,6 +374,7 @@ class MotionPlotWidget(QWidget):
     def _on_started(self, info):
         self._run = info
         self._units = MotionUnits.from_scale(info.scale, info.units)
+        self._offer_rois(not _is_volume_run(info))
         self._allocate(info.n_frames)
         self._flow = None
         # ROIs are drawn on 2-D frames; a volume run has no ROI curves.
@@ -604,7 +626,13 @@ class MotionPlotWidget(QWidget):
             roi_scale=units.pixel_size,
             roi_names=tuple(self._roi_names),
             cursor=cursor,
-            x_label=f'time ({units.time_unit})' if units.timed else 'frame',
+            x_label=(
+                f'time ({units.time_unit})'
+                if units.timed
+                else 'volume'
+                if _is_volume_run(self._run)
+                else 'frame'
+            ),
             displacement_unit=units.displacement_unit,
             velocity_unit=units.velocity_unit,
             panel=theme.background.as_hex(),

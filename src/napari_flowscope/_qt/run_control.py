@@ -161,9 +161,10 @@ def save_run(
     return sink.directory
 
 
-def format_progress(done, total, elapsed):
-    """``'12 / 40 frames · ETA 3 s'`` (no ETA before the first frame)."""
-    text = f'{done} / {total} frames'
+def format_progress(done, total, elapsed, *, unit='frames'):
+    """``'12 / 40 frames · ETA 3 s'`` (no ETA before the first frame);
+    ``unit`` names what is counted (``'volumes'`` for a TZYX run)."""
+    text = f'{done} / {total} {unit}'
     if 0 < done < total and elapsed > 0:
         remaining = elapsed / done * (total - done)
         if remaining >= 60:
@@ -374,9 +375,9 @@ class RunControlPanel(Container):
     def set_paused(self, paused: bool) -> None:
         self.pause_button.text = 'Resume' if paused else 'Pause'
 
-    def show_progress(self, done: int, total: int) -> None:
+    def show_progress(self, done: int, total: int, *, unit='frames') -> None:
         elapsed = time.perf_counter() - (self._started_at or 0.0)
-        self.progress.value = format_progress(done, total, elapsed)
+        self.progress.value = format_progress(done, total, elapsed, unit=unit)
 
 
 def _row(*widgets):
