@@ -378,9 +378,9 @@ def run(*, quick=False, real_data=REAL_DATA, scratch=None):
         f' — {datetime.date.today().isoformat()}, {machine()}. Whole run '
         f'{elapsed / 60:.1f} min; load average (1, 5, 15 min) '
         f'{", ".join(f"{v:.1f}" for v in load_start)} at the start and '
-        f'{", ".join(f"{v:.1f}" for v in load_end)} at the end, on 2 cores '
-        'shared with other work: wall-clock times are inflated, CPU times '
-        'less so.'
+        f'{", ".join(f"{v:.1f}" for v in load_end)} at the end (a load '
+        'above the number of cores inflates wall-clock times, CPU times '
+        'less so).'
     )
     out += [
         '',
