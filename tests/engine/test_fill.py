@@ -76,3 +76,17 @@ def test_holes_beyond_remap_size_limits_are_filled():
     )
     assert (support < 0.05).sum() > 40000
     np.testing.assert_allclose(filled, field, rtol=1e-4)
+
+
+def test_subnormal_support_counts_as_none():
+    """A Gaussian tail far from every weight leaves subnormal support
+    (about 1e-40): its inverse overflowed and NaN filled the holes' levels."""
+    reliable = np.zeros((64, 64), bool)
+    reliable[:, :4] = True
+    support = blurred(reliable)
+    support[:, 40:] = np.float32(1e-40)  # subnormal, as far tails are
+    field = np.dstack([np.full((64, 64), 1.5), np.full((64, 64), -0.5)])
+    numerator = support[..., np.newaxis] * field.astype(np.float32)
+    with np.errstate(all='raise'):
+        filled = PushPullFill(support, 0.05, channels=2)(numerator)
+    np.testing.assert_allclose(filled, field, rtol=1e-4)

@@ -105,7 +105,9 @@ def _inverse(support, min_support):
     inverse = np.zeros_like(support)
     np.divide(1, support, out=inverse, where=usable)
     if not usable.all() and support.max() > 0:
-        positive = support > 0
+        # subnormal support (a Gaussian tail far from any weight) counts as
+        # none: its inverse overflows to inf, and 0 * inf is NaN
+        positive = support >= np.finfo(support.dtype).tiny
         np.divide(1, support, out=inverse, where=positive & ~usable)
     return inverse
 
