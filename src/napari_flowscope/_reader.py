@@ -291,21 +291,18 @@ def read_results_folder(path):
     folder = _single_path(path)
     layers = []
     registered = folder / _RESULT_FILES['registered']
-    if registered.is_file():
-        data, metadata = formats.open_stack(registered)
+    stacks = [(folder.name, registered)] if registered.is_file() else []
+    stacks += [
+        (f'{folder.name} {channel}', path)
+        for channel, path in _extra_channel_files(folder)
+    ]
+    for name, stack_path in stacks:
+        data, metadata = formats.open_stack(stack_path)
         layers += stack_layer_data(
             data,
             metadata,
-            name=f'{folder.name} registered',
-            path=os.fspath(registered),
-        )
-    for channel, path in _extra_channel_files(folder):
-        data, metadata = formats.open_stack(path)
-        layers += stack_layer_data(
-            data,
-            metadata,
-            name=f'{folder.name} {channel} registered',
-            path=os.fspath(path),
+            name=f'{name} registered',
+            path=os.fspath(stack_path),
         )
     flow = folder / _RESULT_FILES['flow']
     geometry = {}
