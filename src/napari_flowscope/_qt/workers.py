@@ -214,7 +214,7 @@ class Job:
             (then the work was closed here: its clean-up has run).
         """
         self._stopped = True
-        self._disconnect()
+        self._forget_handlers()
         self.cancel()
         # Not waited for: done, never started, still queued in the pool, or
         # handed to the pool on a timer (superqt starts workers 10 ms late;
@@ -249,7 +249,7 @@ class Job:
     def _on_finished(self):
         handler = self._handlers.get('finished')
         self._release()
-        self._disconnect()
+        self._forget_handlers()
         if handler is not None:
             handler()
 
@@ -261,7 +261,7 @@ class Job:
             with contextlib.suppress(ValueError):  # still executing
                 work.close()
 
-    def _disconnect(self):
+    def _forget_handlers(self):
         # The handlers are forgotten, not disconnected from the worker's Qt
         # signals: a worker thread may be emitting one right now, and PyQt
         # deleting the slot's proxy under that emit crashed the interpreter
