@@ -266,9 +266,7 @@ class DiskSink:
                 )
         self.source = None if source is None else str(source)
         self.extra = dict(extra or {})
-        self.paths = {
-            key: self.directory / name for key, name in self.FILE_NAMES.items()
-        }
+        self.paths = self._fixed_paths()
         self.extra_names = (
             None if extra_names is None else [str(n) for n in extra_names]
         )
@@ -303,6 +301,11 @@ class DiskSink:
         small_files = (1 << 20) + 128 * session.n_frames
         return pixels * sum(bytes_per_pixel.values()) + extras + small_files
 
+    def _fixed_paths(self):
+        return {
+            key: self.directory / name for key, name in self.FILE_NAMES.items()
+        }
+
     def _name_extra_files(self, session):
         """``extra_files`` and their ``paths`` entries for ``session``."""
         n_extras = len(getattr(session, 'extra_shapes', ()))
@@ -314,9 +317,7 @@ class DiskSink:
                 f'extra_names names {len(names)} extra stacks; the session '
                 f'has {n_extras}'
             )
-        self.paths = {
-            key: self.directory / name for key, name in self.FILE_NAMES.items()
-        }
+        self.paths = self._fixed_paths()
         taken = {path.name.lower() for path in self.paths.values()}
         self.extra_files = []
         for index, name in enumerate(names):
